@@ -1,0 +1,224 @@
+//! Requests into domain types and domain types into responses.
+
+use chrono::{DateTime, Utc};
+use tonic::metadata::MetadataMap;
+
+use super::proto;
+use crate::jobs::{
+    Job, JobStatus, NewJob, Priority,
+    fields::{
+        FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, UserId,
+        parse_uuid,
+    },
+};
+
+/// Metadata key naming the caller on whose behalf a job is created. Set by
+/// the gateway in front of the service; scopes request_id idempotency.
+pub const USER_ID_METADATA: &str = "x-user-id";
+
+/// The caller's user id from the metadata (empty when absent).
+pub fn user_id(metadata: &MetadataMap) -> Result<UserId, FieldError> {
+    match metadata.get(USER_ID_METADATA) {
+        None => Ok(UserId::default()),
+        Some(value) => {
+            let raw = value
+                .to_str()
+                .map_err(|_| FieldError::new(USER_ID_METADATA, "must be printable ASCII"))?;
+            UserId::parse(USER_ID_METADATA, raw)
+        }
+    }
+}
+
+/// Parses a create request. Every problem names its field.
+pub fn new_job(
+    user_id: UserId,
+    request: proto::CreateTranslationJobRequest,
+    max_subtasks: usize,
+) -> Result<NewJob, FieldError> {
+    let novel_id = parse_uuid("novel_id", &request.novel_id)?;
+    let target_lang = LanguageTag::parse("target_lang", &request.target_lang)?;
+    let source_lang = LanguageTag::parse_optional("source_lang", &request.source_lang)?;
+    let target_fields = TargetFields::parse("target_fields", &request.target_fields)?;
+    let output_dir = OutputDir::parse("output_dir", &request.output_dir)?;
+    let priority = priority(request.priority)?;
+    let request_id = RequestId::parse_optional("request_id", &request.request_id)?;
+
+    if request.subtasks.len() > max_subtasks {
+        return Err(FieldError::new(
+            "subtasks",
+            format!(
+                "at most {max_subtasks} subtasks per job, got {}",
+                request.subtasks.len()
+            ),
+        ));
+    }
+    let mut subtasks = Vec::with_capacity(request.subtasks.len().max(1));
+    for (index, spec) in request.subtasks.iter().enumerate() {
+        let field = format!("subtasks[{index}]");
+        let subtask = SubtaskSpec::parse(&field, &spec.entity_type, &spec.entity_id)?;
+        if subtasks.contains(&subtask) {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "duplicates an earlier subtask ({} {})",
+                    subtask.entity_type, subtask.entity_id
+                ),
+            ));
+        }
+        subtasks.push(subtask);
+    }
+    if subtasks.is_empty() {
+        subtasks.push(SubtaskSpec::novel(novel_id));
+    }
+
+    Ok(NewJob {
+        user_id,
+        novel_id,
+        target_lang,
+        source_lang,
+        target_fields,
+        enable_code_filter: request.enable_code_filter,
+        output_dir,
+        priority,
+        subtasks,
+        request_id,
+    })
+}
+
+fn priority(raw: i32) -> Result<Priority, FieldError> {
+    match proto::Priority::try_from(raw) {
+        Ok(proto::Priority::Unspecified | proto::Priority::Normal) => Ok(Priority::Normal),
+        Ok(proto::Priority::Low) => Ok(Priority::Low),
+        Ok(proto::Priority::High) => Ok(Priority::High),
+        Err(_) => Err(FieldError::new(
+            "priority",
+            format!("unknown value {raw}; use PRIORITY_LOW, PRIORITY_NORMAL or PRIORITY_HIGH"),
+        )),
+    }
+}
+
+fn priority_to_proto(priority: Priority) -> proto::Priority {
+    match priority {
+        Priority::Low => proto::Priority::Low,
+        Priority::Normal => proto::Priority::Normal,
+        Priority::High => proto::Priority::High,
+    }
+}
+
+pub fn status_to_proto(status: JobStatus) -> proto::JobStatus {
+    match status {
+        JobStatus::Pending => proto::JobStatus::Pending,
+        JobStatus::InProgress => proto::JobStatus::InProgress,
+        JobStatus::Completed => proto::JobStatus::Completed,
+        JobStatus::Failed => proto::JobStatus::Failed,
+        JobStatus::Cancelled => proto::JobStatus::Cancelled,
+    }
+}
+
+fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        // Always below 2e9, so the cast cannot wrap.
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The response for one job.
+pub fn job_to_proto(job: &Job) -> proto::TranslationJob {
+    proto::TranslationJob {
+        id: job.id.to_string(),
+        user_id: job.user_id.clone(),
+        novel_id: job.novel_id.to_string(),
+        source_lang: job.source_lang.clone(),
+        target_lang: job.target_lang.clone(),
+        target_fields: job.target_fields.clone(),
+        enable_code_filter: job.enable_code_filter,
+        output_dir: job.output_dir.clone(),
+        priority: priority_to_proto(job.priority).into(),
+        status: status_to_proto(job.status).into(),
+        subtasks: job
+            .subtasks
+            .iter()
+            .map(|s| proto::Subtask {
+                id: s.id.to_string(),
+                entity_type: s.entity_type.clone(),
+                entity_id: s.entity_id.clone(),
+                status: status_to_proto(s.status.0).into(),
+                attempts: s.attempts,
+                error: s.error.clone().unwrap_or_default(),
+                update_time: Some(timestamp(s.updated_at)),
+            })
+            .collect(),
+        completed_subtasks: count(job.completed_subtasks()),
+        total_subtasks: count(job.subtasks.len()),
+        attempts: job.attempts,
+        error: job.error.clone().unwrap_or_default(),
+        request_id: job.request_id.clone().unwrap_or_default(),
+        create_time: Some(timestamp(job.created_at)),
+        update_time: Some(timestamp(job.updated_at)),
+        publish_time: job.published_at.map(timestamp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOVEL: &str = "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e";
+
+    fn request() -> proto::CreateTranslationJobRequest {
+        proto::CreateTranslationJobRequest {
+            novel_id: NOVEL.into(),
+            target_lang: "en".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_minimal_request_gets_the_defaults_and_one_novel_subtask() {
+        let job = new_job(UserId::default(), request(), 10).unwrap();
+        assert_eq!(
+            job.target_fields.as_slice(),
+            ["title", "description", "content"]
+        );
+        assert_eq!(job.output_dir.as_str(), "outputs/novel_jobs");
+        assert_eq!(job.priority, Priority::Normal);
+        assert_eq!(job.subtasks, vec![SubtaskSpec::novel(job.novel_id)]);
+        assert_eq!(job.subtasks[0].entity_type, "novel");
+        assert_eq!(job.subtasks[0].entity_id, NOVEL);
+    }
+
+    #[test]
+    fn too_many_or_duplicate_subtasks_are_refused() {
+        let spec = |id: &str| proto::SubtaskSpec {
+            entity_type: "chapter".into(),
+            entity_id: id.into(),
+        };
+        let mut many = request();
+        many.subtasks = (0..3).map(|i| spec(&i.to_string())).collect();
+        assert_eq!(
+            new_job(UserId::default(), many, 2).unwrap_err().field,
+            "subtasks"
+        );
+        let mut twice = request();
+        twice.subtasks = vec![spec("1"), spec("2"), spec("1")];
+        assert_eq!(
+            new_job(UserId::default(), twice, 10).unwrap_err().field,
+            "subtasks[2]"
+        );
+    }
+
+    #[test]
+    fn unknown_priority_values_are_refused() {
+        let mut bad = request();
+        bad.priority = 42;
+        assert_eq!(
+            new_job(UserId::default(), bad, 10).unwrap_err().field,
+            "priority"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! The HTTP side on `HTTP_ADDR`: Prometheus metrics and plain health checks.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use sqlx::PgPool;
+
+use crate::{
+    health::Health,
+    metrics::{Gauges, Metrics},
+    queue::{Lane, RedisQueue},
+};
+
+/// Longest a scrape waits for PostgreSQL or Redis before reporting it down.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// State of the HTTP handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    pub pool: PgPool,
+    pub queue: RedisQueue,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
+}
+
+/// `/metrics`, `/healthz` (the process is alive) and `/readyz` (it can
+/// serve: PostgreSQL reached and migrated).
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let gauges = gauges(&state).await;
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(&gauges),
+    )
+}
+
+/// Reads the outbox backlog and the lane lengths, each bounded in time.
+async fn gauges(state: &HttpState) -> Gauges {
+    let mut gauges = Gauges::default();
+    let backlog = tokio::time::timeout(
+        SCRAPE_TIMEOUT,
+        sqlx::query_as::<_, (i64, Option<f64>)>(
+            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
+        )
+        .fetch_one(&state.pool),
+    )
+    .await;
+    if let Ok(Ok((count, oldest))) = backlog {
+        gauges.database_up = true;
+        gauges.outbox_backlog = Some(count);
+        gauges.outbox_oldest_age = oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+    }
+    if state.queue.is_connected() {
+        for lane in Lane::ALL {
+            match tokio::time::timeout(SCRAPE_TIMEOUT, state.queue.queue_length(lane)).await {
+                Ok(Ok(length)) => {
+                    gauges.redis_up = true;
+                    gauges.lane_lengths.push((lane.as_str(), length));
+                }
+                _ => break,
+            }
+        }
+    }
+    gauges
+}

@@ -1,0 +1,11 @@
+//! The edge: gRPC and HTTP handlers, request parsing and the mapping of
+//! errors to statuses. Calls into `jobs`; nothing below calls back up.
+
+pub mod convert;
+mod grpc;
+pub mod http;
+pub mod proto;
+mod status;
+
+pub use grpc::JobsApi;
+pub use status::ApiError;

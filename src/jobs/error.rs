@@ -1,0 +1,21 @@
+//! What can go wrong in the domain.
+
+use uuid::Uuid;
+
+/// Errors of the job operations. `api::status` maps each to a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// No job has this id.
+    #[error("job {0} not found")]
+    NotFound(Uuid),
+    /// The caller reused an idempotency key for a different request.
+    #[error("request_id {request_id:?} was already used for job {job_id} with a different request")]
+    RequestIdReused { request_id: String, job_id: Uuid },
+    /// A row holds a value the service cannot read (e.g. a worker wrote an
+    /// unknown status despite the CHECK constraint being dropped).
+    #[error("stored job {job_id} is unreadable: {reason}")]
+    Corrupt { job_id: Uuid, reason: String },
+    /// PostgreSQL failed or is unreachable.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+}

@@ -1,0 +1,121 @@
+//! Reading jobs back.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::{Job, JobError, JobStatus, Priority, Subtask};
+
+const JOB_COLUMNS: &str = "id, user_id, novel_id, source_lang, target_lang, target_fields, \
+     enable_code_filter, output_dir, priority, status, attempts, error, request_id, \
+     created_at, updated_at, published_at";
+
+/// A row of `translation_jobs`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct JobRow {
+    id: Uuid,
+    user_id: String,
+    novel_id: Uuid,
+    source_lang: String,
+    target_lang: String,
+    target_fields: Vec<String>,
+    enable_code_filter: bool,
+    output_dir: String,
+    priority: String,
+    status: String,
+    attempts: i32,
+    error: Option<String>,
+    request_id: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    published_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    pub(crate) fn into_job(self, subtasks: Vec<Subtask>) -> Result<Job, JobError> {
+        let corrupt = |reason: String| JobError::Corrupt {
+            job_id: self.id,
+            reason,
+        };
+        let status = JobStatus::parse(&self.status)
+            .ok_or_else(|| corrupt(format!("unknown status {:?}", self.status)))?;
+        let priority = Priority::parse(&self.priority)
+            .ok_or_else(|| corrupt(format!("unknown priority {:?}", self.priority)))?;
+        Ok(Job {
+            id: self.id,
+            user_id: self.user_id,
+            novel_id: self.novel_id,
+            source_lang: self.source_lang,
+            target_lang: self.target_lang,
+            target_fields: self.target_fields,
+            enable_code_filter: self.enable_code_filter,
+            output_dir: self.output_dir,
+            priority,
+            status,
+            attempts: self.attempts,
+            error: self.error,
+            request_id: self.request_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            published_at: self.published_at,
+            subtasks,
+        })
+    }
+}
+
+/// Subtasks of one job, in creation order (their ids are time-ordered).
+async fn subtasks_of(pool: &PgPool, job_id: Uuid) -> Result<Vec<Subtask>, JobError> {
+    let rows = sqlx::query_as::<_, Subtask>(
+        "SELECT id, entity_type, entity_id, status, attempts, error, updated_at \
+         FROM translation_subtasks WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await
+    .map_err(|error| match error {
+        sqlx::Error::ColumnDecode { source, .. } => JobError::Corrupt {
+            job_id,
+            reason: source.to_string(),
+        },
+        other => JobError::Database(other),
+    })?;
+    Ok(rows)
+}
+
+/// One job with its subtasks, or `NotFound`.
+#[instrument(skip(pool), err)]
+pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+    let row = sqlx::query_as::<_, JobRow>(&format!(
+        "SELECT {JOB_COLUMNS} FROM translation_jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(JobError::NotFound(id))?;
+    let subtasks = subtasks_of(pool, id).await?;
+    row.into_job(subtasks)
+}
+
+/// The job a caller created with an idempotency key, if any.
+pub(crate) async fn find_by_request_id(
+    pool: &PgPool,
+    user_id: &str,
+    request_id: &str,
+) -> Result<Option<Job>, JobError> {
+    let row = sqlx::query_as::<_, JobRow>(&format!(
+        "SELECT {JOB_COLUMNS} FROM translation_jobs \
+         WHERE user_id = $1 AND request_id = $2"
+    ))
+    .bind(user_id)
+    .bind(request_id)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        None => Ok(None),
+        Some(row) => {
+            let subtasks = subtasks_of(pool, row.id).await?;
+            row.into_job(subtasks).map(Some)
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! translation-jobs: accepts translation jobs over gRPC, stores each with its
+//! subtasks in PostgreSQL, and hands it to the Python workers through a Redis
+//! list, using a transactional outbox so that no Redis outage, crash or
+//! restart loses or strands an accepted job.
+//!
+//! # Layout
+//! - [`config`]: typed settings from the environment, defaults as constants.
+//! - [`app`]: builds the pools, servers and background tasks; runs them until
+//!   shutdown through one cancellation token.
+//! - [`api`]: gRPC and HTTP handlers: requests into domain types, errors into
+//!   statuses.
+//! - [`jobs`]: the domain: job and subtask types, the create statement
+//!   (job + subtasks + outbox row), queries.
+//! - [`outbox`]: the relay that moves committed outbox rows to Redis, and
+//!   what wakes it.
+//! - [`queue`]: the Redis side: message format, lanes, idempotent push,
+//!   lengths, health.
+//! - [`health`]: readiness shared by gRPC health and the handlers.
+//! - [`metrics`]: counters rendered for Prometheus.
+//! - [`telemetry`]: logging set-up and URL redaction.
+//!
+//! Data flows one way: `api -> jobs -> outbox -> queue`.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod health;
+pub mod jobs;
+pub mod metrics;
+pub mod outbox;
+pub mod queue;
+pub mod telemetry;

@@ -1,0 +1,300 @@
+//! The relay: moves committed outbox rows to the Redis lists.
+//!
+//! Each [`Relay::drain_once`] claims the oldest rows with `FOR UPDATE SKIP
+//! LOCKED` (so any number of replicas can drain one outbox), deletes them,
+//! pushes them with one script call per lane, records the publish time on
+//! their jobs and commits. The push is idempotent per outbox id, so a relay
+//! that dies after the push and before the commit leaves rows that the next
+//! attempt re-sends without a duplicate reaching the workers.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::wake::{OutboxListener, RelayWake};
+use crate::{
+    metrics::Metrics,
+    queue::{Lane, OutboxMessage, QueueError, RedisQueue},
+    telemetry::error_chain,
+};
+
+/// Shortest pause after a failed drain; doubles up to the configured maximum.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Errors of one drain.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox database error")]
+    Database(#[from] sqlx::Error),
+    #[error("publishing to Redis failed")]
+    Queue(#[from] QueueError),
+}
+
+/// Tunables of the relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows claimed per transaction.
+    pub batch_size: u32,
+    /// Drain at least this often even when nothing woke the relay.
+    pub poll_interval: Duration,
+    /// Longest pause between attempts while Redis or PostgreSQL is down.
+    pub max_backoff: Duration,
+    /// How long Redis remembers that an outbox id was pushed. Must cover the
+    /// longest time a claimed batch can stay uncommitted and be retried.
+    pub marker_ttl: Duration,
+}
+
+/// One claimed outbox row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub job_id: Uuid,
+    pub lane: String,
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What one drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Rows taken out of the outbox.
+    pub claimed: usize,
+    /// Messages that reached a list; the rest had been pushed by an earlier
+    /// attempt that did not commit.
+    pub pushed: u64,
+}
+
+/// Moves outbox rows to Redis.
+#[derive(Clone)]
+pub struct Relay {
+    pool: PgPool,
+    queue: RedisQueue,
+    settings: RelaySettings,
+    metrics: Arc<Metrics>,
+    /// Separates this database's push markers from any other's.
+    marker_namespace: String,
+}
+
+impl Relay {
+    /// Reads the marker namespace of this database.
+    pub async fn new(
+        pool: PgPool,
+        queue: RedisQueue,
+        settings: RelaySettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RelayError> {
+        let namespace: Uuid = sqlx::query_scalar("SELECT marker_namespace FROM relay_identity")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            queue,
+            settings,
+            metrics,
+            marker_namespace: namespace.simple().to_string(),
+        })
+    }
+
+    pub fn marker_namespace(&self) -> &str {
+        &self.marker_namespace
+    }
+
+    /// Claims one batch, publishes it and commits. Returns what it did; an
+    /// empty outbox gives `claimed == 0`.
+    #[instrument(skip_all)]
+    pub async fn drain_once(&self) -> Result<Drained, RelayError> {
+        if !self.queue.is_connected() {
+            // Do not hold rows locked while the client is known to be down.
+            return Err(QueueError::NotConnected.into());
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows = claim(&mut tx, self.settings.batch_size).await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Drained::default());
+        }
+        let pushed = self.push(&rows).await?;
+        mark_published(&mut tx, &rows).await?;
+        tx.commit().await?;
+        self.record(&rows, pushed);
+        Ok(Drained {
+            claimed: rows.len(),
+            pushed,
+        })
+    }
+
+    /// Claims a batch and pushes it, then drops the transaction without
+    /// committing: what a relay killed between the push and the commit
+    /// leaves behind. For tests of the idempotent push.
+    #[doc(hidden)]
+    pub async fn push_then_crash(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = claim(&mut tx, self.settings.batch_size).await?;
+        self.push(&rows).await?;
+        tx.rollback().await?;
+        Ok(rows.len())
+    }
+
+    /// Pushes rows lane by lane, each lane in id order.
+    async fn push(&self, rows: &[OutboxRow]) -> Result<u64, RelayError> {
+        let mut by_lane: BTreeMap<Lane, Vec<OutboxMessage<'_>>> = BTreeMap::new();
+        for row in rows {
+            let lane = Lane::parse(&row.lane).unwrap_or_else(|| {
+                tracing::warn!(outbox_id = row.id, lane = %row.lane, "unknown lane; using the normal one");
+                Lane::Normal
+            });
+            by_lane.entry(lane).or_default().push(OutboxMessage {
+                outbox_id: row.id,
+                payload: &row.payload,
+            });
+        }
+        let mut pushed = 0;
+        for (lane, messages) in &by_lane {
+            pushed += self
+                .queue
+                .push_once(
+                    *lane,
+                    &self.marker_namespace,
+                    self.settings.marker_ttl,
+                    messages,
+                )
+                .await?;
+        }
+        Ok(pushed)
+    }
+
+    fn record(&self, rows: &[OutboxRow], pushed: u64) {
+        let claimed = rows.len() as u64;
+        self.metrics
+            .relay_published(pushed, claimed.saturating_sub(pushed));
+        if let Some(oldest) = rows.iter().map(|r| r.created_at).min() {
+            let lag = (Utc::now() - oldest).to_std().unwrap_or_default();
+            self.metrics.relay_lag(lag);
+        }
+        for row in rows {
+            tracing::debug!(job_id = %row.job_id, outbox_id = row.id, lane = %row.lane, "published");
+        }
+    }
+
+    /// Drains until a batch comes back short.
+    async fn drain_until_idle(&self, token: &CancellationToken) -> Result<(), RelayError> {
+        let full = self.settings.batch_size as usize;
+        while !token.is_cancelled() {
+            if self.drain_once().await?.claimed < full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `token` is cancelled: drains on every wake, NOTIFY and
+    /// poll tick, and backs off with jitter while a drain fails.
+    pub async fn run(self, token: CancellationToken, wake: RelayWake) {
+        let mut listener = OutboxListener::new(self.pool.clone());
+        let mut failures: u32 = 0;
+        // Give a fresh Redis connection a moment before the first drain, so
+        // start-up does not log a failure for nothing.
+        let _ = self.queue.wait_connected(self.settings.max_backoff).await;
+        tracing::info!(
+            batch_size = self.settings.batch_size,
+            poll_interval = ?self.settings.poll_interval,
+            "relay started"
+        );
+        loop {
+            match self.drain_until_idle(&token).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "relay recovered");
+                    }
+                    failures = 0;
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    self.metrics.relay_failed();
+                    let delay = backoff(failures, self.settings.max_backoff);
+                    // Log the first failure and then one in fifty, not every retry.
+                    if failures == 1 || failures % 50 == 0 {
+                        tracing::warn!(error = %error_chain(&error), failures, ?delay, "relay drain failed; retrying");
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = wake.woken() => {}
+                () = listener.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+        tracing::info!("relay stopped");
+    }
+}
+
+/// Claims the oldest unclaimed rows and deletes them; the delete only
+/// becomes permanent when the transaction commits after the push.
+async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    batch_size: u32,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let mut rows = sqlx::query_as::<_, OutboxRow>(
+        "DELETE FROM outbox WHERE id IN ( \
+             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, job_id, lane, payload, created_at",
+    )
+    .bind(i64::from(batch_size))
+    .fetch_all(&mut **tx)
+    .await?;
+    // RETURNING does not promise an order.
+    rows.sort_unstable_by_key(|row| row.id);
+    Ok(rows)
+}
+
+/// Records when the jobs were handed to Redis.
+async fn mark_published(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[OutboxRow],
+) -> Result<(), sqlx::Error> {
+    let mut job_ids: Vec<Uuid> = rows.iter().map(|row| row.job_id).collect();
+    // A stable lock order keeps two relays from deadlocking on job rows.
+    job_ids.sort_unstable();
+    job_ids.dedup();
+    sqlx::query("UPDATE translation_jobs SET published_at = clock_timestamp() WHERE id = ANY($1)")
+        .bind(&job_ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Exponential backoff with full jitter: a random pause up to
+/// `MIN_BACKOFF * 2^(failures-1)`, capped at `max`.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let ceiling = MIN_BACKOFF.saturating_mul(1 << exponent).min(max);
+    let millis = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(fastrand::u64(millis / 2..=millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_under_the_cap() {
+        let max = Duration::from_secs(1);
+        for failures in 1..100 {
+            let delay = backoff(failures, max);
+            assert!(delay <= max, "{failures}: {delay:?}");
+            assert!(delay >= Duration::from_millis(1));
+        }
+        assert!(backoff(1, max) <= MIN_BACKOFF);
+    }
+}

@@ -1,0 +1,90 @@
+//! Logging: human-readable by default, one JSON object per line with
+//! `LOG_FORMAT=json`; the filter comes from `RUST_LOG`.
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::config::LogFormat;
+
+/// Filter when `RUST_LOG` is unset.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,fred=warn,h2=warn,tower=warn";
+
+/// Installs the global subscriber. Safe to call more than once (tests): later
+/// calls do nothing.
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// An error followed by its sources, for one log field.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A URL with its password replaced by `***`, for log lines.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    let authority = &url[authority_start..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let shown_user = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        // A lone userinfo in a Redis URL is the password.
+        "***".to_owned()
+    };
+    format!(
+        "{}{}@{}{}",
+        &url[..authority_start],
+        shown_user,
+        &authority[at + 1..],
+        &url[authority_end..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact_url("redis://user:s3cret@cache:6379/0"),
+            "redis://user:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://:s3cret@cache:6380"),
+            "rediss://:***@cache:6380"
+        );
+        assert_eq!(redact_url("redis://s3cret@cache"), "redis://***@cache");
+        assert_eq!(
+            redact_url("redis://localhost:6379/0"),
+            "redis://localhost:6379/0"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}
