@@ -195,6 +195,9 @@ impl Relay {
     /// poll tick, and backs off with jitter while a drain fails.
     pub async fn run(self, token: CancellationToken, wake: RelayWake) {
         let mut listener = OutboxListener::new(self.pool.clone());
+        if !listener.ensure_listening().await {
+            tracing::warn!("cannot LISTEN for outbox notifications yet; polling meanwhile");
+        }
         let mut failures: u32 = 0;
         // Give a fresh Redis connection a moment before the first drain, so
         // start-up does not log a failure for nothing.

@@ -52,6 +52,14 @@ impl OutboxListener {
         }
     }
 
+    /// Opens the LISTEN connection if it is not open; returns whether it is.
+    pub async fn ensure_listening(&mut self) -> bool {
+        if self.listener.is_none() {
+            self.listener = self.listen().await;
+        }
+        self.listener.is_some()
+    }
+
     /// Resolves at the next notification (or possible missed one).
     pub async fn notified(&mut self) {
         loop {

@@ -1,0 +1,319 @@
+//! Helpers shared by the integration tests: a running service on free ports,
+//! a Redis server of the test's own, and Redis reads.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener as StdListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, ListInterface};
+use sqlx::{postgres::PgConnectOptions, PgPool};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use translation_jobs::{
+    api::proto::{
+        translation_job_service_client::TranslationJobServiceClient, CreateTranslationJobRequest,
+    },
+    app::App,
+    config::Settings,
+    queue::{JobMessage, Lane, QueueName},
+};
+use uuid::Uuid;
+
+/// The Redis every test may use; each test works on its own queue names.
+pub const SHARED_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// How long a test waits for something that should happen in milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub const NOVEL_ID: &str = "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e";
+
+/// A queue name no other test uses.
+pub fn unique_queue() -> QueueName {
+    QueueName::parse(&format!("test_jobs_{}", Uuid::new_v4().simple())).expect("valid queue name")
+}
+
+/// Settings for a service on free loopback ports. `overrides` replace the
+/// environment variables of the same name.
+pub fn settings(
+    database: PgConnectOptions,
+    redis_url: &str,
+    queue: &QueueName,
+    overrides: &[(&str, &str)],
+) -> Settings {
+    let mut vars: HashMap<String, String> = [
+        ("DATABASE_URL", "postgres://placeholder/replaced"),
+        ("REDIS_URL", redis_url),
+        ("TRANSLATION_QUEUE", queue.as_str()),
+        ("GRPC_ADDR", "127.0.0.1:0"),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("DATABASE_POOL_SIZE", "8"),
+        ("RELAY_POLL_INTERVAL", "200ms"),
+        ("RELAY_MAX_BACKOFF", "200ms"),
+        ("REDIS_COMMAND_TIMEOUT", "2s"),
+        ("SHUTDOWN_TIMEOUT", "5s"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let mut settings =
+        Settings::from_lookup(|name| vars.get(name).cloned()).expect("valid test settings");
+    settings.database = database;
+    settings
+}
+
+/// A service running inside the test process.
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub client: TranslationJobServiceClient<Channel>,
+    pub queue: QueueName,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// Starts the service on the shared Redis with a fresh queue name.
+    pub async fn spawn(database: PgConnectOptions) -> Self {
+        Self::spawn_with(database, SHARED_REDIS_URL, unique_queue(), &[]).await
+    }
+
+    pub async fn spawn_with(
+        database: PgConnectOptions,
+        redis_url: &str,
+        queue: QueueName,
+        overrides: &[(&str, &str)],
+    ) -> Self {
+        translation_jobs::telemetry::init(translation_jobs::config::LogFormat::Text);
+        let app = App::build(settings(database, redis_url, &queue, overrides))
+            .await
+            .expect("service builds");
+        let grpc_addr = app.grpc_addr();
+        let http_addr = app.http_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("service runs");
+        });
+        let client = TranslationJobServiceClient::connect(format!("http://{grpc_addr}"))
+            .await
+            .expect("gRPC client connects");
+        Self {
+            grpc_addr,
+            http_addr,
+            client,
+            queue,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Waits until the service reports SERVING (the database is migrated).
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.http_addr);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if http_get(&url).await.is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "service never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Shuts the service down and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("service task ends cleanly");
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket: (status, body).
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// A request for a job with default settings.
+pub fn create_request() -> CreateTranslationJobRequest {
+    CreateTranslationJobRequest {
+        novel_id: NOVEL_ID.into(),
+        target_lang: "en".into(),
+        ..Default::default()
+    }
+}
+
+/// A connected Redis client for reading lists in tests.
+pub async fn redis_client(url: &str) -> Client {
+    let client = Builder::from_config(Config::from_url(url).expect("redis url"))
+        .build()
+        .expect("redis client");
+    client.init().await.expect("redis connects");
+    client
+}
+
+/// All messages on one lane, parsed.
+pub async fn messages(redis: &Client, queue: &QueueName, lane: Lane) -> Vec<JobMessage> {
+    let raw: Vec<String> = redis
+        .lrange(queue.key(lane), 0, -1)
+        .await
+        .expect("LRANGE works");
+    raw.iter()
+        .map(|m| serde_json::from_str(m).expect("message is JSON"))
+        .collect()
+}
+
+/// Waits until a lane holds at least `count` messages, then returns them all.
+pub async fn wait_for_messages(
+    redis: &Client,
+    queue: &QueueName,
+    lane: Lane,
+    count: usize,
+) -> Vec<JobMessage> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let found = messages(redis, queue, lane).await;
+        if found.len() >= count {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {count} messages on {}, found {}",
+            queue.key(lane),
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Deletes every key a test made on the shared Redis.
+pub async fn cleanup(redis: &Client, queue: &QueueName) {
+    let mut keys: Vec<String> = Lane::ALL.iter().map(|lane| queue.key(*lane)).collect();
+    for lane in Lane::ALL {
+        let pattern = format!("{{{}}}:pushed:*", queue.key(lane));
+        let found: Vec<String> = redis
+            .custom(
+                fred::cmd!("KEYS"),
+                vec![pattern],
+            )
+            .await
+            .unwrap_or_default();
+        keys.extend(found);
+    }
+    let _: Result<i64, _> = redis.del(keys).await;
+}
+
+/// Row counts of the three tables.
+pub async fn counts(pool: &PgPool) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM translation_jobs), \
+                (SELECT count(*) FROM translation_subtasks), \
+                (SELECT count(*) FROM outbox)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("counts")
+}
+
+/// A free TCP port on loopback (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A redis-server of the test's own, on a free port, with an append-only
+/// file fsynced on every write so that stopping and starting it keeps the
+/// lists. Stopped when dropped.
+pub struct TestRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    /// A server not started yet: its URL is known, nothing listens there.
+    pub fn stopped() -> Self {
+        Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        }
+    }
+
+    pub async fn started() -> Self {
+        let mut redis = Self::stopped();
+        redis.start().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "yes"])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (is it installed?)");
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
