@@ -220,7 +220,7 @@ impl Relay {
                     self.metrics.relay_failed();
                     let delay = backoff(failures, self.settings.max_backoff);
                     // Log the first failure and then one in fifty, not every retry.
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 1 || failures.is_multiple_of(50) {
                         tracing::warn!(error = %error_chain(&error), failures, ?delay, "relay drain failed; retrying");
                     }
                     tokio::select! {

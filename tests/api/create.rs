@@ -1,8 +1,8 @@
 //! Creating jobs and reading them back.
 
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tonic::Code;
 use translation_jobs::{
@@ -11,8 +11,8 @@ use translation_jobs::{
 };
 
 use crate::support::{
-    cleanup, counts, create_request, messages, redis_client, wait_for_messages, TestApp,
-    NOVEL_ID, SHARED_REDIS_URL,
+    NOVEL_ID, SHARED_REDIS_URL, TestApp, cleanup, counts, create_request, messages, redis_client,
+    wait_for_messages,
 };
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -37,7 +37,10 @@ async fn create_stores_a_pending_job_and_its_message_reaches_redis(
     assert_eq!(job.subtasks[0].entity_type, "novel");
     assert_eq!(job.subtasks[0].entity_id, NOVEL_ID);
     assert!(job.create_time.is_some());
-    assert!(job.publish_time.is_none(), "not published before the relay ran");
+    assert!(
+        job.publish_time.is_none(),
+        "not published before the relay ran"
+    );
 
     let found = wait_for_messages(&redis, &app.queue, Lane::Normal, 1).await;
     assert_eq!(found.len(), 1);
@@ -63,7 +66,10 @@ async fn create_stores_a_pending_job_and_its_message_reaches_redis(
         .await
         .unwrap()
         .into_inner();
-    assert!(read.publish_time.is_some(), "publish time recorded by the relay");
+    assert!(
+        read.publish_time.is_some(),
+        "publish time recorded by the relay"
+    );
     assert_eq!(read.status(), JobStatus::Pending);
 
     cleanup(&redis, &app.queue).await;
@@ -249,7 +255,11 @@ async fn get_answers_not_found_for_an_unknown_id_and_invalid_argument_for_a_malf
         .await
         .unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument);
-    assert!(malformed.message().starts_with("id:"), "{}", malformed.message());
+    assert!(
+        malformed.message().starts_with("id:"),
+        "{}",
+        malformed.message()
+    );
 
     app.stop().await;
 }

@@ -4,21 +4,21 @@
 use std::{
     collections::HashSet,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
 use translation_jobs::queue::Lane;
 
 use crate::support::{
-    counts, create_request, messages, redis_client, unique_queue, wait_for_messages, TestApp,
-    TestRedis, PATIENCE,
+    PATIENCE, TestApp, TestRedis, counts, create_request, messages, redis_client, unique_queue,
+    wait_for_messages,
 };
 
 async fn create(app: &mut TestApp, count: usize) -> Vec<String> {
@@ -85,8 +85,7 @@ async fn redis_stopped_during_a_stream_of_creates_loses_and_duplicates_nothing(
     database: PgConnectOptions,
 ) {
     let mut redis_server = TestRedis::started().await;
-    let app =
-        TestApp::spawn_with(database.clone(), &redis_server.url(), unique_queue(), &[]).await;
+    let app = TestApp::spawn_with(database.clone(), &redis_server.url(), unique_queue(), &[]).await;
     app.wait_ready().await;
     let pool = PgPool::connect_with(database).await.unwrap();
 

@@ -6,18 +6,18 @@ use std::{
 };
 
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
     Connection, PgConnection,
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tonic::Code;
-use translation_jobs::queue::Lane;
 use tonic_health::pb::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use translation_jobs::queue::Lane;
 
 use crate::support::{
-    cleanup, create_request, free_port, http_get, redis_client, unique_queue, wait_for_messages,
-    TestApp, PATIENCE, SHARED_REDIS_URL,
+    PATIENCE, SHARED_REDIS_URL, TestApp, cleanup, create_request, free_port, http_get,
+    redis_client, unique_queue, wait_for_messages,
 };
 
 async fn serving_status(app: &TestApp) -> ServingStatus {
@@ -65,7 +65,10 @@ async fn sigterm_drains_and_exits_zero_promptly(_: PgPoolOptions, database: PgCo
 
     let deadline = Instant::now() + PATIENCE;
     let ready_url = format!("http://127.0.0.1:{http_port}/readyz");
-    while !http_get(&ready_url).await.is_some_and(|(status, _)| status == 200) {
+    while http_get(&ready_url)
+        .await
+        .is_none_or(|(status, _)| status != 200)
+    {
         assert!(Instant::now() < deadline, "binary never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -105,9 +108,10 @@ async fn sigterm_drains_and_exits_zero_promptly(_: PgPoolOptions, database: PgCo
 
 #[tokio::test]
 async fn without_postgres_the_service_starts_not_serving_and_answers_unavailable() {
-    let unreachable: PgConnectOptions = format!("postgres://postgres@127.0.0.1:{}/none", free_port())
-        .parse()
-        .unwrap();
+    let unreachable: PgConnectOptions =
+        format!("postgres://postgres@127.0.0.1:{}/none", free_port())
+            .parse()
+            .unwrap();
     let mut app = TestApp::spawn(unreachable).await;
 
     assert_eq!(serving_status(&app).await, ServingStatus::NotServing);
@@ -117,7 +121,9 @@ async fn without_postgres_the_service_starts_not_serving_and_answers_unavailable
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
-    let (status, _) = http_get(&format!("http://{}/readyz", app.http_addr)).await.unwrap();
+    let (status, _) = http_get(&format!("http://{}/readyz", app.http_addr))
+        .await
+        .unwrap();
     assert_eq!(status, 503);
     app.stop().await;
 }

@@ -4,21 +4,21 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
     PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokio_util::sync::CancellationToken;
 use translation_jobs::{
     api::convert,
     jobs::{create_job, fields::UserId},
     metrics::Metrics,
-    outbox::{OutboxListener, Relay, RelaySettings, RelayWake, OUTBOX_CHANNEL},
+    outbox::{OUTBOX_CHANNEL, OutboxListener, Relay, RelaySettings, RelayWake},
     queue::{Lane, QueueName, RedisQueue, RedisSettings},
 };
 
 use crate::support::{
-    cleanup, counts, create_request, messages, redis_client, unique_queue, wait_for_messages,
-    TestApp, SHARED_REDIS_URL,
+    SHARED_REDIS_URL, TestApp, cleanup, counts, create_request, messages, redis_client,
+    unique_queue, wait_for_messages,
 };
 
 async fn queue(name: &QueueName) -> RedisQueue {
@@ -182,7 +182,10 @@ async fn rows_written_elsewhere_are_published_on_notify_without_waiting_for_a_po
         if !messages(&redis, &app.queue, Lane::Normal).await.is_empty() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "NOTIFY never woke the relay");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "NOTIFY never woke the relay"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let found = messages(&redis, &app.queue, Lane::Normal).await;

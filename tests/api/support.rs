@@ -10,12 +10,12 @@ use std::{
 };
 
 use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface, ListInterface};
-use sqlx::{postgres::PgConnectOptions, PgPool};
+use sqlx::{PgPool, postgres::PgConnectOptions};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use translation_jobs::{
     api::proto::{
-        translation_job_service_client::TranslationJobServiceClient, CreateTranslationJobRequest,
+        CreateTranslationJobRequest, translation_job_service_client::TranslationJobServiceClient,
     },
     app::App,
     config::Settings,
@@ -68,6 +68,16 @@ pub fn settings(
     settings
 }
 
+/// Logs go through the test harness (shown for failing tests only).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,fred=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A service running inside the test process.
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
@@ -90,7 +100,7 @@ impl TestApp {
         queue: QueueName,
         overrides: &[(&str, &str)],
     ) -> Self {
-        translation_jobs::telemetry::init(translation_jobs::config::LogFormat::Text);
+        init_logs();
         let app = App::build(settings(database, redis_url, &queue, overrides))
             .await
             .expect("service builds");
@@ -122,7 +132,10 @@ impl TestApp {
         let url = format!("http://{}/readyz", self.http_addr);
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if http_get(&url).await.is_some_and(|(status, _)| status == 200) {
+            if http_get(&url)
+                .await
+                .is_some_and(|(status, _)| status == 200)
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "service never became ready");
@@ -214,10 +227,7 @@ pub async fn cleanup(redis: &Client, queue: &QueueName) {
     for lane in Lane::ALL {
         let pattern = format!("{{{}}}:pushed:*", queue.key(lane));
         let found: Vec<String> = redis
-            .custom(
-                fred::cmd!("KEYS"),
-                vec![pattern],
-            )
+            .custom(fred::cmd!("KEYS"), vec![pattern])
             .await
             .unwrap_or_default();
         keys.extend(found);
