@@ -15,16 +15,19 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
-        self, JobsApi,
+        self, ApiDeps, JobsApi,
         http::HttpState,
         proto::{FILE_DESCRIPTOR_SET, translation_job_service_server::TranslationJobServiceServer},
     },
+    backlog::Backlog,
     config::{IDLE_IN_TRANSACTION_TIMEOUT, Settings},
     health::Health,
     metrics::Metrics,
     outbox::{Relay, RelayWake},
     queue::{QueueError, RedisQueue},
+    reaper::Reaper,
     telemetry::error_chain,
+    watch::{Listener, WatchHub},
 };
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -117,13 +120,23 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let jobs_api = JobsApi::new(
-            self.pool.clone(),
-            health.clone(),
-            wake.clone(),
-            self.metrics.clone(),
-            self.settings.max_subtasks_per_job,
-        );
+        let hub = WatchHub::new();
+        let jobs_api = JobsApi::new(ApiDeps {
+            pool: self.pool.clone(),
+            queue: self.queue.clone(),
+            health: health.clone(),
+            wake: wake.clone(),
+            metrics: self.metrics.clone(),
+            backlog: Arc::new(Backlog::new(
+                self.pool.clone(),
+                self.queue.clone(),
+                self.settings.queue_max_backlog,
+            )),
+            hub: hub.clone(),
+            shutdown: token.clone(),
+            max_subtasks_per_job: self.settings.max_subtasks_per_job,
+            max_batch_size: self.settings.max_batch_size,
+        });
 
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
@@ -132,7 +145,7 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TranslationJobServiceServer::new(jobs_api))
+            .add_service(TranslationJobServiceServer::new(jobs_api.clone()))
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY, small responses wait for delayed ACKs
                 // (about 40 ms a call).
@@ -145,12 +158,15 @@ impl App {
         tracing::info!(addr = %grpc_addr, "gRPC listening");
 
         let http_token = token.clone();
-        let router = api::http::router(HttpState {
-            pool: self.pool.clone(),
-            queue: self.queue.clone(),
-            health: health.clone(),
-            metrics: self.metrics.clone(),
-        });
+        let router = api::http::router(
+            HttpState {
+                pool: self.pool.clone(),
+                queue: self.queue.clone(),
+                health: health.clone(),
+                metrics: self.metrics.clone(),
+            },
+            jobs_api,
+        );
         tasks.spawn(async move {
             let served = axum::serve(self.http_listener, router)
                 .with_graceful_shutdown(http_token.cancelled_owned())
@@ -161,15 +177,16 @@ impl App {
         });
         tracing::info!(addr = %http_addr, "HTTP listening");
 
-        tasks.spawn(start_background(
-            self.pool.clone(),
-            self.queue.clone(),
-            self.settings.clone(),
-            self.metrics.clone(),
-            health.clone(),
+        tasks.spawn(start_background(Background {
+            pool: self.pool.clone(),
+            queue: self.queue.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            health: health.clone(),
             wake,
-            token.clone(),
-        ));
+            hub,
+            token: token.clone(),
+        }));
 
         let mut result = Ok(());
         tokio::select! {
@@ -281,17 +298,32 @@ fn log_targets(settings: &Settings) {
     );
 }
 
-/// Connects to PostgreSQL (retrying with backoff until it answers or
-/// shutdown), runs the migrations, reports SERVING and starts the relay.
-async fn start_background(
+/// What the background tasks share.
+struct Background {
     pool: PgPool,
     queue: RedisQueue,
     settings: Settings,
     metrics: Arc<Metrics>,
     health: Health,
     wake: RelayWake,
+    hub: WatchHub,
     token: CancellationToken,
-) {
+}
+
+/// Connects to PostgreSQL (retrying with backoff until it answers or
+/// shutdown), runs the migrations, reports SERVING, then runs the LISTEN
+/// connection, the relay and the reaper until the token is cancelled.
+async fn start_background(background: Background) {
+    let Background {
+        pool,
+        queue,
+        settings,
+        metrics,
+        health,
+        wake,
+        hub,
+        token,
+    } = background;
     let mut delay = CONNECT_RETRY_MIN;
     loop {
         let prepared = tokio::select! {
@@ -312,30 +344,43 @@ async fn start_background(
     }
     health.set_ready(true).await;
 
-    if !settings.relay_enabled {
-        tracing::info!("relay disabled (RELAY_ENABLED=false)");
-        return;
-    }
-    let relay = loop {
-        match Relay::new(
-            pool.clone(),
-            queue.clone(),
-            settings.relay.clone(),
-            metrics.clone(),
-        )
-        .await
-        {
-            Ok(relay) => break relay,
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "cannot start the relay; retrying");
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(CONNECT_RETRY_MAX) => {}
-                }
-            }
+    let listener = Listener::new(pool.clone(), hub, wake.clone()).run(token.clone());
+    let reaper = async {
+        if settings.reaper_enabled {
+            Reaper::new(pool.clone(), settings.reaper, wake.clone())
+                .run(token.clone())
+                .await;
+        } else {
+            tracing::info!("reaper disabled (REAPER_ENABLED=false)");
         }
     };
-    relay.run(token, wake).await;
+    let relay = async {
+        if !settings.relay_enabled {
+            tracing::info!("relay disabled (RELAY_ENABLED=false)");
+            return;
+        }
+        let relay = loop {
+            match Relay::new(
+                pool.clone(),
+                queue.clone(),
+                settings.relay.clone(),
+                metrics.clone(),
+            )
+            .await
+            {
+                Ok(relay) => break relay,
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "cannot start the relay; retrying");
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(CONNECT_RETRY_MAX) => {}
+                    }
+                }
+            }
+        };
+        relay.run(token.clone(), wake.clone()).await;
+    };
+    tokio::join!(listener, reaper, relay);
 }
 
 /// Migrations under sqlx's advisory lock, then fresh planner statistics.

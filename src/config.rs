@@ -7,8 +7,10 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::{
+    jobs::RescuePolicy,
     outbox::RelaySettings,
     queue::{QueueName, RedisSettings},
+    reaper::ReaperSettings,
 };
 
 pub const DEFAULT_REDIS_URL: &str = "redis://localhost:6379/0";
@@ -30,6 +32,16 @@ pub const DEFAULT_RELAY_MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_RELAY_MARKER_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_SUBTASKS_PER_JOB: usize = 1000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
+/// Waiting jobs (Redis lanes plus outbox) above which creates are refused;
+/// the old service's figure. 0 turns backpressure off.
+pub const DEFAULT_QUEUE_MAX_BACKLOG: u64 = 1000;
+pub const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_STUCK_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_JOB_ATTEMPTS: i32 = 3;
+/// Stuck jobs rescued per transaction.
+pub const REAPER_BATCH_SIZE: i64 = 500;
+/// Most jobs in one BatchCreateTranslationJobs call.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
 /// PostgreSQL ends a session left idle inside a transaction this long, so a
 /// relay that hangs between push and commit releases its rows. The marker
 /// lifetime must be well above it.
@@ -77,6 +89,13 @@ pub struct Settings {
     pub relay_enabled: bool,
     pub relay: RelaySettings,
     pub max_subtasks_per_job: usize,
+    /// Most jobs in one batch create.
+    pub max_batch_size: usize,
+    /// Backpressure limit (`QUEUE_MAX_BACKLOG`); 0 turns it off.
+    pub queue_max_backlog: u64,
+    /// Whether this process runs the reaper.
+    pub reaper_enabled: bool,
+    pub reaper: ReaperSettings,
     /// How long shutdown waits for calls and background tasks to finish.
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -184,6 +203,29 @@ impl Settings {
                 1,
                 100_000,
             )?,
+            max_batch_size: number(&get, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, 1, 10_000)?,
+            queue_max_backlog: number(
+                &get,
+                "QUEUE_MAX_BACKLOG",
+                DEFAULT_QUEUE_MAX_BACKLOG,
+                0,
+                u64::MAX,
+            )?,
+            reaper_enabled: boolean(&get, "REAPER_ENABLED", true)?,
+            reaper: ReaperSettings {
+                interval: duration(&get, "REAPER_INTERVAL", DEFAULT_REAPER_INTERVAL)?,
+                policy: RescuePolicy {
+                    stuck_after: duration(&get, "STUCK_JOB_TIMEOUT", DEFAULT_STUCK_JOB_TIMEOUT)?,
+                    max_attempts: number(
+                        &get,
+                        "MAX_JOB_ATTEMPTS",
+                        DEFAULT_MAX_JOB_ATTEMPTS,
+                        1,
+                        1000,
+                    )?,
+                    batch_size: REAPER_BATCH_SIZE,
+                },
+            },
             shutdown_timeout: duration(&get, "SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT)?,
             log_format: match get("LOG_FORMAT")
                 .as_deref()
@@ -295,6 +337,10 @@ mod tests {
         assert_eq!(s.http_addr.to_string(), "0.0.0.0:8000");
         assert_eq!(s.relay.batch_size, DEFAULT_RELAY_BATCH_SIZE);
         assert!(s.relay_enabled);
+        assert_eq!(s.queue_max_backlog, 1000);
+        assert_eq!(s.reaper.interval, Duration::from_secs(30));
+        assert_eq!(s.reaper.policy.stuck_after, Duration::from_secs(3600));
+        assert_eq!(s.reaper.policy.max_attempts, 3);
         assert_eq!(s.log_format, LogFormat::Text);
     }
 
@@ -331,6 +377,9 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("RELAY_MARKER_TTL", "10s"),
             ("RELAY_ENABLED", "maybe"),
+            ("MAX_JOB_ATTEMPTS", "0"),
+            ("STUCK_JOB_TIMEOUT", "an hour"),
+            ("QUEUE_MAX_BACKLOG", "-1"),
         ];
         for (name, value) in cases {
             let error = settings(&[base, (name, value)]).err().unwrap();

@@ -15,6 +15,11 @@
 //!   what wakes it.
 //! - [`queue`]: the Redis side: message format, lanes, idempotent push,
 //!   lengths, health.
+//! - [`watch`]: the process's LISTEN connection and the fan-out of job
+//!   changes to WatchTranslationJob streams.
+//! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
+//!   attempts.
+//! - [`backlog`]: backpressure on creates.
 //! - [`health`]: readiness shared by gRPC health and the handlers.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`telemetry`]: logging set-up and URL redaction.
@@ -25,10 +30,13 @@
 
 pub mod api;
 pub mod app;
+pub mod backlog;
 pub mod config;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;
 pub mod queue;
+pub mod reaper;
 pub mod telemetry;
+pub mod watch;

@@ -4,13 +4,99 @@ use chrono::{DateTime, Utc};
 use tonic::metadata::MetadataMap;
 
 use super::proto;
+use uuid::Uuid;
+
 use crate::jobs::{
-    Job, JobStatus, NewJob, Priority,
+    Job, JobStatus, ListQuery, NewJob, Priority,
     fields::{
         FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, UserId,
         parse_uuid,
     },
 };
+
+/// Page size when the caller gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Larger page sizes are reduced to this.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Parses a list request; the page token must come from the same filters.
+pub fn list_query(request: &proto::ListTranslationJobsRequest) -> Result<ListQuery, FieldError> {
+    let limit = match request.page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        size if size < 0 => {
+            return Err(FieldError::new("page_size", "must not be negative"));
+        }
+        size => u32::try_from(size)
+            .unwrap_or(MAX_PAGE_SIZE)
+            .min(MAX_PAGE_SIZE),
+    };
+    let status = match proto::JobStatus::try_from(request.status) {
+        Ok(proto::JobStatus::Unspecified) => None,
+        Ok(proto::JobStatus::Pending) => Some(JobStatus::Pending),
+        Ok(proto::JobStatus::InProgress) => Some(JobStatus::InProgress),
+        Ok(proto::JobStatus::Completed) => Some(JobStatus::Completed),
+        Ok(proto::JobStatus::Failed) => Some(JobStatus::Failed),
+        Ok(proto::JobStatus::Cancelled) => Some(JobStatus::Cancelled),
+        Err(_) => {
+            return Err(FieldError::new(
+                "status",
+                format!("unknown value {}", request.status),
+            ));
+        }
+    };
+    let novel_id = if request.novel_id.is_empty() {
+        None
+    } else {
+        Some(parse_uuid("novel_id", &request.novel_id)?)
+    };
+    let mut query = ListQuery {
+        status,
+        novel_id,
+        before: None,
+        limit,
+    };
+    if !request.page_token.is_empty() {
+        query.before = Some(parse_page_token(&request.page_token, &query)?);
+    }
+    Ok(query)
+}
+
+/// The opaque token of the page after the one ending with `last`: the id
+/// and a fingerprint of the filters, so a token is not reused with others.
+pub fn page_token(last: Uuid, query: &ListQuery) -> String {
+    format!("{}{:08x}", last.simple(), filter_fingerprint(query))
+}
+
+fn parse_page_token(token: &str, query: &ListQuery) -> Result<Uuid, FieldError> {
+    let invalid = || {
+        FieldError::new(
+            "page_token",
+            "is not a next_page_token of this listing (with these filters)",
+        )
+    };
+    if token.len() != 40 || !token.is_ascii() {
+        return Err(invalid());
+    }
+    let (id, fingerprint) = token.split_at(32);
+    let id = Uuid::try_parse(id).map_err(|_| invalid())?;
+    let fingerprint = u32::from_str_radix(fingerprint, 16).map_err(|_| invalid())?;
+    if fingerprint != filter_fingerprint(query) {
+        return Err(invalid());
+    }
+    Ok(id)
+}
+
+/// FNV-1a over the filters.
+fn filter_fingerprint(query: &ListQuery) -> u32 {
+    let text = format!(
+        "{}|{}",
+        query.status.map_or("", JobStatus::as_str),
+        query.novel_id.map(|id| id.to_string()).unwrap_or_default()
+    );
+    text.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
 
 /// Metadata key naming the caller on whose behalf a job is created. Set by
 /// the gateway in front of the service; scopes request_id idempotency.
@@ -210,6 +296,32 @@ mod tests {
             new_job(UserId::default(), twice, 10).unwrap_err().field,
             "subtasks[2]"
         );
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_are_tied_to_their_filters() {
+        let mut request = proto::ListTranslationJobsRequest::default();
+        let query = list_query(&request).unwrap();
+        assert_eq!(query.limit, DEFAULT_PAGE_SIZE);
+        let last = Uuid::now_v7();
+        request.page_token = page_token(last, &query);
+        assert_eq!(list_query(&request).unwrap().before, Some(last));
+
+        request.status = proto::JobStatus::Failed.into();
+        assert_eq!(list_query(&request).unwrap_err().field, "page_token");
+        request.page_token = "garbage".into();
+        assert_eq!(list_query(&request).unwrap_err().field, "page_token");
+    }
+
+    #[test]
+    fn page_sizes_default_and_cap() {
+        let mut request = proto::ListTranslationJobsRequest {
+            page_size: 10_000,
+            ..Default::default()
+        };
+        assert_eq!(list_query(&request).unwrap().limit, MAX_PAGE_SIZE);
+        request.page_size = -1;
+        assert_eq!(list_query(&request).unwrap_err().field, "page_size");
     }
 
     #[test]

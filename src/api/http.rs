@@ -1,10 +1,12 @@
-//! The HTTP side on `HTTP_ADDR`: Prometheus metrics and plain health checks.
+//! The HTTP side on `HTTP_ADDR`: Prometheus metrics, plain health checks,
+//! and the JSON job endpoints of `rest`.
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use sqlx::PgPool;
 
+use super::JobsApi;
 use crate::{
     health::Health,
     metrics::{Gauges, Metrics},
@@ -23,14 +25,15 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
 }
 
-/// `/metrics`, `/healthz` (the process is alive) and `/readyz` (it can
-/// serve: PostgreSQL reached and migrated).
-pub fn router(state: HttpState) -> Router {
+/// `/metrics`, `/healthz` (the process is alive), `/readyz` (it can
+/// serve: PostgreSQL reached and migrated) and `/api/v1/translation-jobs`.
+pub fn router(state: HttpState, api: JobsApi) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(super::rest::routes().with_state(api))
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {

@@ -5,7 +5,8 @@ pub mod convert;
 mod grpc;
 pub mod http;
 pub mod proto;
+mod rest;
 mod status;
 
-pub use grpc::JobsApi;
+pub use grpc::{ApiDeps, JobsApi};
 pub use status::ApiError;

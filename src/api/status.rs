@@ -6,7 +6,9 @@
 
 use tonic::{Code, Status};
 
-use crate::{jobs::JobError, jobs::fields::FieldError, telemetry::error_chain};
+use crate::{
+    backlog::BacklogError, jobs::JobError, jobs::fields::FieldError, telemetry::error_chain,
+};
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,9 @@ pub enum ApiError {
     NotReady,
     #[error(transparent)]
     Job(#[from] JobError),
+    /// Too many jobs wait; the caller should retry later.
+    #[error(transparent)]
+    Backlog(#[from] BacklogError),
 }
 
 impl From<ApiError> for Status {
@@ -29,6 +34,12 @@ impl From<ApiError> for Status {
                 "the service is starting and cannot reach PostgreSQL yet; retry shortly",
             ),
             ApiError::Job(job) => job_status(job),
+            ApiError::Backlog(full @ BacklogError::Full { .. }) => {
+                Status::resource_exhausted(full.to_string())
+            }
+            ApiError::Backlog(BacklogError::Database(database)) => {
+                job_status(JobError::Database(database))
+            }
         }
     }
 }
@@ -39,6 +50,14 @@ fn job_status(error: JobError) -> Status {
         JobError::RequestIdReused { request_id, job_id } => Status::already_exists(format!(
             "request_id {request_id:?} was already used for job {job_id} with a different request"
         )),
+        JobError::WrongStatus { .. } => Status::failed_precondition(error.to_string()),
+        JobError::InBatch { index, source } => {
+            let inner = job_status(*source);
+            Status::new(
+                inner.code(),
+                format!("requests[{index}]: {}", inner.message()),
+            )
+        }
         JobError::Corrupt { .. } => internal(&error),
         JobError::Database(ref database) => match database_code(database) {
             Code::Unavailable => {

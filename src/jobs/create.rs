@@ -1,7 +1,7 @@
 //! The create transaction: job, subtasks and outbox row in one statement.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -42,9 +42,34 @@ SELECT created_at FROM job
 "#;
 
 /// Stores a new job with its subtasks and queues its message through the
-/// outbox, all in one transaction. Never touches Redis.
-#[instrument(skip_all, fields(novel_id = %new.novel_id), err)]
+/// outbox, all in one statement. Never touches Redis.
+#[instrument(skip_all, fields(novel_id = %new.novel_id), err(level = "debug"))]
 pub async fn create_job(pool: &PgPool, new: &NewJob) -> Result<Created, JobError> {
+    let mut conn = pool.acquire().await?;
+    insert_job(&mut conn, new).await
+}
+
+/// Stores several jobs in one transaction: all of them or none. A failure
+/// names the index of the job that caused it.
+#[instrument(skip_all, fields(count = jobs.len()), err(level = "debug"))]
+pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>, JobError> {
+    let mut tx = pool.begin().await?;
+    let mut created = Vec::with_capacity(jobs.len());
+    for (index, new) in jobs.iter().enumerate() {
+        let one = insert_job(&mut tx, new)
+            .await
+            .map_err(|error| JobError::InBatch {
+                index,
+                source: Box::new(error),
+            })?;
+        created.push(one);
+    }
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// The create statement on one connection (or inside a transaction).
+async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> Result<Created, JobError> {
     let id = Uuid::now_v7();
     let subtask_ids: Vec<Uuid> = new.subtasks.iter().map(|_| Uuid::now_v7()).collect();
     let entity_types: Vec<&str> = new
@@ -74,7 +99,7 @@ pub async fn create_job(pool: &PgPool, new: &NewJob) -> Result<Created, JobError
         .bind(&entity_ids)
         .bind(new.priority.lane().as_str())
         .bind(message.to_json())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?;
 
     match created_at {
@@ -90,13 +115,13 @@ pub async fn create_job(pool: &PgPool, new: &NewJob) -> Result<Created, JobError
                 replayed: false,
             })
         }
-        None => replay(pool, new).await,
+        None => replay(conn, new).await,
     }
 }
 
 /// The request_id was taken: return the earlier job when the request is the
 /// same, refuse otherwise.
-async fn replay(pool: &PgPool, new: &NewJob) -> Result<Created, JobError> {
+async fn replay(conn: &mut PgConnection, new: &NewJob) -> Result<Created, JobError> {
     let request_id = new
         .request_id
         .as_ref()
@@ -104,7 +129,7 @@ async fn replay(pool: &PgPool, new: &NewJob) -> Result<Created, JobError> {
         .unwrap_or_default();
     // The conflicting row was committed before ON CONFLICT gave up, so it is
     // visible to this new statement.
-    let existing = find_by_request_id(pool, new.user_id.as_str(), &request_id)
+    let existing = find_by_request_id(conn, new.user_id.as_str(), &request_id)
         .await?
         .ok_or_else(|| {
             JobError::Database(sqlx::Error::Protocol(

@@ -1,13 +1,13 @@
 //! Reading jobs back.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::{Job, JobError, JobStatus, Priority, Subtask};
 
-const JOB_COLUMNS: &str = "id, user_id, novel_id, source_lang, target_lang, target_fields, \
+pub(crate) const JOB_COLUMNS: &str = "id, user_id, novel_id, source_lang, target_lang, target_fields, \
      enable_code_filter, output_dir, priority, status, attempts, error, request_id, \
      created_at, updated_at, published_at";
 
@@ -33,6 +33,10 @@ pub(crate) struct JobRow {
 }
 
 impl JobRow {
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+
     pub(crate) fn into_job(self, subtasks: Vec<Subtask>) -> Result<Job, JobError> {
         let corrupt = |reason: String| JobError::Corrupt {
             job_id: self.id,
@@ -65,13 +69,16 @@ impl JobRow {
 }
 
 /// Subtasks of one job, in creation order (their ids are time-ordered).
-async fn subtasks_of(pool: &PgPool, job_id: Uuid) -> Result<Vec<Subtask>, JobError> {
+pub(crate) async fn subtasks_of(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+) -> Result<Vec<Subtask>, JobError> {
     let rows = sqlx::query_as::<_, Subtask>(
         "SELECT id, entity_type, entity_id, status, attempts, error, updated_at \
          FROM translation_subtasks WHERE job_id = $1 ORDER BY id",
     )
     .bind(job_id)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     .map_err(|error| match error {
         sqlx::Error::ColumnDecode { source, .. } => JobError::Corrupt {
@@ -84,22 +91,54 @@ async fn subtasks_of(pool: &PgPool, job_id: Uuid) -> Result<Vec<Subtask>, JobErr
 }
 
 /// One job with its subtasks, or `NotFound`.
-#[instrument(skip(pool), err)]
+#[instrument(skip(pool), err(level = "debug"))]
 pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+    let mut conn = pool.acquire().await?;
+    read_job(&mut conn, id).await
+}
+
+/// One job with its subtasks on a given connection (or transaction).
+pub(crate) async fn read_job(conn: &mut PgConnection, id: Uuid) -> Result<Job, JobError> {
     let row = sqlx::query_as::<_, JobRow>(&format!(
         "SELECT {JOB_COLUMNS} FROM translation_jobs WHERE id = $1"
     ))
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?
     .ok_or(JobError::NotFound(id))?;
-    let subtasks = subtasks_of(pool, id).await?;
+    let subtasks = subtasks_of(conn, id).await?;
     row.into_job(subtasks)
+}
+
+/// The subtasks of several jobs at once, grouped by job.
+pub(crate) async fn subtasks_of_many(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Vec<Subtask>>, JobError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        job_id: Uuid,
+        #[sqlx(flatten)]
+        subtask: Subtask,
+    }
+    let rows = sqlx::query_as::<_, Row>(
+        "SELECT job_id, id, entity_type, entity_id, status, attempts, error, updated_at \
+         FROM translation_subtasks WHERE job_id = ANY($1) ORDER BY job_id, id",
+    )
+    .bind(job_ids)
+    .fetch_all(conn)
+    .await?;
+    let mut grouped: std::collections::HashMap<Uuid, Vec<Subtask>> =
+        std::collections::HashMap::new();
+    for row in rows {
+        grouped.entry(row.job_id).or_default().push(row.subtask);
+    }
+    Ok(grouped)
 }
 
 /// The job a caller created with an idempotency key, if any.
 pub(crate) async fn find_by_request_id(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     user_id: &str,
     request_id: &str,
 ) -> Result<Option<Job>, JobError> {
@@ -109,12 +148,12 @@ pub(crate) async fn find_by_request_id(
     ))
     .bind(user_id)
     .bind(request_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     match row {
         None => Ok(None),
         Some(row) => {
-            let subtasks = subtasks_of(pool, row.id).await?;
+            let subtasks = subtasks_of(conn, row.id).await?;
             row.into_job(subtasks).map(Some)
         }
     }

@@ -1,14 +1,21 @@
-//! The domain: what a job is, the transaction that creates one, and the
-//! queries that read them back. Writes the outbox row of a new job in the
-//! same statement; publishing is the `outbox` module's business.
+//! The domain: what a job is, the statement that creates one, the status
+//! changes callers and the reaper make, and the queries that read jobs
+//! back. Writes outbox rows in the same transactions; publishing them is
+//! the `outbox` module's business.
 
 mod create;
 mod error;
 pub mod fields;
 mod get;
+mod list;
 mod model;
+mod rescue;
+mod transitions;
 
-pub use create::{Created, create_job};
+pub use create::{Created, create_job, create_jobs};
 pub use error::JobError;
 pub use get::get_job;
+pub use list::{ListQuery, Page, list_jobs};
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
+pub use rescue::{RescuePolicy, Rescued, rescue_stuck_jobs};
+pub use transitions::{cancel_job, retry_job};

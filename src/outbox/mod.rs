@@ -7,8 +7,10 @@
 //! a lower id can become visible after a higher one. Rows are claimed, not
 //! skipped past.
 
+mod enqueue;
 mod relay;
 mod wake;
 
+pub use enqueue::{Pending, enqueue};
 pub use relay::{Drained, OutboxRow, Relay, RelayError, RelaySettings};
-pub use wake::{OUTBOX_CHANNEL, OutboxListener, RelayWake};
+pub use wake::{OUTBOX_CHANNEL, RelayWake};

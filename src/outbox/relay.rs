@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::wake::{OutboxListener, RelayWake};
+use super::wake::RelayWake;
 use crate::{
     metrics::Metrics,
     queue::{Lane, OutboxMessage, QueueError, RedisQueue},
@@ -191,13 +191,10 @@ impl Relay {
         Ok(())
     }
 
-    /// Runs until `token` is cancelled: drains on every wake, NOTIFY and
-    /// poll tick, and backs off with jitter while a drain fails.
+    /// Runs until `token` is cancelled: drains on every wake (a local commit
+    /// or a NOTIFY relayed by `watch::Listener`) and poll tick, and backs off
+    /// with jitter while a drain fails.
     pub async fn run(self, token: CancellationToken, wake: RelayWake) {
-        let mut listener = OutboxListener::new(self.pool.clone());
-        if !listener.ensure_listening().await {
-            tracing::warn!("cannot LISTEN for outbox notifications yet; polling meanwhile");
-        }
         let mut failures: u32 = 0;
         // Give a fresh Redis connection a moment before the first drain, so
         // start-up does not log a failure for nothing.
@@ -232,7 +229,6 @@ impl Relay {
             tokio::select! {
                 () = token.cancelled() => break,
                 () = wake.woken() => {}
-                () = listener.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }

@@ -12,8 +12,9 @@ use translation_jobs::{
     api::convert,
     jobs::{create_job, fields::UserId},
     metrics::Metrics,
-    outbox::{OUTBOX_CHANNEL, OutboxListener, Relay, RelaySettings, RelayWake},
+    outbox::{OUTBOX_CHANNEL, Relay, RelaySettings, RelayWake},
     queue::{Lane, QueueName, RedisQueue, RedisSettings},
+    watch::{Listener, WatchHub},
 };
 
 use crate::support::{
@@ -124,17 +125,26 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
-async fn the_outbox_listener_wakes_on_notify(pool: PgPool) {
-    let mut listener = OutboxListener::new(pool.clone());
-    assert!(listener.ensure_listening().await);
+async fn a_notify_on_the_outbox_channel_wakes_the_relay(pool: PgPool) {
+    let wake = RelayWake::new();
+    let token = CancellationToken::new();
+    let listener = Listener::new(pool.clone(), WatchHub::new(), wake.clone());
+    let running = tokio::spawn(listener.run(token.clone()));
+    // The listener wakes the relay once when it connects (rows may have
+    // arrived unannounced before); after that only a NOTIFY does.
+    tokio::time::timeout(Duration::from_secs(10), wake.woken())
+        .await
+        .expect("woken on connect");
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(OUTBOX_CHANNEL)
         .execute(&pool)
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), listener.notified())
+    tokio::time::timeout(Duration::from_secs(10), wake.woken())
         .await
-        .expect("the notification wakes the listener");
+        .expect("the notification wakes the relay");
+    token.cancel();
+    running.await.unwrap();
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
