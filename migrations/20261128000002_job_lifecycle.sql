@@ -33,10 +33,16 @@ CREATE TRIGGER translation_subtasks_touch_job
 -- has no watcher yet.
 CREATE FUNCTION notify_job_event() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    job uuid := CASE WHEN TG_TABLE_NAME = 'translation_subtasks' THEN NEW.job_id ELSE NEW.id END;
 BEGIN
-    PERFORM pg_notify('translation_job_events', job::text);
+    PERFORM pg_notify('translation_job_events', NEW.id::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION notify_subtask_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('translation_job_events', NEW.job_id::text);
     RETURN NULL;
 END
 $$;
@@ -53,4 +59,4 @@ CREATE TRIGGER translation_subtasks_notify_event
     AFTER UPDATE ON translation_subtasks
     FOR EACH ROW
     WHEN (OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION notify_job_event();
+    EXECUTE FUNCTION notify_subtask_event();

@@ -103,10 +103,10 @@ impl Backlog {
     /// The cached sample, or a fresh one when it is too old.
     async fn current(&self) -> Result<Sample, BacklogError> {
         let mut cached = self.sample.lock().await;
-        if let Some((taken, sample)) = *cached {
-            if taken.elapsed() < SAMPLE_TTL {
-                return Ok(sample);
-            }
+        if let Some((taken, sample)) = *cached
+            && taken.elapsed() < SAMPLE_TTL
+        {
+            return Ok(sample);
         }
         let sample = self.measure(Some(self.limit)).await?;
         *cached = Some((Instant::now(), sample));

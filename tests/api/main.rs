@@ -2,9 +2,14 @@
 //! made by `#[sqlx::test]`) and a real Redis (unique queue names per test,
 //! or a redis-server of the test's own when it must be stopped).
 
+mod backpressure;
 mod create;
+mod http_json;
+mod lifecycle;
 mod outage;
 mod process;
+mod reaper;
 mod relay;
 mod support;
 mod validation;
+mod watch;

@@ -1,0 +1,102 @@
+//! Creates are refused with RESOURCE_EXHAUSTED while too many jobs wait.
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tonic::Code;
+use translation_jobs::api::proto::BatchCreateTranslationJobsRequest;
+
+use crate::support::{
+    SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_request, redis_client,
+    unique_queue, wait_for_messages,
+};
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn with_redis_down_the_outbox_alone_counts_and_nothing_is_stored_past_the_limit(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let redis_server = TestRedis::stopped();
+    let mut app = TestApp::spawn_with(
+        database.clone(),
+        &redis_server.url(),
+        unique_queue(),
+        &[("QUEUE_MAX_BACKLOG", "5")],
+    )
+    .await;
+    app.wait_ready().await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+
+    for _ in 0..4 {
+        app.client
+            .create_translation_job(create_request())
+            .await
+            .unwrap();
+    }
+    let batch = app
+        .client
+        .batch_create_translation_jobs(BatchCreateTranslationJobsRequest {
+            requests: vec![create_request(), create_request()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(batch.code(), Code::ResourceExhausted);
+    app.client
+        .create_translation_job(create_request())
+        .await
+        .unwrap();
+    let error = app
+        .client
+        .create_translation_job(create_request())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert!(
+        error.message().contains("QUEUE_MAX_BACKLOG=5"),
+        "{}",
+        error.message()
+    );
+    assert_eq!(
+        counts(&pool).await.0,
+        5,
+        "the refused creates stored nothing"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn jobs_waiting_in_redis_count_too(_: PgPoolOptions, database: PgConnectOptions) {
+    let queue = unique_queue();
+    let mut app = TestApp::spawn_with(
+        database,
+        SHARED_REDIS_URL,
+        queue.clone(),
+        &[("QUEUE_MAX_BACKLOG", "3")],
+    )
+    .await;
+    app.wait_ready().await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    for _ in 0..3 {
+        app.client
+            .create_translation_job(create_request())
+            .await
+            .unwrap();
+    }
+    // Published: they now wait in Redis, not in the outbox.
+    wait_for_messages(&redis, &queue, translation_jobs::queue::Lane::Normal, 3).await;
+    tokio::time::sleep(translation_jobs::backlog::SAMPLE_TTL).await;
+    let error = app
+        .client
+        .create_translation_job(create_request())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert!(
+        error.message().contains("Redis lanes 3"),
+        "{}",
+        error.message()
+    );
+    cleanup(&redis, &queue).await;
+    app.stop().await;
+}

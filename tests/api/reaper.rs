@@ -1,0 +1,209 @@
+//! Stuck-job rescue: re-queue through the outbox, dead letters, heartbeat.
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use translation_jobs::{
+    api::convert,
+    jobs::{RescuePolicy, create_job, fields::UserId, rescue_stuck_jobs},
+    queue::Lane,
+};
+use uuid::Uuid;
+
+use crate::support::{
+    SHARED_REDIS_URL, TestApp, cleanup, create_request, redis_client, wait_for_messages,
+};
+
+const POLICY: RescuePolicy = RescuePolicy {
+    stuck_after: Duration::from_secs(600),
+    max_attempts: 3,
+    batch_size: 100,
+};
+
+async fn new_job(pool: &PgPool) -> Uuid {
+    let new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
+    create_job(pool, &new).await.unwrap().job.id
+}
+
+/// A worker claimed the job and went silent `ago` ago. The timestamp is
+/// written with triggers off, as if the clock had moved on.
+async fn stuck_since(pool: &PgPool, id: Uuid, ago: Duration) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE translation_jobs SET status = 'IN_PROGRESS', \
+         updated_at = now() - make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(id)
+    .bind(ago.as_secs_f64())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE translation_subtasks SET status = 'IN_PROGRESS' WHERE job_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn job_state(pool: &PgPool, id: Uuid) -> (String, i32, Option<String>) {
+    sqlx::query_as("SELECT status, attempts, error FROM translation_jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn outbox_lanes(pool: &PgPool, id: Uuid) -> Vec<String> {
+    sqlx::query_scalar("SELECT lane FROM outbox WHERE job_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_stuck_job_is_requeued_then_dead_lettered_after_max_attempts(pool: PgPool) {
+    let id = new_job(&pool).await;
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    for attempt in 1..=2 {
+        stuck_since(&pool, id, Duration::from_secs(3600)).await;
+        let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
+        assert_eq!(rescued.requeued, [id], "attempt {attempt}");
+        assert!(rescued.dead.is_empty());
+        let (status, attempts, _) = job_state(&pool, id).await;
+        assert_eq!((status.as_str(), attempts), ("PENDING", attempt));
+        let subtask: String =
+            sqlx::query_scalar("SELECT status FROM translation_subtasks WHERE job_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(subtask, "PENDING", "half-done subtasks are redone");
+    }
+    assert_eq!(outbox_lanes(&pool, id).await, ["normal", "normal"]);
+
+    stuck_since(&pool, id, Duration::from_secs(3600)).await;
+    let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
+    assert_eq!(rescued.dead, [id]);
+    let (status, attempts, error) = job_state(&pool, id).await;
+    assert_eq!((status.as_str(), attempts), ("FAILED", 3));
+    assert!(error.unwrap().contains("3 attempts"));
+    assert_eq!(outbox_lanes(&pool, id).await, ["normal", "normal", "dead"]);
+
+    // Nothing left to rescue.
+    let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
+    assert!(rescued.requeued.is_empty() && rescued.dead.is_empty());
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn progress_on_a_subtask_is_a_heartbeat(pool: PgPool) {
+    let id = new_job(&pool).await;
+    stuck_since(&pool, id, Duration::from_secs(3600)).await;
+    // The worker records progress with plain SQL, as workers do.
+    sqlx::query("UPDATE translation_subtasks SET status = 'COMPLETED' WHERE job_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
+    assert!(
+        rescued.requeued.is_empty(),
+        "a job making progress is left alone"
+    );
+    assert_eq!(job_state(&pool, id).await.0, "IN_PROGRESS");
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn jobs_not_yet_stuck_and_other_statuses_are_left_alone(pool: PgPool) {
+    let recent = new_job(&pool).await;
+    stuck_since(&pool, recent, Duration::from_secs(60)).await;
+    let pending = new_job(&pool).await;
+    let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
+    assert!(rescued.requeued.is_empty() && rescued.dead.is_empty());
+    assert_eq!(job_state(&pool, recent).await.0, "IN_PROGRESS");
+    assert_eq!(job_state(&pool, pending).await.0, "PENDING");
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn concurrent_reapers_rescue_each_job_once(pool: PgPool) {
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let id = new_job(&pool).await;
+        stuck_since(&pool, id, Duration::from_secs(3600)).await;
+        ids.push(id);
+    }
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let policy = RescuePolicy {
+        batch_size: 5,
+        ..POLICY
+    };
+    let reaper = |pool: PgPool| async move {
+        let mut all = Vec::new();
+        loop {
+            let rescued = rescue_stuck_jobs(&pool, policy).await.unwrap();
+            if rescued.requeued.is_empty() {
+                return all;
+            }
+            all.extend(rescued.requeued);
+        }
+    };
+    let (a, b) = tokio::join!(reaper(pool.clone()), reaper(pool.clone()));
+    let mut rescued: Vec<Uuid> = a.into_iter().chain(b).collect();
+    rescued.sort();
+    ids.sort();
+    assert_eq!(rescued, ids, "every job exactly once");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 40);
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn the_running_service_requeues_a_stuck_job_to_redis(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(
+        database.clone(),
+        SHARED_REDIS_URL,
+        crate::support::unique_queue(),
+        &[
+            ("REAPER_INTERVAL", "100ms"),
+            ("STUCK_JOB_TIMEOUT", "1s"),
+            ("MAX_JOB_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    app.wait_ready().await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+
+    let id = new_job(&pool).await;
+    wait_for_messages(&redis, &app.queue, Lane::Normal, 1).await;
+    stuck_since(&pool, id, Duration::from_secs(10)).await;
+    let found = wait_for_messages(&redis, &app.queue, Lane::Normal, 2).await;
+    assert_eq!(found[1].job_id, id.to_string());
+
+    stuck_since(&pool, id, Duration::from_secs(10)).await;
+    let dead = wait_for_messages(&redis, &app.queue, Lane::Dead, 1).await;
+    assert_eq!(dead[0].job_id, id.to_string());
+    assert_eq!(job_state(&pool, id).await.0, "FAILED");
+    cleanup(&redis, &app.queue).await;
+    app.stop().await;
+}
