@@ -5,10 +5,9 @@
 CREATE INDEX translation_jobs_status_id_idx ON translation_jobs (status, id DESC);
 CREATE INDEX translation_jobs_novel_id_id_idx ON translation_jobs (novel_id, id DESC);
 
--- The reaper looks only at jobs in progress, oldest heartbeat first.
-CREATE INDEX translation_jobs_in_progress_updated_at_idx
-    ON translation_jobs (updated_at)
-    WHERE status = 'IN_PROGRESS';
+-- The reaper finds jobs in progress through the status index: there are
+-- about as many as there are workers. (No index on updated_at: it changes on
+-- every update, and indexing it would make every update a non-HOT one.)
 
 -- Progress is the heartbeat: any update of a subtask also moves its job's
 -- updated_at, so a worker that is making progress is never rescued from
