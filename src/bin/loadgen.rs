@@ -1,27 +1,44 @@
 //! Load generator: drives CreateTranslationJob over gRPC and reports the
-//! achieved rate, latency percentiles and errors by status code.
+//! achieved rate, latency percentiles and errors by status code; with
+//! `--consume`, an embedded consumer BLPOPs the lanes and reports how long a
+//! job took from its create answer to being visible in Redis.
 //!
 //! ```text
 //! loadgen [--addr http://127.0.0.1:50051] [--concurrency 32] [--duration 10s]
-//!         [--warmup 2s] [--subtasks 10] [--rate 0]
+//!         [--warmup 2s] [--subtasks 10] [--rate 0] [--priority-mix high:0,normal:100,low:0]
+//!         [--consume] [--redis-url redis://127.0.0.1:6379/0] [--queue translation_jobs]
 //! ```
 //! `--rate 0` (the default) is a closed loop: each of the `--concurrency`
 //! callers sends its next request as soon as the previous one answered. A
 //! positive rate is an open loop: requests start on a fixed schedule
-//! whatever the latency, with at most `--concurrency` in flight.
+//! whatever the latency, with at most `--concurrency` in flight; a schedule
+//! the service cannot keep shows as a lower achieved rate.
+//!
+//! The create answer is sent after the commit, so "answer received" is a
+//! slightly late stand-in for the commit and "popped" a slightly late one
+//! for the push: the figure is commit-to-visible plus a little client time.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     process::ExitCode,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
+use fred::prelude::{Builder, ClientLike, Config, ListInterface};
 use tonic::transport::{Channel, Endpoint};
-use translation_jobs::api::proto::{
-    CreateTranslationJobRequest, SubtaskSpec,
-    translation_job_service_client::TranslationJobServiceClient,
+use translation_jobs::{
+    api::proto::{
+        CreateTranslationJobRequest, Priority, SubtaskSpec,
+        translation_job_service_client::TranslationJobServiceClient,
+    },
+    queue::{JobMessage, Lane, QueueName},
 };
+
+/// Callers sharing one HTTP/2 connection.
+const CALLERS_PER_CONNECTION: usize = 8;
+/// How long the consumer keeps popping after the load stops.
+const CONSUMER_GRACE: Duration = Duration::from_secs(10);
 
 struct Options {
     addr: String,
@@ -30,6 +47,34 @@ struct Options {
     warmup: Duration,
     subtasks: usize,
     rate: f64,
+    /// Weights of high, normal and low.
+    mix: [u32; 3],
+    consume: bool,
+    redis_url: String,
+    queue: String,
+}
+
+fn parse_mix(raw: &str) -> Result<[u32; 3], String> {
+    let mut mix = [0; 3];
+    for part in raw.split(',') {
+        let (name, weight) = part
+            .split_once(':')
+            .ok_or(format!("--priority-mix: expected name:weight, got {part}"))?;
+        let weight: u32 = weight
+            .parse()
+            .map_err(|_| format!("--priority-mix: bad weight {weight}"))?;
+        let slot = match name {
+            "high" => 0,
+            "normal" => 1,
+            "low" => 2,
+            other => return Err(format!("--priority-mix: unknown priority {other}")),
+        };
+        mix[slot] = weight;
+    }
+    if mix.iter().sum::<u32>() == 0 {
+        return Err("--priority-mix: the weights add up to 0".into());
+    }
+    Ok(mix)
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -40,6 +85,10 @@ fn parse_args() -> Result<Options, String> {
         warmup: Duration::from_secs(2),
         subtasks: 10,
         rate: 0.0,
+        mix: [0, 1, 0],
+        consume: false,
+        redis_url: "redis://127.0.0.1:6379/0".into(),
+        queue: "translation_jobs".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -58,6 +107,10 @@ fn parse_args() -> Result<Options, String> {
                 options.subtasks = value()?.parse().map_err(|_| "--subtasks: a number")?
             }
             "--rate" => options.rate = value()?.parse().map_err(|_| "--rate: a number")?,
+            "--priority-mix" => options.mix = parse_mix(&value()?)?,
+            "--consume" => options.consume = true,
+            "--redis-url" => options.redis_url = value()?,
+            "--queue" => options.queue = value()?,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -68,11 +121,21 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-fn request(subtasks: usize) -> CreateTranslationJobRequest {
+fn request(subtasks: usize, mix: [u32; 3]) -> CreateTranslationJobRequest {
+    let total: u32 = mix.iter().sum();
+    let pick = fastrand::u32(0..total);
+    let priority = if pick < mix[0] {
+        Priority::High
+    } else if pick < mix[0] + mix[1] {
+        Priority::Normal
+    } else {
+        Priority::Low
+    };
     CreateTranslationJobRequest {
         novel_id: uuid::Uuid::new_v4().to_string(),
         target_lang: "en".into(),
         source_lang: "ja".into(),
+        priority: priority.into(),
         subtasks: (0..subtasks)
             .map(|i| SubtaskSpec {
                 entity_type: "chapter".into(),
@@ -83,33 +146,90 @@ fn request(subtasks: usize) -> CreateTranslationJobRequest {
     }
 }
 
+/// What the callers and the consumer record.
 #[derive(Default)]
 struct Tally {
     latencies: Vec<Duration>,
     errors: BTreeMap<String, u64>,
+    /// When each measured job's create answer arrived.
+    answered: HashMap<String, Instant>,
+    /// Jobs popped before their answer was recorded, with the pop time.
+    popped_early: HashMap<String, Instant>,
+    visible: Vec<Duration>,
+    seen: HashSet<String>,
+    duplicates: u64,
+}
+
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn one_call(
     client: &mut TranslationJobServiceClient<Channel>,
-    subtasks: usize,
+    options: (usize, [u32; 3]),
     tally: &Mutex<Tally>,
     measure: bool,
 ) {
     let started = Instant::now();
-    let result = client.create_translation_job(request(subtasks)).await;
+    let result = client
+        .create_translation_job(request(options.0, options.1))
+        .await;
+    let answered = Instant::now();
     if !measure {
         return;
     }
-    let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tally = lock(tally);
     match result {
-        Ok(_) => tally.latencies.push(started.elapsed()),
-        Err(status) => {
-            *tally
-                .errors
-                .entry(format!("{:?}", status.code()))
-                .or_default() += 1
+        Ok(job) => {
+            tally.latencies.push(answered - started);
+            let id = job.into_inner().id;
+            match tally.popped_early.remove(&id) {
+                Some(_) => tally.visible.push(Duration::ZERO),
+                None => {
+                    tally.answered.insert(id, answered);
+                }
+            }
+        }
+        Err(status) => *tally.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+    }
+}
+
+/// Pops every lane until `stop` and records when each job became visible.
+async fn consume(options: &Options, tally: Arc<Mutex<Tally>>, stop: Instant) -> Result<(), String> {
+    let queue = QueueName::parse(&options.queue).map_err(|e| format!("--queue: {e}"))?;
+    let config = Config::from_url(&options.redis_url).map_err(|e| format!("--redis-url: {e}"))?;
+    let client = Builder::from_config(config)
+        .build()
+        .map_err(|e| e.to_string())?;
+    client.init().await.map_err(|e| format!("Redis: {e}"))?;
+    let keys: Vec<String> = [Lane::High, Lane::Normal, Lane::Low]
+        .iter()
+        .map(|lane| queue.key(*lane))
+        .collect();
+    while Instant::now() < stop {
+        let popped: Option<(String, String)> = client
+            .blpop(keys.clone(), 0.5)
+            .await
+            .map_err(|e| format!("BLPOP: {e}"))?;
+        let Some((_, payload)) = popped else { continue };
+        let now = Instant::now();
+        let Ok(message) = serde_json::from_str::<JobMessage>(&payload) else {
+            continue;
+        };
+        let mut tally = lock(&tally);
+        if !tally.seen.insert(message.job_id.clone()) {
+            tally.duplicates += 1;
+            continue;
+        }
+        match tally.answered.remove(&message.job_id) {
+            Some(answered) => tally.visible.push(now.saturating_duration_since(answered)),
+            None => {
+                tally.popped_early.insert(message.job_id, now);
+            }
         }
     }
+    let _ = client.quit().await;
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -118,6 +238,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+fn print_latencies(label: &str, mut values: Vec<Duration>) {
+    values.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{label} p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        ms(percentile(&values, 50.0)),
+        ms(percentile(&values, 90.0)),
+        ms(percentile(&values, 99.0)),
+        ms(values.last().copied().unwrap_or_default())
+    );
 }
 
 #[tokio::main]
@@ -129,23 +261,24 @@ async fn main() -> ExitCode {
                 eprintln!("loadgen: {message}");
             }
             eprintln!(
-                "usage: loadgen [--addr URL] [--concurrency N] [--duration 10s] [--warmup 2s] [--subtasks N] [--rate PER_SECOND]"
+                "usage: loadgen [--addr URL] [--concurrency N] [--duration 10s] [--warmup 2s] \
+                 [--subtasks N] [--rate PER_SECOND] [--priority-mix high:W,normal:W,low:W] \
+                 [--consume] [--redis-url URL] [--queue NAME]"
             );
             return ExitCode::from(2);
         }
     };
-    let channel = match Endpoint::from_shared(options.addr.clone()) {
+    let endpoint = match Endpoint::from_shared(options.addr.clone()) {
         Ok(endpoint) => endpoint.tcp_nodelay(true),
         Err(error) => {
             eprintln!("loadgen: bad --addr: {error}");
             return ExitCode::from(2);
         }
     };
-    // One HTTP/2 connection per 8 callers, so the client is not the bottleneck.
-    let connections = options.concurrency.div_ceil(8);
+    let connections = options.concurrency.div_ceil(CALLERS_PER_CONNECTION);
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        match channel.connect().await {
+        match endpoint.connect().await {
             Ok(channel) => clients.push(TranslationJobServiceClient::new(channel)),
             Err(error) => {
                 eprintln!("loadgen: cannot connect to {}: {error}", options.addr);
@@ -158,17 +291,33 @@ async fn main() -> ExitCode {
     let start = Instant::now();
     let measure_from = start + options.warmup;
     let end = measure_from + options.duration;
-    let mut tasks = Vec::new();
+    let consumer = if options.consume {
+        let tally = tally.clone();
+        let stop = end + CONSUMER_GRACE;
+        let consumer_options = Options {
+            addr: String::new(),
+            redis_url: options.redis_url.clone(),
+            queue: options.queue.clone(),
+            ..options
+        };
+        Some(tokio::spawn(async move {
+            consume(&consumer_options, tally, stop).await
+        }))
+    } else {
+        None
+    };
+
     let interval = (options.rate > 0.0)
         .then(|| Duration::from_secs_f64(options.concurrency as f64 / options.rate));
-    for worker in 0..options.concurrency {
-        let mut client = clients[worker % connections].clone();
+    let mut callers = Vec::new();
+    for caller in 0..options.concurrency {
+        let mut client = clients[caller % connections].clone();
         let tally = tally.clone();
-        let subtasks = options.subtasks;
+        let shape = (options.subtasks, options.mix);
         let rate = options.rate;
-        tasks.push(tokio::spawn(async move {
+        callers.push(tokio::spawn(async move {
             // Open loop: each caller owns an evenly spaced share of the schedule.
-            let mut next = interval.map(|_| start + Duration::from_secs_f64(worker as f64 / rate));
+            let mut next = interval.map(|_| start + Duration::from_secs_f64(caller as f64 / rate));
             loop {
                 let now = Instant::now();
                 if now >= end {
@@ -181,20 +330,28 @@ async fn main() -> ExitCode {
                     *at += every;
                 }
                 let measure = Instant::now() >= measure_from;
-                one_call(&mut client, subtasks, &tally, measure).await;
+                one_call(&mut client, shape, &tally, measure).await;
             }
         }));
     }
-    for task in tasks {
-        let _ = task.await;
+    for caller in callers {
+        let _ = caller.await;
+    }
+    if let Some(consumer) = consumer {
+        // Stop early once every measured job was seen.
+        let deadline = Instant::now() + CONSUMER_GRACE;
+        while Instant::now() < deadline && !lock(&tally).answered.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        consumer.abort();
+        if let Ok(Ok(Err(error))) = tokio::time::timeout(Duration::from_secs(1), consumer).await {
+            eprintln!("loadgen: consumer: {error}");
+        }
     }
 
-    let tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-    let mut latencies = tally.latencies.clone();
-    latencies.sort_unstable();
-    let ok = latencies.len();
+    let tally = lock(&tally);
+    let ok = tally.latencies.len();
     let seconds = options.duration.as_secs_f64();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "mode={} concurrency={} subtasks={} duration={:?}",
         if interval.is_some() {
@@ -207,19 +364,22 @@ async fn main() -> ExitCode {
         options.duration
     );
     println!("ok={ok} rate={:.0}/s", ok as f64 / seconds);
-    println!(
-        "latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 90.0)),
-        ms(percentile(&latencies, 99.0)),
-        ms(latencies.last().copied().unwrap_or_default())
-    );
+    print_latencies("latency_ms", tally.latencies.clone());
     if tally.errors.is_empty() {
         println!("errors=0");
     } else {
         for (code, count) in &tally.errors {
             println!("errors code={code} count={count}");
         }
+    }
+    if options.consume {
+        println!(
+            "visible={} missing={} duplicates={}",
+            tally.visible.len(),
+            tally.answered.len(),
+            tally.duplicates
+        );
+        print_latencies("commit_to_redis_ms", tally.visible.clone());
     }
     ExitCode::SUCCESS
 }
