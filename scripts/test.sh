@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command: starts what the tests need, then runs every test
-# (unit, integration against real PostgreSQL and Redis, and the reference
-# worker's end-to-end test when present).
+# The test command: starts what the tests need, then runs every test: unit
+# and integration tests against real PostgreSQL and Redis, then the reference
+# Python worker's end-to-end test against the service binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +10,5 @@ server_url=$(scripts/services.sh | tail -n 1)
 export DATABASE_URL=${TEST_DATABASE_URL:-$server_url}
 
 cargo test --locked --all-targets "$@"
+# The reference worker against the binary the tests just built.
+bash examples/worker/run_tests.sh

@@ -42,13 +42,16 @@ impl Reaper {
         let mut all = Rescued::default();
         loop {
             let batch = rescue_stuck_jobs(&self.pool, self.settings.policy).await?;
-            let handled = batch.requeued.len() + batch.dead.len();
-            all.requeued.extend(batch.requeued);
-            all.dead.extend(batch.dead);
-            if handled > 0 {
+            let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
+            let more =
+                batch.requeued.len() + batch.dead.len() >= full || batch.republished.len() >= full;
+            if !batch.is_empty() {
                 self.wake.wake();
             }
-            if handled < usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX) {
+            all.requeued.extend(batch.requeued);
+            all.dead.extend(batch.dead);
+            all.republished.extend(batch.republished);
+            if !more {
                 return Ok(all);
             }
         }
@@ -68,10 +71,11 @@ impl Reaper {
                 () = tokio::time::sleep(self.settings.interval) => {}
             }
             match self.reap_once().await {
-                Ok(rescued) if !rescued.requeued.is_empty() || !rescued.dead.is_empty() => {
+                Ok(rescued) if !rescued.is_empty() => {
                     tracing::info!(
                         requeued = rescued.requeued.len(),
                         dead = rescued.dead.len(),
+                        republished = rescued.republished.len(),
                         "reaper rescued stuck jobs"
                     );
                 }

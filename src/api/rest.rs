@@ -24,26 +24,47 @@ pub fn routes() -> Router<JobsApi> {
 }
 
 /// The old service's request body; every field but the first two optional.
+/// `null` counts as absent, as it did for the Go service.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct CreateBody {
+    #[serde(deserialize_with = "nullable")]
     novel_id: String,
+    #[serde(deserialize_with = "nullable")]
     target_lang: String,
+    #[serde(deserialize_with = "nullable")]
     source_lang: String,
+    #[serde(deserialize_with = "nullable")]
     target_fields: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
     enable_code_filter: bool,
+    #[serde(deserialize_with = "nullable")]
     output_dir: String,
     /// `low`, `normal` or `high` (or the gRPC names).
+    #[serde(deserialize_with = "nullable")]
     priority: String,
+    #[serde(deserialize_with = "nullable")]
     subtasks: Vec<SubtaskBody>,
+    #[serde(deserialize_with = "nullable")]
     request_id: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct SubtaskBody {
+    #[serde(deserialize_with = "nullable")]
     entity_type: String,
+    #[serde(deserialize_with = "nullable")]
     entity_id: String,
+}
+
+/// Reads `null` as the type's default.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Serialize)]
@@ -281,6 +302,19 @@ mod tests {
         assert_eq!(screaming_snake("InvalidArgument"), "INVALID_ARGUMENT");
         assert_eq!(screaming_snake("NotFound"), "NOT_FOUND");
         assert_eq!(screaming_snake("Internal"), "INTERNAL");
+    }
+
+    #[test]
+    fn null_fields_count_as_absent() {
+        let body: CreateBody = serde_json::from_str(
+            r#"{"novel_id": "n", "target_lang": "en", "target_fields": null,
+                "source_lang": null, "enable_code_filter": null, "subtasks": null}"#,
+        )
+        .unwrap();
+        assert!(body.target_fields.is_empty());
+        assert!(body.source_lang.is_empty());
+        assert!(!body.enable_code_filter);
+        assert!(body.subtasks.is_empty());
     }
 
     #[test]

@@ -190,7 +190,12 @@ async fn one_call(
                 }
             }
         }
-        Err(status) => *tally.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+        Err(status) => {
+            *tally
+                .errors
+                .entry(format!("{:?}", status.code()))
+                .or_default() += 1
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::outbox::{Pending, enqueue};
 #[instrument(skip(pool), err(level = "debug"))]
 pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     let mut tx = pool.begin().await?;
+    lock_subtasks(&mut tx, id).await?;
     let changed = sqlx::query(
         "UPDATE translation_jobs SET status = 'CANCELLED' \
          WHERE id = $1 AND status IN ('PENDING', 'IN_PROGRESS')",
@@ -43,8 +44,10 @@ pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
 #[instrument(skip(pool), err(level = "debug"))]
 pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     let mut tx = pool.begin().await?;
+    lock_subtasks(&mut tx, id).await?;
     let changed = sqlx::query(
-        "UPDATE translation_jobs SET status = 'PENDING', attempts = 0, error = NULL \
+        "UPDATE translation_jobs \
+         SET status = 'PENDING', attempts = 0, error = NULL, published_at = NULL \
          WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')",
     )
     .bind(id)
@@ -74,6 +77,38 @@ pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     tx.commit().await?;
     tracing::info!(job_id = %id, "job retried");
     Ok(job)
+}
+
+/// Locks a job's subtasks before the job itself. A worker's subtask update
+/// locks the subtask and then, through the heartbeat trigger, the job; taking
+/// them in the same order here means the two can wait for each other but
+/// never deadlock.
+pub(crate) async fn lock_subtasks(
+    conn: &mut PgConnection,
+    job_ids: impl AsJobIds,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM translation_subtasks WHERE job_id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(job_ids.as_job_ids())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One job id or several, for [`lock_subtasks`].
+pub(crate) trait AsJobIds {
+    fn as_job_ids(&self) -> Vec<Uuid>;
+}
+
+impl AsJobIds for Uuid {
+    fn as_job_ids(&self) -> Vec<Uuid> {
+        vec![*self]
+    }
+}
+
+impl AsJobIds for &[Uuid] {
+    fn as_job_ids(&self) -> Vec<Uuid> {
+        self.to_vec()
+    }
 }
 
 /// Why a conditional update changed nothing: no such job, or a status the

@@ -392,3 +392,64 @@ async fn queue_stats_report_lanes_outbox_and_dead_letters(
     cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn cancel_while_a_worker_updates_a_subtask_waits_instead_of_deadlocking(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::spawn(database.clone()).await;
+    app.wait_ready().await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let job = create(&mut app).await;
+    set_status(&pool, &job.id, "IN_PROGRESS").await;
+
+    // The worker's transaction holds the subtask...
+    let mut worker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM translation_subtasks WHERE job_id = $1::uuid FOR UPDATE")
+        .bind(&job.id)
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    // ...while a cancel starts and has to wait for it.
+    let mut client = app.client.clone();
+    let id = job.id.clone();
+    let cancel = tokio::spawn(async move {
+        client
+            .cancel_translation_job(CancelTranslationJobRequest { id })
+            .await
+    });
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancel never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The worker records progress, which also touches the job (heartbeat).
+    sqlx::query("UPDATE translation_subtasks SET status = 'COMPLETED' WHERE job_id = $1::uuid")
+        .bind(&job.id)
+        .execute(&mut *worker)
+        .await
+        .expect("no deadlock");
+    worker.commit().await.unwrap();
+
+    let cancelled = cancel
+        .await
+        .unwrap()
+        .expect("the cancel succeeds")
+        .into_inner();
+    assert_eq!(cancelled.status(), JobStatus::Cancelled);
+    app.stop().await;
+}

@@ -207,3 +207,38 @@ async fn the_running_service_requeues_a_stuck_job_to_redis(
     cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_pending_job_whose_message_was_lost_is_queued_again(pool: PgPool) {
+    let id = new_job(&pool).await;
+    // The relay published it an hour ago; nobody ever claimed it (a worker
+    // died between its pop and its claim).
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE translation_jobs SET published_at = now() - interval '1 hour' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let waiting = new_job(&pool).await; // never published: still in the outbox
+
+    let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
+    assert_eq!(rescued.republished, [id]);
+    assert!(rescued.requeued.is_empty() && rescued.dead.is_empty());
+    assert_eq!(outbox_lanes(&pool, id).await, ["normal"]);
+    assert_eq!(outbox_lanes(&pool, waiting).await, ["normal"], "untouched");
+    let (status, attempts, _) = job_state(&pool, id).await;
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("PENDING", 0),
+        "no attempt counted"
+    );
+
+    // Queued again once, not on every pass.
+    let again = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
+    assert!(again.is_empty());
+}
