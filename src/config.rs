@@ -29,6 +29,9 @@ pub const DEFAULT_RELAY_BATCH_SIZE: u32 = 500;
 pub const MAX_RELAY_BATCH_SIZE: u32 = 10_000;
 pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RELAY_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Short enough to keep commit-to-Redis in milliseconds, long enough to
+/// batch the commits of a busy second.
+pub const DEFAULT_RELAY_LINGER: Duration = Duration::from_millis(2);
 pub const DEFAULT_RELAY_MARKER_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_SUBTASKS_PER_JOB: usize = 1000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
@@ -194,6 +197,7 @@ impl Settings {
                 )?,
                 poll_interval: duration(&get, "RELAY_POLL_INTERVAL", DEFAULT_RELAY_POLL_INTERVAL)?,
                 max_backoff: duration(&get, "RELAY_MAX_BACKOFF", DEFAULT_RELAY_MAX_BACKOFF)?,
+                linger: duration_or_zero(&get, "RELAY_LINGER", DEFAULT_RELAY_LINGER)?,
                 marker_ttl,
             },
             max_subtasks_per_job: number(
@@ -259,6 +263,18 @@ fn duration(
             }
             Ok(value)
         }
+    }
+}
+
+/// A duration where zero is allowed (it turns something off).
+fn duration_or_zero(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match get(name).as_deref().map(str::trim) {
+        Some("0") => Ok(Duration::ZERO),
+        _ => duration(get, name, default),
     }
 }
 

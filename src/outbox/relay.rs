@@ -22,6 +22,10 @@ use crate::{
     telemetry::error_chain,
 };
 
+/// The relay lingers after a wake-up only when its last batch had at least
+/// this many rows, i.e. when commits arrive faster than it drains them.
+const LINGER_FROM_BATCH: usize = 16;
+
 /// Shortest pause after a failed drain; doubles up to the configured maximum.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -43,6 +47,11 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Longest pause between attempts while Redis or PostgreSQL is down.
     pub max_backoff: Duration,
+    /// Under load (the last batch was not tiny), wait this long after a
+    /// wake-up before draining so that the rows of concurrent commits go out
+    /// in one batch (one transaction, one script call) instead of a few
+    /// each. Zero always drains at once.
+    pub linger: Duration,
     /// How long Redis remembers that an outbox id was pushed. Must cover the
     /// longest time a claimed batch can stay uncommitted and be retried.
     pub marker_ttl: Duration,
@@ -118,7 +127,6 @@ impl Relay {
             return Ok(Drained::default());
         }
         let pushed = self.push(&rows).await?;
-        mark_published(&mut tx, &rows).await?;
         tx.commit().await?;
         self.record(&rows, pushed);
         Ok(Drained {
@@ -180,15 +188,17 @@ impl Relay {
         }
     }
 
-    /// Drains until a batch comes back short.
-    async fn drain_until_idle(&self, token: &CancellationToken) -> Result<(), RelayError> {
+    /// Drains until a batch comes back short; returns the size of the last.
+    async fn drain_until_idle(&self, token: &CancellationToken) -> Result<usize, RelayError> {
         let full = self.settings.batch_size as usize;
+        let mut last = 0;
         while !token.is_cancelled() {
-            if self.drain_once().await?.claimed < full {
+            last = self.drain_once().await?.claimed;
+            if last < full {
                 break;
             }
         }
-        Ok(())
+        Ok(last)
     }
 
     /// Runs until `token` is cancelled: drains on every wake (a local commit
@@ -196,6 +206,7 @@ impl Relay {
     /// with jitter while a drain fails.
     pub async fn run(self, token: CancellationToken, wake: RelayWake) {
         let mut failures: u32 = 0;
+        let mut last_batch;
         // Give a fresh Redis connection a moment before the first drain, so
         // start-up does not log a failure for nothing.
         let _ = self.queue.wait_connected(self.settings.max_backoff).await;
@@ -206,7 +217,8 @@ impl Relay {
         );
         loop {
             match self.drain_until_idle(&token).await {
-                Ok(()) => {
+                Ok(claimed) => {
+                    last_batch = claimed;
                     if failures > 0 {
                         tracing::info!(failures, "relay recovered");
                     }
@@ -231,21 +243,35 @@ impl Relay {
                 () = wake.woken() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
+            // Linger only when busy: a light load drains at once.
+            if !self.settings.linger.is_zero() && last_batch >= LINGER_FROM_BATCH {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(self.settings.linger) => {}
+                }
+            }
         }
         tracing::info!("relay stopped");
     }
 }
 
-/// Claims the oldest unclaimed rows and deletes them; the delete only
-/// becomes permanent when the transaction commits after the push.
+/// Claims the oldest unclaimed rows, deletes them and stamps their jobs'
+/// publish time, in one statement. Both only become permanent when the
+/// transaction commits after the push, so the stamp (taken just before the
+/// push) never claims a publish that did not happen.
 async fn claim(
     tx: &mut Transaction<'_, Postgres>,
     batch_size: u32,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let mut rows = sqlx::query_as::<_, OutboxRow>(
-        "DELETE FROM outbox WHERE id IN ( \
-             SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, job_id, lane, payload, created_at",
+        "WITH claimed AS ( \
+             DELETE FROM outbox WHERE id IN ( \
+                 SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, job_id, lane, payload, created_at), \
+         stamped AS ( \
+             UPDATE translation_jobs SET published_at = clock_timestamp() \
+             WHERE id IN (SELECT job_id FROM claimed)) \
+         SELECT id, job_id, lane, payload, created_at FROM claimed",
     )
     .bind(i64::from(batch_size))
     .fetch_all(&mut **tx)
@@ -253,22 +279,6 @@ async fn claim(
     // RETURNING does not promise an order.
     rows.sort_unstable_by_key(|row| row.id);
     Ok(rows)
-}
-
-/// Records when the jobs were handed to Redis.
-async fn mark_published(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[OutboxRow],
-) -> Result<(), sqlx::Error> {
-    let mut job_ids: Vec<Uuid> = rows.iter().map(|row| row.job_id).collect();
-    // A stable lock order keeps two relays from deadlocking on job rows.
-    job_ids.sort_unstable();
-    job_ids.dedup();
-    sqlx::query("UPDATE translation_jobs SET published_at = clock_timestamp() WHERE id = ANY($1)")
-        .bind(&job_ids)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// Exponential backoff with full jitter: a random pause up to

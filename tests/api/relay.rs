@@ -43,6 +43,7 @@ async fn relay(pool: &PgPool, queue: RedisQueue, batch_size: u32) -> Relay {
             batch_size,
             poll_interval: Duration::from_millis(50),
             max_backoff: Duration::from_millis(100),
+            linger: Duration::ZERO,
             marker_ttl: Duration::from_secs(600),
         },
         Arc::new(Metrics::default()),
