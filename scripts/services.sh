@@ -26,6 +26,9 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# curl is used by the scripts to wait for the service.
+command -v curl >/dev/null 2>&1 || apt_install curl
+
 # --- PostgreSQL ---------------------------------------------------------
 if ! command -v pg_isready >/dev/null 2>&1 || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
   if ! (command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h "$PGHOST" -p "$PGPORT"); then

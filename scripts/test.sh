@@ -12,3 +12,5 @@ export DATABASE_URL=${TEST_DATABASE_URL:-$server_url}
 cargo test --locked --all-targets "$@"
 # The reference worker against the binary the tests just built.
 bash examples/worker/run_tests.sh
+# The benchmark scripts still work (tiny runs; their figures mean nothing).
+bash bench/smoke.sh

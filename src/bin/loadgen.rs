@@ -7,6 +7,7 @@
 //! loadgen [--addr http://127.0.0.1:50051] [--concurrency 32] [--duration 10s]
 //!         [--warmup 2s] [--subtasks 10] [--rate 0] [--priority-mix high:0,normal:100,low:0]
 //!         [--consume] [--redis-url redis://127.0.0.1:6379/0] [--queue translation_jobs]
+//! loadgen --watchers 1000 [--duration 10s]     # hold 1,000 WatchTranslationJob streams
 //! ```
 //! `--rate 0` (the default) is a closed loop: each of the `--concurrency`
 //! callers sends its next request as soon as the previous one answered. A
@@ -25,12 +26,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::prelude::{Builder, ClientLike, Config, ListInterface};
+use fred::prelude::{Builder, ClientLike, Config, ListInterface, ReconnectPolicy};
 use tonic::transport::{Channel, Endpoint};
 use translation_jobs::{
     api::proto::{
-        CreateTranslationJobRequest, Priority, SubtaskSpec,
-        translation_job_service_client::TranslationJobServiceClient,
+        BatchCreateTranslationJobsRequest, CreateTranslationJobRequest, Priority, SubtaskSpec,
+        WatchTranslationJobRequest, translation_job_service_client::TranslationJobServiceClient,
     },
     queue::{JobMessage, Lane, QueueName},
 };
@@ -52,6 +53,9 @@ struct Options {
     consume: bool,
     redis_url: String,
     queue: String,
+    /// Watch mode: open this many WatchTranslationJob streams (one per new
+    /// job) and hold them for `--duration`, instead of creating load.
+    watchers: usize,
 }
 
 fn parse_mix(raw: &str) -> Result<[u32; 3], String> {
@@ -89,6 +93,7 @@ fn parse_args() -> Result<Options, String> {
         consume: false,
         redis_url: "redis://127.0.0.1:6379/0".into(),
         queue: "translation_jobs".into(),
+        watchers: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -111,6 +116,9 @@ fn parse_args() -> Result<Options, String> {
             "--consume" => options.consume = true,
             "--redis-url" => options.redis_url = value()?,
             "--queue" => options.queue = value()?,
+            "--watchers" => {
+                options.watchers = value()?.parse().map_err(|_| "--watchers: a number")?
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -200,41 +208,115 @@ async fn one_call(
 }
 
 /// Pops every lane until `stop` and records when each job became visible.
+/// Keeps going through Redis outages (it is used to measure them).
 async fn consume(options: &Options, tally: Arc<Mutex<Tally>>, stop: Instant) -> Result<(), String> {
     let queue = QueueName::parse(&options.queue).map_err(|e| format!("--queue: {e}"))?;
-    let config = Config::from_url(&options.redis_url).map_err(|e| format!("--redis-url: {e}"))?;
+    let mut config =
+        Config::from_url(&options.redis_url).map_err(|e| format!("--redis-url: {e}"))?;
+    config.fail_fast = false;
     let client = Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_constant(0, 50))
         .build()
         .map_err(|e| e.to_string())?;
-    client.init().await.map_err(|e| format!("Redis: {e}"))?;
+    let _connection = client.connect();
     let keys: Vec<String> = [Lane::High, Lane::Normal, Lane::Low]
         .iter()
         .map(|lane| queue.key(*lane))
         .collect();
     while Instant::now() < stop {
-        let popped: Option<(String, String)> = client
-            .blpop(keys.clone(), 0.5)
-            .await
-            .map_err(|e| format!("BLPOP: {e}"))?;
-        let Some((_, payload)) = popped else { continue };
-        let now = Instant::now();
-        let Ok(message) = serde_json::from_str::<JobMessage>(&payload) else {
-            continue;
+        let popped: Result<Option<(String, String)>, _> = client.blpop(keys.clone(), 0.5).await;
+        let first = match popped {
+            Ok(Some((_, payload))) => payload,
+            Ok(None) => continue,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let mut tally = lock(&tally);
-        if !tally.seen.insert(message.job_id.clone()) {
-            tally.duplicates += 1;
-            continue;
+        let popped_first = Instant::now();
+        let mut payloads = vec![first];
+        // Whatever else is waiting, in as few round trips as possible.
+        for key in &keys {
+            let more: Result<Option<Vec<String>>, _> = client.lpop(key.as_str(), Some(1000)).await;
+            if let Ok(Some(more)) = more {
+                payloads.extend(more);
+            }
         }
-        match tally.answered.remove(&message.job_id) {
-            Some(answered) => tally.visible.push(now.saturating_duration_since(answered)),
-            None => {
-                tally.popped_early.insert(message.job_id, now);
+        // The rest count as seen when the last pop returned: an upper bound.
+        let popped_rest = Instant::now();
+        let mut tally = lock(&tally);
+        for (index, payload) in payloads.into_iter().enumerate() {
+            let now = if index == 0 {
+                popped_first
+            } else {
+                popped_rest
+            };
+            let Ok(message) = serde_json::from_str::<JobMessage>(&payload) else {
+                continue;
+            };
+            if !tally.seen.insert(message.job_id.clone()) {
+                tally.duplicates += 1;
+                continue;
+            }
+            match tally.answered.remove(&message.job_id) {
+                Some(answered) => tally.visible.push(now.saturating_duration_since(answered)),
+                None => {
+                    tally.popped_early.insert(message.job_id, now);
+                }
             }
         }
     }
     let _ = client.quit().await;
     Ok(())
+}
+
+/// Creates `--watchers` jobs, opens one WatchTranslationJob stream on each,
+/// reads the first message of every stream and holds them all open for
+/// `--duration` (so an outside script can measure the service's memory).
+async fn watch_mode(
+    clients: &[TranslationJobServiceClient<Channel>],
+    options: &Options,
+) -> ExitCode {
+    let mut ids = Vec::with_capacity(options.watchers);
+    let mut client = clients[0].clone();
+    while ids.len() < options.watchers {
+        let count = (options.watchers - ids.len()).min(100);
+        let batch = BatchCreateTranslationJobsRequest {
+            requests: (0..count).map(|_| request(1, options.mix)).collect(),
+        };
+        match client.batch_create_translation_jobs(batch).await {
+            Ok(created) => ids.extend(created.into_inner().jobs.into_iter().map(|j| j.id)),
+            Err(status) => {
+                eprintln!("loadgen: cannot create the watched jobs: {status}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut streams = Vec::with_capacity(ids.len());
+    for (index, id) in ids.into_iter().enumerate() {
+        let mut client = clients[index % clients.len()].clone();
+        match client
+            .watch_translation_job(WatchTranslationJobRequest { id })
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                if let Err(status) = stream.message().await {
+                    eprintln!("loadgen: watch stream failed: {status}");
+                    return ExitCode::FAILURE;
+                }
+                streams.push(stream);
+            }
+            Err(status) => {
+                eprintln!("loadgen: cannot watch: {status}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("watchers={} open", streams.len());
+    tokio::time::sleep(options.duration).await;
+    println!("watchers={} held {:?}", streams.len(), options.duration);
+    ExitCode::SUCCESS
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -268,7 +350,7 @@ async fn main() -> ExitCode {
             eprintln!(
                 "usage: loadgen [--addr URL] [--concurrency N] [--duration 10s] [--warmup 2s] \
                  [--subtasks N] [--rate PER_SECOND] [--priority-mix high:W,normal:W,low:W] \
-                 [--consume] [--redis-url URL] [--queue NAME]"
+                 [--consume] [--redis-url URL] [--queue NAME] [--watchers N]"
             );
             return ExitCode::from(2);
         }
@@ -290,6 +372,10 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+
+    if options.watchers > 0 {
+        return watch_mode(&clients, &options).await;
     }
 
     let tally = Arc::new(Mutex::new(Tally::default()));

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Relay drain: a backlog of jobs created while Redis is down, then Redis
+# started: how long until the outbox is empty, messages per second, next to
+# the raw limits measured in the same run (pgbench claiming and deleting
+# outbox batches on one connection; redis-benchmark RPUSH pipelined).
+#
+#   bench/drain.sh [--jobs 100000] [--batch 500]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+jobs=100000 batch=500
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --jobs) jobs=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+
+bench_setup
+db=bench_drain queue=bench_drain_jobs
+fresh_db $db
+redis_port=$(free_port)
+redis_url=redis://127.0.0.1:$redis_port/0
+# Redis is not running: the service starts anyway and jobs wait in the outbox.
+start_service $db $queue "$redis_url" RELAY_BATCH_SIZE="$batch"
+
+# The backlog: jobs and their outbox rows written as the create statement
+# writes them, in bulk (creating 100,000 through gRPC would only add minutes).
+fill_outbox() {
+  psql "$BASE_URL/$db" -qc "
+    WITH jobs AS (
+      INSERT INTO translation_jobs (id, novel_id, source_lang, target_lang, target_fields, output_dir)
+      SELECT gen_random_uuid(), gen_random_uuid(), 'ja', 'en', '{title,description,content}', 'outputs/novel_jobs'
+      FROM generate_series(1, $jobs)
+      RETURNING id)
+    INSERT INTO outbox (job_id, lane, payload)
+    SELECT id, 'normal', '{\"job_id\":\"' || id || '\",\"target_lang\":\"en\",\"source_lang\":\"ja\",\"output_dir\":\"outputs/novel_jobs\",\"target_fields\":[\"title\",\"description\",\"content\"]}'
+    FROM jobs;
+    ANALYZE translation_jobs, outbox;"
+}
+fill_outbox
+[ "$(outbox_count $db)" -eq "$jobs" ] || { echo "backlog not written" >&2; exit 1; }
+
+start_redis "$redis_port" everysec
+started=$(now_ms)
+first=
+while :; do
+  left=$(outbox_count $db)
+  if [ -z "$first" ] && [ "$left" -lt "$jobs" ]; then first=$(now_ms); fi
+  [ "$left" -eq 0 ] && break
+  sleep 0.02
+done
+done_at=$(now_ms)
+length=$(redis-cli -p "$redis_port" llen "$queue")
+stop_service
+
+drain_ms=$((done_at - started))
+steady_ms=$((done_at - ${first:-$started}))
+rate=$(awk -v n="$jobs" -v ms="$steady_ms" 'BEGIN {printf "%.0f", n / (ms > 0 ? ms : 1) * 1000}')
+
+# Raw limit 1: PostgreSQL claiming and deleting batches on one connection.
+fill_outbox
+transactions=$(( (jobs + batch - 1) / batch ))
+PGOPTIONS='-c enable_seqscan=off' pgbench "$BASE_URL/$db" -n -M prepared -c 1 -t "$transactions" \
+  -D batch="$batch" -f bench/claim_delete.sql >"$BENCH_TMP/claim.out" 2>&1
+claim_tps=$(awk '/^tps/ {print $3; exit}' "$BENCH_TMP/claim.out")
+claim_rate=$(awk -v t="$claim_tps" -v b="$batch" 'BEGIN {printf "%.0f", t * b}')
+
+# Raw limit 2: Redis RPUSH, pipelined, messages of the same size.
+redis-cli -p "$redis_port" del "$queue" >/dev/null
+size=180  # bytes, about a message with default fields
+push_rate=$(redis-benchmark -p "$redis_port" -t rpush -n $((jobs * 5)) -P "$batch" -d "$size" -q 2>/dev/null \
+  | tr '\r' '\n' | awk '/^RPUSH: [0-9.]+ requests per second/ {printf "%.0f\n", $2}' | tail -n 1)
+
+limit=$(( claim_rate < push_rate ? claim_rate : push_rate ))
+ratio=$(awk -v a="$rate" -v b="$limit" 'BEGIN {printf "%.2f", a/b}')
+echo "jobs=$jobs batch=$batch pushed=$length"
+echo "drain_ms=$drain_ms (from Redis start) steady_ms=$steady_ms (from the first push) rate=$rate/s"
+echo "raw_claim_delete=$claim_rate/s raw_rpush_pipelined=$push_rate/s limit=$limit/s"
+echo "ratio drain/limit=$ratio"
+[ "$length" -eq "$jobs" ] || { echo "expected $jobs messages, found $length" >&2; exit 1; }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# CI's check that the benchmarks still work: each script once, tiny, on the
+# dev build the tests already made. Figures from here mean nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PROFILE=dev BENCH_SKIP_BUILD=1
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+check() {
+  local expect=$1; shift
+  "$@" >"$out"
+  cat "$out"
+  grep -qE "$expect" "$out" || { echo "smoke: '$*' printed no line matching $expect" >&2; exit 1; }
+}
+check '^1 ' bench/compare.sh --duration 2s --rounds 1 --warmup 0s --concurrency 4
+check '^ratio' bench/drain.sh --jobs 2000 --batch 500
+check 'lost=0 duplicated=0' bench/outage.sh --rate 100 --before 2 --down 2 --after 3
+check 'with_50_watch_streams' bench/memory.sh --watchers 50 --duration 2s
+echo "benchmark smoke run: 4 passed, 0 failed"
