@@ -28,12 +28,16 @@ start_service $db $queue "$redis_url" RELAY_BATCH_SIZE="$batch"
 
 # The backlog: jobs and their outbox rows written as the create statement
 # writes them, in bulk (creating 100,000 through gRPC would only add minutes).
+# Job ids are time-ordered like the service's UUIDv7s: milliseconds, then a
+# counter.
 fill_outbox() {
   psql "$BASE_URL/$db" -qc "
     WITH jobs AS (
       INSERT INTO translation_jobs (id, novel_id, source_lang, target_lang, target_fields, output_dir)
-      SELECT gen_random_uuid(), gen_random_uuid(), 'ja', 'en', '{title,description,content}', 'outputs/novel_jobs'
-      FROM generate_series(1, $jobs)
+      SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+              || lpad(to_hex(g), 20, '0'))::uuid,
+             gen_random_uuid(), 'ja', 'en', '{title,description,content}', 'outputs/novel_jobs'
+      FROM generate_series(1, $jobs) AS g
       RETURNING id)
     INSERT INTO outbox (job_id, lane, payload)
     SELECT id, 'normal', '{\"job_id\":\"' || id || '\",\"target_lang\":\"en\",\"source_lang\":\"ja\",\"output_dir\":\"outputs/novel_jobs\",\"target_fields\":[\"title\",\"description\",\"content\"]}'

@@ -33,9 +33,7 @@ CREATE TABLE translation_jobs (
     -- Optional idempotency key, unique per caller.
     request_id         text,
     created_at         timestamptz NOT NULL DEFAULT now(),
-    updated_at         timestamptz NOT NULL DEFAULT now(),
-    -- When the relay last pushed the job to Redis.
-    published_at       timestamptz
+    updated_at         timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE UNIQUE INDEX translation_jobs_user_request_key
@@ -75,6 +73,16 @@ CREATE TABLE outbox (
     -- The exact JSON pushed onto the list.
     payload    text        NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- When the relay last pushed each job to Redis. A narrow table of its own:
+-- stamping it costs the relay one small insert per job instead of an update
+-- of the wide, indexed job row (and its trigger). Cleared when a job is
+-- queued again. No foreign key: it would add a lookup per row, and a stamp
+-- without a job is harmless.
+CREATE TABLE job_publications (
+    job_id       uuid        PRIMARY KEY,
+    published_at timestamptz NOT NULL
 );
 
 -- One row: a random namespace for the relay's push-once markers in Redis, so

@@ -7,9 +7,11 @@ use uuid::Uuid;
 
 use super::{Job, JobError, JobStatus, Priority, Subtask};
 
-pub(crate) const JOB_COLUMNS: &str = "id, user_id, novel_id, source_lang, target_lang, target_fields, \
-     enable_code_filter, output_dir, priority, status, attempts, error, request_id, \
-     created_at, updated_at, published_at";
+/// A job with its publish time: the job table `j` joined to `p`.
+pub(crate) const SELECT_JOBS: &str = "SELECT j.id, j.user_id, j.novel_id, j.source_lang, \
+     j.target_lang, j.target_fields, j.enable_code_filter, j.output_dir, j.priority, j.status, \
+     j.attempts, j.error, j.request_id, j.created_at, j.updated_at, p.published_at \
+     FROM translation_jobs AS j LEFT JOIN job_publications AS p ON p.job_id = j.id";
 
 /// A row of `translation_jobs`.
 #[derive(Debug, sqlx::FromRow)]
@@ -99,13 +101,11 @@ pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
 
 /// One job with its subtasks on a given connection (or transaction).
 pub(crate) async fn read_job(conn: &mut PgConnection, id: Uuid) -> Result<Job, JobError> {
-    let row = sqlx::query_as::<_, JobRow>(&format!(
-        "SELECT {JOB_COLUMNS} FROM translation_jobs WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(JobError::NotFound(id))?;
+    let row = sqlx::query_as::<_, JobRow>(&format!("{SELECT_JOBS} WHERE j.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(JobError::NotFound(id))?;
     let subtasks = subtasks_of(conn, id).await?;
     row.into_job(subtasks)
 }
@@ -143,8 +143,7 @@ pub(crate) async fn find_by_request_id(
     request_id: &str,
 ) -> Result<Option<Job>, JobError> {
     let row = sqlx::query_as::<_, JobRow>(&format!(
-        "SELECT {JOB_COLUMNS} FROM translation_jobs \
-         WHERE user_id = $1 AND request_id = $2"
+        "{SELECT_JOBS} WHERE j.user_id = $1 AND j.request_id = $2"
     ))
     .bind(user_id)
     .bind(request_id)

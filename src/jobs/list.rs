@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{
     Job, JobError, JobStatus,
-    get::{JOB_COLUMNS, JobRow, subtasks_of_many},
+    get::{JobRow, SELECT_JOBS, subtasks_of_many},
 };
 
 /// Filters and position of one page.
@@ -34,11 +34,11 @@ pub struct Page {
 pub async fn list_jobs(pool: &PgPool, query: &ListQuery) -> Result<Page, JobError> {
     let mut conn = pool.acquire().await?;
     let mut rows = sqlx::query_as::<_, JobRow>(&format!(
-        "SELECT {JOB_COLUMNS} FROM translation_jobs \
-         WHERE ($1::text IS NULL OR status = $1) \
-           AND ($2::uuid IS NULL OR novel_id = $2) \
-           AND ($3::uuid IS NULL OR id < $3) \
-         ORDER BY id DESC LIMIT $4"
+        "{SELECT_JOBS} \
+         WHERE ($1::text IS NULL OR j.status = $1) \
+           AND ($2::uuid IS NULL OR j.novel_id = $2) \
+           AND ($3::uuid IS NULL OR j.id < $3) \
+         ORDER BY j.id DESC LIMIT $4"
     ))
     .bind(query.status.map(JobStatus::as_str))
     .bind(query.novel_id)

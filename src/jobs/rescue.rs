@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     JobError, JobStatus,
-    get::{JOB_COLUMNS, JobRow},
+    get::{JobRow, SELECT_JOBS},
     transitions::lock_subtasks,
 };
 use crate::{
@@ -94,10 +94,10 @@ async fn rescue_in_progress(
     // made progress while we waited.
     lock_subtasks(tx, candidates.as_slice()).await?;
     let rows = sqlx::query_as::<_, JobRow>(&format!(
-        "SELECT {JOB_COLUMNS} FROM translation_jobs \
-         WHERE id = ANY($1) AND status = 'IN_PROGRESS' \
-           AND updated_at < now() - make_interval(secs => $2) \
-         ORDER BY id FOR UPDATE"
+        "{SELECT_JOBS} \
+         WHERE j.id = ANY($1) AND j.status = 'IN_PROGRESS' \
+           AND j.updated_at < now() - make_interval(secs => $2) \
+         ORDER BY j.id FOR UPDATE OF j"
     ))
     .bind(&candidates)
     .bind(stuck_secs)
@@ -139,8 +139,7 @@ async fn rescue_in_progress(
 
     sqlx::query(
         "UPDATE translation_jobs AS j \
-         SET status = u.status, attempts = u.attempts, error = COALESCE(u.error, j.error), \
-             published_at = NULL \
+         SET status = u.status, attempts = u.attempts, error = COALESCE(u.error, j.error) \
          FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[]) AS u (id, status, attempts, error) \
          WHERE j.id = u.id",
     )
@@ -150,6 +149,7 @@ async fn rescue_in_progress(
     .bind(&errors)
     .execute(&mut *tx)
     .await?;
+    forget_publications(tx, &ids).await?;
     // Subtasks a vanished worker left half done: redo them, or fail them
     // with the job.
     sqlx::query(
@@ -171,12 +171,12 @@ async fn republish_pending(
     rescued: &mut Rescued,
     messages: &mut Vec<Pending>,
 ) -> Result<(), JobError> {
-    // published_at is cleared whenever a job is queued again, so a job still
-    // waiting in the outbox (e.g. during a Redis outage) is never picked.
+    // The publication is forgotten whenever a job is queued again, so a job
+    // still waiting in the outbox (e.g. during a Redis outage) is never picked.
     let rows = sqlx::query_as::<_, JobRow>(&format!(
-        "SELECT {JOB_COLUMNS} FROM translation_jobs \
-         WHERE status = 'PENDING' AND published_at < now() - make_interval(secs => $1) \
-         ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+        "{SELECT_JOBS} \
+         WHERE j.status = 'PENDING' AND p.published_at < now() - make_interval(secs => $1) \
+         ORDER BY p.published_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
     ))
     .bind(policy.stuck_after.as_secs_f64())
     .bind(policy.batch_size)
@@ -197,9 +197,18 @@ async fn republish_pending(
             payload: job.message().to_json(),
         });
     }
-    sqlx::query("UPDATE translation_jobs SET published_at = NULL WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
+    forget_publications(tx, &ids).await?;
+    Ok(())
+}
+
+/// Jobs queued again have not been published since.
+pub(crate) async fn forget_publications(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM job_publications WHERE job_id = ANY($1)")
+        .bind(job_ids)
+        .execute(conn)
         .await?;
     Ok(())
 }

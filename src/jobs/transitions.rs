@@ -4,7 +4,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{Job, JobError, JobStatus, get::read_job};
+use super::{Job, JobError, JobStatus, get::read_job, rescue::forget_publications};
 use crate::outbox::{Pending, enqueue};
 
 /// PENDING or IN_PROGRESS becomes CANCELLED, and so do its unfinished
@@ -47,7 +47,7 @@ pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     lock_subtasks(&mut tx, id).await?;
     let changed = sqlx::query(
         "UPDATE translation_jobs \
-         SET status = 'PENDING', attempts = 0, error = NULL, published_at = NULL \
+         SET status = 'PENDING', attempts = 0, error = NULL \
          WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')",
     )
     .bind(id)
@@ -57,6 +57,7 @@ pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     if changed == 0 {
         return Err(refusal(&mut tx, id, "retry", "FAILED or CANCELLED").await);
     }
+    forget_publications(&mut tx, &[id]).await?;
     sqlx::query(
         "UPDATE translation_subtasks SET status = 'PENDING', error = NULL \
          WHERE job_id = $1 AND status <> 'COMPLETED'",

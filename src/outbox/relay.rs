@@ -188,17 +188,49 @@ impl Relay {
         }
     }
 
+    /// Begins a transaction and claims a batch in it.
+    async fn claim_batch(
+        &self,
+    ) -> Result<(Transaction<'static, Postgres>, Vec<OutboxRow>), RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = claim(&mut tx, self.settings.batch_size).await?;
+        Ok((tx, rows))
+    }
+
     /// Drains until a batch comes back short; returns the size of the last.
+    ///
+    /// A pipeline of [`drain_once`](Self::drain_once)s: while one batch is
+    /// being pushed, the next is claimed on a second connection (SKIP LOCKED
+    /// hands it the following rows). Pushes still happen one batch after
+    /// the other, each after the previous one committed, so order is kept.
     async fn drain_until_idle(&self, token: &CancellationToken) -> Result<usize, RelayError> {
+        if !self.queue.is_connected() {
+            return Err(QueueError::NotConnected.into());
+        }
         let full = self.settings.batch_size as usize;
-        let mut last = 0;
-        while !token.is_cancelled() {
-            last = self.drain_once().await?.claimed;
-            if last < full {
-                break;
+        let (mut tx, mut rows) = self.claim_batch().await?;
+        loop {
+            if rows.is_empty() {
+                tx.commit().await?;
+                return Ok(0);
+            }
+            let more = rows.len() >= full && !token.is_cancelled();
+            let (pushed, next) = if more {
+                let (pushed, next) = tokio::join!(self.push(&rows), self.claim_batch());
+                (pushed, Some(next))
+            } else {
+                (self.push(&rows).await, None)
+            };
+            // On any error both transactions roll back when dropped; their
+            // rows are claimed again later and pushed at most once more.
+            let pushed = pushed?;
+            tx.commit().await?;
+            self.record(&rows, pushed);
+            match next {
+                None => return Ok(rows.len()),
+                Some(next) => (tx, rows) = next?,
             }
         }
-        Ok(last)
     }
 
     /// Runs until `token` is cancelled: drains on every wake (a local commit
@@ -256,7 +288,10 @@ impl Relay {
 }
 
 /// Claims the oldest unclaimed rows, deletes them and stamps their jobs'
-/// publish time, in one statement. Both only become permanent when the
+/// publish time (in `job_publications`), in one statement. A job queued
+/// again has its stamp removed in that transaction, so a stamp that already
+/// exists belongs to a copy of the same message still in flight: keeping the
+/// first is right. Both only become permanent when the
 /// transaction commits after the push, so the stamp (taken just before the
 /// push) never claims a publish that did not happen.
 async fn claim(
@@ -269,8 +304,9 @@ async fn claim(
                  SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, job_id, lane, payload, created_at), \
          stamped AS ( \
-             UPDATE translation_jobs SET published_at = clock_timestamp() \
-             WHERE id IN (SELECT job_id FROM claimed)) \
+             INSERT INTO job_publications (job_id, published_at) \
+             SELECT DISTINCT job_id, clock_timestamp() FROM claimed \
+             ON CONFLICT (job_id) DO NOTHING) \
          SELECT id, job_id, lane, payload, created_at FROM claimed",
     )
     .bind(i64::from(batch_size))

@@ -218,7 +218,7 @@ async fn a_pending_job_whose_message_was_lost_is_queued_again(pool: PgPool) {
         .await
         .unwrap();
     sqlx::query(
-        "UPDATE translation_jobs SET published_at = now() - interval '1 hour' WHERE id = $1",
+        "INSERT INTO job_publications (job_id, published_at) VALUES ($1, now() - interval '1 hour')",
     )
     .bind(id)
     .execute(&pool)
