@@ -17,4 +17,5 @@ check '^1 ' bench/compare.sh --duration 2s --rounds 1 --warmup 0s --concurrency 
 check '^ratio' bench/drain.sh --jobs 2000 --batch 500
 check 'lost=0 duplicated=0' bench/outage.sh --rate 100 --before 2 --down 2 --after 3
 check 'with_50_watch_streams' bench/memory.sh --watchers 50 --duration 2s
-echo "benchmark smoke run: 4 passed, 0 failed"
+check '^commit_to_redis_ms' bench/latency.sh --rate 100 --duration 2s
+echo "benchmark smoke run ok: 5 scripts"
