@@ -333,7 +333,13 @@ async fn start_background(background: Background) {
         match prepared {
             Ok(()) => break,
             Err(error) => {
-                tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "PostgreSQL not ready");
+                if matches!(error, sqlx::Error::Migrate(_)) {
+                    // Not an outage: the schema does not match this build.
+                    // Retrying still means fixing the database needs no restart.
+                    tracing::error!(error = %error_chain(&error), retry_in = ?delay, "cannot migrate the database");
+                } else {
+                    tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "PostgreSQL not ready");
+                }
                 tokio::select! {
                     () = token.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
