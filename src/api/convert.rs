@@ -102,14 +102,20 @@ fn filter_fingerprint(query: &ListQuery) -> u32 {
 /// the gateway in front of the service; scopes request_id idempotency.
 pub const USER_ID_METADATA: &str = "x-user-id";
 
-/// The caller's user id from the metadata (empty when absent).
+/// The caller's user id from the gRPC metadata (empty when absent).
 pub fn user_id(metadata: &MetadataMap) -> Result<UserId, FieldError> {
-    match metadata.get(USER_ID_METADATA) {
+    user_id_from(metadata.get(USER_ID_METADATA).map(|value| value.as_bytes()))
+}
+
+/// The caller's user id from the raw header value, gRPC or HTTP.
+pub fn user_id_from(value: Option<&[u8]>) -> Result<UserId, FieldError> {
+    match value {
         None => Ok(UserId::default()),
-        Some(value) => {
-            let raw = value
-                .to_str()
-                .map_err(|_| FieldError::new(USER_ID_METADATA, "must be printable ASCII"))?;
+        Some(bytes) => {
+            let raw = std::str::from_utf8(bytes)
+                .ok()
+                .filter(|raw| raw.is_ascii())
+                .ok_or_else(|| FieldError::new(USER_ID_METADATA, "must be printable ASCII"))?;
             UserId::parse(USER_ID_METADATA, raw)
         }
     }

@@ -13,7 +13,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
-use super::{JobsApi, convert::USER_ID_METADATA, proto, status::ApiError};
+use super::{
+    JobsApi,
+    convert::{USER_ID_METADATA, user_id_from},
+    proto,
+    status::ApiError,
+};
 use crate::jobs::fields::{FieldError, UserId};
 
 /// `POST /api/v1/translation-jobs` and `GET /api/v1/translation-jobs/{id}`.
@@ -164,15 +169,7 @@ fn screaming_snake(camel: &str) -> String {
 }
 
 fn user_id(headers: &HeaderMap) -> Result<UserId, FieldError> {
-    match headers.get(USER_ID_METADATA) {
-        None => Ok(UserId::default()),
-        Some(value) => {
-            let raw = value
-                .to_str()
-                .map_err(|_| FieldError::new(USER_ID_METADATA, "must be printable ASCII"))?;
-            UserId::parse(USER_ID_METADATA, raw)
-        }
-    }
+    user_id_from(headers.get(USER_ID_METADATA).map(|value| value.as_bytes()))
 }
 
 fn priority(raw: &str) -> Result<proto::Priority, FieldError> {
