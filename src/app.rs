@@ -102,6 +102,9 @@ impl App {
     /// NOT_SERVING, in-flight calls finish, background tasks stop; anything
     /// still running after the shutdown timeout is aborted.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        // Two stages: the servers (and watch streams) stop first, so calls in
+        // flight finish while the relay still runs; then the background tasks.
+        let serving = CancellationToken::new();
         let token = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let wake = RelayWake::new();
@@ -133,14 +136,14 @@ impl App {
                 self.settings.queue_max_backlog,
             )),
             hub: hub.clone(),
-            shutdown: token.clone(),
+            shutdown: serving.clone(),
             max_subtasks_per_job: self.settings.max_subtasks_per_job,
             max_batch_size: self.settings.max_batch_size,
         });
 
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
-        let grpc_token = token.clone();
+        let grpc_token = serving.clone();
         let grpc = Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -157,7 +160,7 @@ impl App {
         let mut grpc_task = tokio::spawn(grpc);
         tracing::info!(addr = %grpc_addr, "gRPC listening");
 
-        let http_token = token.clone();
+        let http_token = serving.clone();
         let router = api::http::router(
             HttpState {
                 pool: self.pool.clone(),
@@ -198,7 +201,7 @@ impl App {
         }
 
         health.set_ready(false).await;
-        token.cancel();
+        serving.cancel();
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
         if !grpc_task.is_finished() {
             match tokio::time::timeout_at(deadline, &mut grpc_task).await {
@@ -209,6 +212,10 @@ impl App {
                 }
             }
         }
+        // Jobs committed by the last calls are in the outbox: the relay of
+        // another replica, or of the next start, publishes what this one
+        // does not get to.
+        token.cancel();
         drain(&mut tasks, deadline).await;
         self.queue.quit().await;
         self.pool.close().await;

@@ -175,3 +175,36 @@ async fn many_watchers_of_one_job_all_see_the_end(_: PgPoolOptions, database: Pg
     }
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn open_watch_streams_end_at_shutdown_and_do_not_hold_it_up(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::spawn(database).await;
+    app.wait_ready().await;
+    let job = app
+        .client
+        .create_translation_job(create_request())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = app
+        .client
+        .watch_translation_job(WatchTranslationJobRequest { id: job.id })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("shutdown does not wait for open streams");
+    let end = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("the stream ends");
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "no further job state after shutdown"
+    );
+}
