@@ -200,9 +200,10 @@ impl Relay {
     /// Drains until a batch comes back short; returns the size of the last.
     ///
     /// A pipeline of [`drain_once`](Self::drain_once)s: while one batch is
-    /// being pushed, the next is claimed on a second connection (SKIP LOCKED
-    /// hands it the following rows). Pushes still happen one batch after
-    /// the other, each after the previous one committed, so order is kept.
+    /// being pushed and committed, the next is claimed on a second
+    /// connection (SKIP LOCKED hands it the following rows). Pushes still
+    /// happen one batch after the other, each after the previous batch
+    /// committed, so order is kept.
     async fn drain_until_idle(&self, token: &CancellationToken) -> Result<usize, RelayError> {
         if !self.queue.is_connected() {
             return Err(QueueError::NotConnected.into());
@@ -215,16 +216,20 @@ impl Relay {
                 return Ok(0);
             }
             let more = rows.len() >= full && !token.is_cancelled();
+            let publish = async {
+                let pushed = self.push(&rows).await?;
+                tx.commit().await?;
+                Ok::<u64, RelayError>(pushed)
+            };
             let (pushed, next) = if more {
-                let (pushed, next) = tokio::join!(self.push(&rows), self.claim_batch());
+                let (pushed, next) = tokio::join!(publish, self.claim_batch());
                 (pushed, Some(next))
             } else {
-                (self.push(&rows).await, None)
+                (publish.await, None)
             };
             // On any error both transactions roll back when dropped; their
             // rows are claimed again later and pushed at most once more.
             let pushed = pushed?;
-            tx.commit().await?;
             self.record(&rows, pushed);
             match next {
                 None => return Ok(rows.len()),
