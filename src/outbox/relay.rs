@@ -296,7 +296,13 @@ impl Relay {
 /// publish time (in `job_publications`), in one statement. A job queued
 /// again has its stamp removed in that transaction, so a stamp that already
 /// exists belongs to a copy of the same message still in flight: keeping the
-/// first is right. Both only become permanent when the
+/// first is right.
+///
+/// The transaction commits asynchronously (`synchronous_commit = off`, for
+/// this transaction only): the relay's commit need not wait for the WAL
+/// flush. If PostgreSQL crashes before the flush, the deleted rows come back
+/// and are pushed again, and the push-once markers drop the copies. The
+/// outbox rows themselves were written by synchronous commits. Both only become permanent when the
 /// transaction commits after the push, so the stamp (taken just before the
 /// push) never claims a publish that did not happen.
 async fn claim(
@@ -311,8 +317,11 @@ async fn claim(
          stamped AS ( \
              INSERT INTO job_publications (job_id, published_at) \
              SELECT DISTINCT job_id, clock_timestamp() FROM claimed \
-             ON CONFLICT (job_id) DO NOTHING) \
-         SELECT id, job_id, lane, payload, created_at FROM claimed",
+             ON CONFLICT (job_id) DO NOTHING), \
+         async_commit AS ( \
+             SELECT set_config('synchronous_commit', 'off', true)) \
+         SELECT c.id, c.job_id, c.lane, c.payload, c.created_at \
+         FROM claimed AS c, async_commit",
     )
     .bind(i64::from(batch_size))
     .fetch_all(&mut **tx)
