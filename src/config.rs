@@ -31,7 +31,7 @@ pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_RELAY_MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Short enough to keep commit-to-Redis in milliseconds, long enough to
 /// batch the commits of a busy second.
-pub const DEFAULT_RELAY_LINGER: Duration = Duration::from_millis(2);
+pub const DEFAULT_RELAY_LINGER: Duration = Duration::from_millis(5);
 pub const DEFAULT_RELAY_MARKER_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_SUBTASKS_PER_JOB: usize = 1000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
