@@ -84,6 +84,7 @@ pub struct TestApp {
     pub http_addr: SocketAddr,
     pub client: TranslationJobServiceClient<Channel>,
     pub queue: QueueName,
+    redis_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -122,6 +123,7 @@ impl TestApp {
             http_addr,
             client,
             queue,
+            redis_url: redis_url.to_owned(),
             stop: Some(stop),
             task: Some(task),
         }
@@ -143,13 +145,24 @@ impl TestApp {
         }
     }
 
-    /// Shuts the service down and waits for it.
+    /// Shuts the service down, waits for it, and deletes the test's Redis
+    /// keys (when its Redis is still up).
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.expect("service task ends cleanly");
+        }
+        let Ok(config) = Config::from_url(&self.redis_url) else {
+            return;
+        };
+        let Ok(client) = Builder::from_config(config).build() else {
+            return;
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), client.init()).await {
+            cleanup(&client, &self.queue).await;
+            let _ = client.quit().await;
         }
     }
 }
