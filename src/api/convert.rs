@@ -9,8 +9,8 @@ use uuid::Uuid;
 use crate::jobs::{
     Job, JobStatus, ListQuery, NewJob, Priority,
     fields::{
-        FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, UserId,
-        parse_uuid,
+        FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, TraceParent,
+        UserId, parse_uuid,
     },
 };
 
@@ -102,9 +102,29 @@ fn filter_fingerprint(query: &ListQuery) -> u32 {
 /// the gateway in front of the service; scopes request_id idempotency.
 pub const USER_ID_METADATA: &str = "x-user-id";
 
-/// The caller's user id from the gRPC metadata (empty when absent).
-pub fn user_id(metadata: &MetadataMap) -> Result<UserId, FieldError> {
-    user_id_from(metadata.get(USER_ID_METADATA).map(|value| value.as_bytes()))
+/// Who is calling, from request headers.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub user_id: UserId,
+    pub traceparent: Option<TraceParent>,
+}
+
+/// The caller from gRPC metadata.
+pub fn caller(metadata: &MetadataMap) -> Result<Caller, FieldError> {
+    Ok(Caller {
+        user_id: user_id_from(metadata.get(USER_ID_METADATA).map(|v| v.as_bytes()))?,
+        traceparent: traceparent_from(metadata.get(TRACEPARENT_METADATA).map(|v| v.as_bytes())),
+    })
+}
+
+/// Metadata key (and HTTP header) of the caller's W3C trace context.
+pub const TRACEPARENT_METADATA: &str = "traceparent";
+
+/// The caller's trace context from the raw header value, if well formed.
+pub fn traceparent_from(value: Option<&[u8]>) -> Option<TraceParent> {
+    value
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .and_then(TraceParent::parse)
 }
 
 /// The caller's user id from the raw header value, gRPC or HTTP.
@@ -174,6 +194,7 @@ pub fn new_job(
         priority,
         subtasks,
         request_id,
+        traceparent: None,
     })
 }
 

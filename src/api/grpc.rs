@@ -71,10 +71,11 @@ impl JobsApi {
     /// it was an earlier job returned for a reused request_id.
     pub async fn create(
         &self,
-        user_id: jobs::fields::UserId,
+        caller: convert::Caller,
         request: proto::CreateTranslationJobRequest,
     ) -> Result<(proto::TranslationJob, bool), ApiError> {
-        let new = convert::new_job(user_id, request, self.deps.max_subtasks_per_job)?;
+        let mut new = convert::new_job(caller.user_id, request, self.deps.max_subtasks_per_job)?;
+        new.traceparent = caller.traceparent;
         self.ensure_ready()?;
         self.deps.backlog.admit(1).await?;
         let created = jobs::create_job(&self.deps.pool, &new).await?;
@@ -98,7 +99,7 @@ impl JobsApi {
 
     async fn batch_create(
         &self,
-        user_id: jobs::fields::UserId,
+        caller: convert::Caller,
         request: proto::BatchCreateTranslationJobsRequest,
     ) -> Result<Vec<proto::TranslationJob>, ApiError> {
         let count = request.requests.len();
@@ -120,7 +121,11 @@ impl JobsApi {
             .into_iter()
             .enumerate()
             .map(|(index, item)| {
-                convert::new_job(user_id.clone(), item, self.deps.max_subtasks_per_job)
+                convert::new_job(caller.user_id.clone(), item, self.deps.max_subtasks_per_job)
+                    .map(|mut new| {
+                        new.traceparent = caller.traceparent.clone();
+                        new
+                    })
                     .map_err(|error| error.within(&format!("requests[{index}].")))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -259,8 +264,8 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::CreateTranslationJobRequest>,
     ) -> Result<Response<proto::TranslationJob>, Status> {
-        let user_id = convert::user_id(request.metadata()).map_err(ApiError::from)?;
-        let (job, _replayed) = self.create(user_id, request.into_inner()).await?;
+        let caller = convert::caller(request.metadata()).map_err(ApiError::from)?;
+        let (job, _replayed) = self.create(caller, request.into_inner()).await?;
         Ok(Response::new(job))
     }
 
@@ -320,8 +325,8 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::BatchCreateTranslationJobsRequest>,
     ) -> Result<Response<proto::BatchCreateTranslationJobsResponse>, Status> {
-        let user_id = convert::user_id(request.metadata()).map_err(ApiError::from)?;
-        let jobs = self.batch_create(user_id, request.into_inner()).await?;
+        let caller = convert::caller(request.metadata()).map_err(ApiError::from)?;
+        let jobs = self.batch_create(caller, request.into_inner()).await?;
         Ok(Response::new(proto::BatchCreateTranslationJobsResponse {
             jobs,
         }))

@@ -15,11 +15,11 @@ use tonic::Code;
 
 use super::{
     JobsApi,
-    convert::{USER_ID_METADATA, user_id_from},
+    convert::{Caller, TRACEPARENT_METADATA, USER_ID_METADATA, traceparent_from, user_id_from},
     proto,
     status::ApiError,
 };
-use crate::jobs::fields::{FieldError, UserId};
+use crate::jobs::fields::FieldError;
 
 /// `POST /api/v1/translation-jobs` and `GET /api/v1/translation-jobs/{id}`.
 pub fn routes() -> Router<JobsApi> {
@@ -168,8 +168,11 @@ fn screaming_snake(camel: &str) -> String {
     out
 }
 
-fn user_id(headers: &HeaderMap) -> Result<UserId, FieldError> {
-    user_id_from(headers.get(USER_ID_METADATA).map(|value| value.as_bytes()))
+fn caller(headers: &HeaderMap) -> Result<Caller, FieldError> {
+    Ok(Caller {
+        user_id: user_id_from(headers.get(USER_ID_METADATA).map(|v| v.as_bytes()))?,
+        traceparent: traceparent_from(headers.get(TRACEPARENT_METADATA).map(|v| v.as_bytes())),
+    })
 }
 
 fn priority(raw: &str) -> Result<proto::Priority, FieldError> {
@@ -210,7 +213,7 @@ async fn create(
             .collect(),
         request_id: body.request_id,
     };
-    let (job, replayed) = api.create(user_id(&headers)?, request).await?;
+    let (job, replayed) = api.create(caller(&headers)?, request).await?;
     let status = if replayed {
         StatusCode::OK
     } else {

@@ -81,7 +81,8 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> Result<Created, Jo
     // Built before the insert so the outbox row carries the exact message;
     // the timestamps are replaced by the database's below.
     let mut job = job_from_insert(id, new, subtask_ids.clone(), Utc::now());
-    let message = job.message();
+    let mut message = job.message();
+    message.traceparent = new.traceparent.as_ref().map(|t| t.as_str().to_owned());
 
     let created_at: Option<DateTime<Utc>> = sqlx::query_scalar(INSERT_JOB)
         .bind(id)

@@ -327,6 +327,39 @@ impl fmt::Display for UserId {
     }
 }
 
+/// A W3C `traceparent` value (`00-<trace id>-<parent id>-<flags>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent(String);
+
+impl TraceParent {
+    /// A well-formed value, or `None`: per the W3C spec an invalid trace
+    /// context is ignored, never a reason to refuse the request.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let parts: Vec<&str> = raw.trim().split('-').collect();
+        let hex = |part: &str, len: usize| {
+            part.len() == len
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let [version, trace_id, parent_id, flags] = parts.as_slice() else {
+            return None;
+        };
+        let valid = hex(version, 2)
+            && *version != "ff"
+            && hex(trace_id, 32)
+            && trace_id.bytes().any(|b| b != b'0')
+            && hex(parent_id, 16)
+            && parent_id.bytes().any(|b| b != b'0')
+            && hex(flags, 2);
+        valid.then(|| Self(raw.trim().to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +453,21 @@ mod tests {
             "subtasks[2].entity_id"
         );
         assert!(SubtaskSpec::parse("s", "chapter", &"x".repeat(MAX_ENTITY_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn trace_contexts_are_kept_when_well_formed_and_dropped_otherwise() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(TraceParent::parse(good).unwrap().as_str(), good);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(TraceParent::parse(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::fields::{LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, UserId};
+use super::fields::{
+    LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, TraceParent, UserId,
+};
 use crate::queue::{JobMessage, Lane};
 
 /// Status of a job or a subtask, stored as the upper-case string that
@@ -96,6 +98,8 @@ pub struct NewJob {
     /// Never empty: when the caller gives none, one subtask for the novel.
     pub subtasks: Vec<SubtaskSpec>,
     pub request_id: Option<RequestId>,
+    /// The caller's W3C trace context, passed on in the message.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// One entity of a job.
@@ -150,6 +154,7 @@ impl Job {
             output_dir: self.output_dir.clone(),
             target_fields: self.target_fields.clone(),
             enable_code_filter: self.enable_code_filter,
+            traceparent: None,
         }
     }
 }

@@ -21,6 +21,10 @@ pub struct JobMessage {
     pub target_fields: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub enable_code_filter: bool,
+    /// Not in the Go struct: the caller's W3C trace context, so a worker can
+    /// continue the trace. Only present when the caller sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -49,6 +53,7 @@ mod tests {
             output_dir: "outputs/novel_jobs".into(),
             target_fields: vec!["title".into(), "description".into(), "content".into()],
             enable_code_filter: true,
+            traceparent: None,
         }
     }
 
@@ -69,6 +74,7 @@ mod tests {
             output_dir: String::new(),
             target_fields: Vec::new(),
             enable_code_filter: false,
+            traceparent: None,
         };
         assert_eq!(message.to_json(), r#"{"job_id":"j"}"#);
     }
@@ -84,6 +90,17 @@ mod tests {
             message.to_json(),
             r#"{"job_id":"4f1c2a9e-0000-4000-8000-000000000001","target_lang":"en","output_dir":"outputs/novel_jobs","target_fields":["title","description","content"]}"#
         );
+    }
+
+    #[test]
+    fn a_trace_context_is_an_extra_key_at_the_end() {
+        let message = JobMessage {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            ..full()
+        };
+        assert!(message.to_json().ends_with(
+            r#""enable_code_filter":true,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#
+        ));
     }
 
     #[test]

@@ -263,3 +263,40 @@ async fn get_answers_not_found_for_an_unknown_id_and_invalid_argument_for_a_malf
 
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_callers_trace_context_travels_in_the_message(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::spawn(database).await;
+    app.wait_ready().await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    let mut traced = tonic::Request::new(create_request());
+    traced
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    app.client.create_translation_job(traced).await.unwrap();
+    // A malformed one is ignored, as the W3C spec asks, not refused.
+    let mut garbled = tonic::Request::new(create_request());
+    garbled
+        .metadata_mut()
+        .insert("traceparent", "not-a-trace".parse().unwrap());
+    app.client.create_translation_job(garbled).await.unwrap();
+
+    let found = wait_for_messages(&redis, &app.queue, Lane::Normal, 2).await;
+    assert_eq!(found[0].traceparent.as_deref(), Some(traceparent));
+    assert_eq!(found[1].traceparent, None);
+    let raw: Vec<String> =
+        fred::prelude::ListInterface::lrange(&redis, app.queue.key(Lane::Normal), 1, 1)
+            .await
+            .unwrap();
+    assert!(
+        !raw[0].contains("traceparent"),
+        "absent, not null: {}",
+        raw[0]
+    );
+    app.stop().await;
+}
