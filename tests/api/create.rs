@@ -11,7 +11,7 @@ use translation_jobs::{
 };
 
 use crate::support::{
-    NOVEL_ID, SHARED_REDIS_URL, TestApp, cleanup, counts, create_request, messages, redis_client,
+    NOVEL_ID, SHARED_REDIS_URL, TestApp, counts, create_request, messages, redis_client,
     wait_for_messages,
 };
 
@@ -20,8 +20,7 @@ async fn create_stores_a_pending_job_and_its_message_reaches_redis(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
 
     let job = app
@@ -72,7 +71,6 @@ async fn create_stores_a_pending_job_and_its_message_reaches_redis(
     );
     assert_eq!(read.status(), JobStatus::Pending);
 
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
@@ -81,8 +79,7 @@ async fn explicit_subtasks_and_options_are_stored_and_sent(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
 
     let mut request = create_request();
@@ -125,38 +122,29 @@ async fn explicit_subtasks_and_options_are_stored_and_sent(
     assert!(found[0].enable_code_filter);
     assert_eq!(found[0].output_dir, "outputs/pt");
 
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn jobs_arrive_in_redis_in_creation_order(_: PgPoolOptions, database: PgConnectOptions) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
 
     let mut created = Vec::new();
     for _ in 0..50 {
-        let job = app
-            .client
-            .create_translation_job(create_request())
-            .await
-            .unwrap()
-            .into_inner();
+        let job = app.create().await;
         created.push(job.id);
     }
     let found = wait_for_messages(&redis, &app.queue, Lane::Normal, 50).await;
     let ids: Vec<String> = found.into_iter().map(|m| m.job_id).collect();
     assert_eq!(ids, created);
 
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn priorities_go_to_their_lanes(_: PgPoolOptions, database: PgConnectOptions) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
 
     let mut ids = Vec::new();
@@ -184,7 +172,6 @@ async fn priorities_go_to_their_lanes(_: PgPoolOptions, database: PgConnectOptio
     let normal: Vec<&str> = normal.iter().map(|m| m.job_id.as_str()).collect();
     assert_eq!(normal, [ids[2].as_str(), ids[3].as_str()]);
 
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
@@ -193,8 +180,7 @@ async fn the_same_request_id_returns_the_same_job_and_queues_once(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
 
     let mut request = create_request();
@@ -228,7 +214,6 @@ async fn the_same_request_id_returns_the_same_job_and_queues_once(
     assert_eq!(counts(&pool).await.0, 1);
     assert_eq!(messages(&redis, &app.queue, Lane::Normal).await.len(), 1);
 
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
@@ -237,8 +222,7 @@ async fn get_answers_not_found_for_an_unknown_id_and_invalid_argument_for_a_malf
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database).await;
 
     let missing = app
         .client
@@ -269,8 +253,7 @@ async fn a_callers_trace_context_travels_in_the_message(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -4,7 +4,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use translation_jobs::queue::Lane;
 
 use crate::support::{
-    NOVEL_ID, SHARED_REDIS_URL, TestApp, cleanup, http_request, redis_client, wait_for_messages,
+    NOVEL_ID, SHARED_REDIS_URL, TestApp, http_request, redis_client, wait_for_messages,
 };
 
 fn json(body: &str) -> serde_json::Value {
@@ -13,8 +13,7 @@ fn json(body: &str) -> serde_json::Value {
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn post_creates_a_job_and_get_returns_it(_: PgPoolOptions, database: PgConnectOptions) {
-    let app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let app = TestApp::ready(database).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
     let base = format!("http://{}/api/v1/translation-jobs", app.http_addr);
 
@@ -52,14 +51,12 @@ async fn post_creates_a_job_and_get_returns_it(_: PgPoolOptions, database: PgCon
     assert_eq!(json(&first)["id"], json(&again)["id"]);
     wait_for_messages(&redis, &app.queue, Lane::High, 1).await;
 
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn errors_are_json_with_matching_http_statuses(_: PgPoolOptions, database: PgConnectOptions) {
-    let app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let app = TestApp::ready(database).await;
     let base = format!("http://{}/api/v1/translation-jobs", app.http_addr);
 
     let cases = [

@@ -10,25 +10,16 @@ use tonic::Code;
 use translation_jobs::{
     api::proto::{
         BatchCreateTranslationJobsRequest, CancelTranslationJobRequest, GetQueueStatsRequest,
-        JobStatus, ListTranslationJobsRequest, RetryTranslationJobRequest, TranslationJob,
+        JobStatus, ListTranslationJobsRequest, RetryTranslationJobRequest,
     },
     queue::Lane,
 };
 
 use crate::support::{
-    SHARED_REDIS_URL, TestApp, cleanup, counts, create_request, messages, redis_client,
-    wait_for_messages,
+    SHARED_REDIS_URL, TestApp, counts, create_request, messages, redis_client, wait_for_messages,
 };
 
 const ALL_STATUSES: [&str; 5] = ["PENDING", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"];
-
-async fn create(app: &mut TestApp) -> TranslationJob {
-    app.client
-        .create_translation_job(create_request())
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 /// Puts a job in a status the way a worker would: plain SQL.
 async fn set_status(pool: &PgPool, id: &str, status: &str) {
@@ -45,12 +36,11 @@ async fn cancel_applies_to_pending_and_in_progress_jobs_only(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
 
     for status in ALL_STATUSES {
-        let job = create(&mut app).await;
+        let job = app.create().await;
         set_status(&pool, &job.id, status).await;
         let result = app
             .client
@@ -90,14 +80,13 @@ async fn retry_requeues_failed_and_cancelled_jobs_only(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
     let redis = redis_client(SHARED_REDIS_URL).await;
 
     let mut retried = Vec::new();
     for status in ALL_STATUSES {
-        let job = create(&mut app).await;
+        let job = app.create().await;
         set_status(&pool, &job.id, status).await;
         sqlx::query("UPDATE translation_jobs SET error = 'boom', attempts = 2 WHERE id = $1::uuid")
             .bind(&job.id)
@@ -126,14 +115,12 @@ async fn retry_requeues_failed_and_cancelled_jobs_only(
     for id in &retried {
         assert_eq!(found.iter().filter(|m| &m.job_id == id).count(), 2, "{id}");
     }
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_batch_is_created_whole_or_not_at_all(_: PgPoolOptions, database: PgConnectOptions) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
     let redis = redis_client(SHARED_REDIS_URL).await;
 
@@ -195,7 +182,6 @@ async fn a_batch_is_created_whole_or_not_at_all(_: PgPoolOptions, database: PgCo
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
@@ -217,13 +203,11 @@ async fn pages_stay_consistent_while_jobs_are_created(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
-    let redis = redis_client(SHARED_REDIS_URL).await;
+    let mut app = TestApp::ready(database).await;
 
     let mut created = Vec::new();
     for _ in 0..25 {
-        created.push(create(&mut app).await.id);
+        created.push(app.create().await.id);
     }
     let newest_first: Vec<String> = created.iter().rev().cloned().collect();
 
@@ -238,7 +222,7 @@ async fn pages_stay_consistent_while_jobs_are_created(
     assert_eq!(first, newest_first[..10]);
     // New jobs arrive between pages; they belong before page one.
     for _ in 0..5 {
-        create(&mut app).await;
+        app.create().await;
     }
     let (second, token) = list(
         &mut app,
@@ -264,19 +248,16 @@ async fn pages_stay_consistent_while_jobs_are_created(
 
     let all: HashSet<String> = first.into_iter().chain(second).chain(third).collect();
     assert_eq!(all.len(), 25);
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn list_filters_by_status_and_novel(_: PgPoolOptions, database: PgConnectOptions) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
-    let redis = redis_client(SHARED_REDIS_URL).await;
 
-    let plain = create(&mut app).await;
-    let failed = create(&mut app).await;
+    let plain = app.create().await;
+    let failed = app.create().await;
     set_status(&pool, &failed.id, "FAILED").await;
     let other_novel = uuid::Uuid::new_v4().to_string();
     let mut request = create_request();
@@ -326,7 +307,6 @@ async fn list_filters_by_status_and_novel(_: PgPoolOptions, database: PgConnectO
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().starts_with("page_token: "));
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
@@ -335,8 +315,7 @@ async fn two_concurrent_creates_with_one_request_id_give_one_job(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
     let redis = redis_client(SHARED_REDIS_URL).await;
 
@@ -355,7 +334,6 @@ async fn two_concurrent_creates_with_one_request_id_give_one_job(
     assert_eq!(counts(&pool).await.0, 10);
     wait_for_messages(&redis, &app.queue, Lane::Normal, 10).await;
     assert_eq!(messages(&redis, &app.queue, Lane::Normal).await.len(), 10);
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
@@ -364,11 +342,10 @@ async fn queue_stats_report_lanes_outbox_and_dead_letters(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
-    create(&mut app).await;
-    create(&mut app).await;
+    app.create().await;
+    app.create().await;
     wait_for_messages(&redis, &app.queue, Lane::Normal, 2).await;
     let _: i64 =
         fred::prelude::ListInterface::rpush(&redis, app.queue.key(Lane::Dead), r#"{"job_id":"x"}"#)
@@ -389,7 +366,6 @@ async fn queue_stats_report_lanes_outbox_and_dead_letters(
     assert_eq!(stats.lanes.len(), 4);
     assert_eq!(stats.backlog, 2 + stats.outbox_backlog);
     assert_eq!(stats.backlog_limit, 1000);
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 
@@ -398,10 +374,9 @@ async fn cancel_while_a_worker_updates_a_subtask_waits_instead_of_deadlocking(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
-    let job = create(&mut app).await;
+    let job = app.create().await;
     set_status(&pool, &job.id, "IN_PROGRESS").await;
 
     // The worker's transaction holds the subtask...

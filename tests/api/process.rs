@@ -144,16 +144,10 @@ async fn a_database_that_appears_later_is_picked_up_without_a_restart(
         .unwrap();
     app.wait_ready().await;
     assert_eq!(serving_status(&app).await, ServingStatus::Serving);
-    let job = app
-        .client
-        .create_translation_job(create_request())
-        .await
-        .unwrap()
-        .into_inner();
+    let job = app.create().await;
     let redis = redis_client(SHARED_REDIS_URL).await;
     wait_for_messages(&redis, &app.queue, Lane::Normal, 1).await;
     assert!(!job.id.is_empty());
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 
     sqlx::query(&format!("DROP DATABASE {late_name} WITH (FORCE)"))

@@ -13,9 +13,7 @@ use translation_jobs::{
 };
 use uuid::Uuid;
 
-use crate::support::{
-    SHARED_REDIS_URL, TestApp, cleanup, create_request, redis_client, wait_for_messages,
-};
+use crate::support::{SHARED_REDIS_URL, TestApp, create_request, redis_client, wait_for_messages};
 
 const POLICY: RescuePolicy = RescuePolicy {
     stuck_after: Duration::from_secs(600),
@@ -204,7 +202,6 @@ async fn the_running_service_requeues_a_stuck_job_to_redis(
     let dead = wait_for_messages(&redis, &app.queue, Lane::Dead, 1).await;
     assert_eq!(dead[0].job_id, id.to_string());
     assert_eq!(job_state(&pool, id).await.0, "FAILED");
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }
 

@@ -203,6 +203,5 @@ async fn rows_written_elsewhere_are_published_on_notify_without_waiting_for_a_po
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].job_id, job_id.to_string());
 
-    cleanup(&redis, &app.queue).await;
     app.stop().await;
 }

@@ -15,7 +15,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use translation_jobs::{
     api::proto::{
-        CreateTranslationJobRequest, translation_job_service_client::TranslationJobServiceClient,
+        CreateTranslationJobRequest, TranslationJob,
+        translation_job_service_client::TranslationJobServiceClient,
     },
     app::App,
     config::Settings,
@@ -127,6 +128,22 @@ impl TestApp {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Starts the service on the shared Redis and waits until it is ready.
+    pub async fn ready(database: PgConnectOptions) -> Self {
+        let app = Self::spawn(database).await;
+        app.wait_ready().await;
+        app
+    }
+
+    /// Creates a job with the default request; panics on error.
+    pub async fn create(&mut self) -> TranslationJob {
+        self.client
+            .create_translation_job(create_request())
+            .await
+            .expect("create succeeds")
+            .into_inner()
     }
 
     /// Waits until the service reports SERVING (the database is migrated).

@@ -133,8 +133,7 @@ async fn each_invalid_field_is_refused_by_name_and_nothing_is_stored(
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_malformed_user_id_header_is_refused(_: PgPoolOptions, database: PgConnectOptions) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database).await;
     let mut request = tonic::Request::new(create_request());
     request
         .metadata_mut()

@@ -30,8 +30,7 @@ async fn a_watcher_sees_each_change_workers_make_and_the_end(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
 
     let mut request = create_request();
@@ -99,15 +98,9 @@ async fn watching_a_finished_job_sends_its_state_and_ends(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
-    let job = app
-        .client
-        .create_translation_job(create_request())
-        .await
-        .unwrap()
-        .into_inner();
+    let job = app.create().await;
     sqlx::query("UPDATE translation_jobs SET status = 'FAILED', error = 'x' WHERE id = $1::uuid")
         .bind(&job.id)
         .execute(&pool)
@@ -136,15 +129,9 @@ async fn watching_a_finished_job_sends_its_state_and_ends(
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn many_watchers_of_one_job_all_see_the_end(_: PgPoolOptions, database: PgConnectOptions) {
-    let mut app = TestApp::spawn(database.clone()).await;
-    app.wait_ready().await;
+    let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
-    let job = app
-        .client
-        .create_translation_job(create_request())
-        .await
-        .unwrap()
-        .into_inner();
+    let job = app.create().await;
     let mut streams = Vec::new();
     for _ in 0..50 {
         let mut stream = app
@@ -181,14 +168,8 @@ async fn open_watch_streams_end_at_shutdown_and_do_not_hold_it_up(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let mut app = TestApp::spawn(database).await;
-    app.wait_ready().await;
-    let job = app
-        .client
-        .create_translation_job(create_request())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut app = TestApp::ready(database).await;
+    let job = app.create().await;
     let mut stream = app
         .client
         .watch_translation_job(WatchTranslationJobRequest { id: job.id })
