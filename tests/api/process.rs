@@ -86,8 +86,9 @@ async fn sigterm_drains_and_exits_zero_promptly(_: PgPoolOptions, database: PgCo
     let found = wait_for_messages(&redis, &queue, Lane::Normal, 1).await;
     assert_eq!(found[0].job_id, job.id);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    // The shell's own kill: no procps needed on a bare machine.
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status()
         .unwrap();
     assert!(status.success());
