@@ -120,8 +120,7 @@ impl Relay {
             // Do not hold rows locked while the client is known to be down.
             return Err(QueueError::NotConnected.into());
         }
-        let mut tx = self.pool.begin().await?;
-        let rows = claim(&mut tx, self.settings.batch_size).await?;
+        let (tx, rows) = self.claim_batch().await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(Drained::default());
@@ -140,8 +139,7 @@ impl Relay {
     /// leaves behind. For tests of the idempotent push.
     #[doc(hidden)]
     pub async fn push_then_crash(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await?;
-        let rows = claim(&mut tx, self.settings.batch_size).await?;
+        let (tx, rows) = self.claim_batch().await?;
         self.push(&rows).await?;
         tx.rollback().await?;
         Ok(rows.len())
