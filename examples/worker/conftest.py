@@ -155,13 +155,13 @@ class Queued:
 
 
 class Lanes:
-    """The test's Redis lists: `<queue>:high`, `<queue>`, `<queue>:low`."""
+    """The test's Redis lists: `{<queue>}:high`, `<queue>`, `{<queue>}:low`."""
 
     def __init__(self, client: redis.Redis, queue: str):
         self.client = client
         self.queue = queue
-        self.high, self.normal, self.low = f"{queue}:high", queue, f"{queue}:low"
-        self.dead = f"{queue}:dead"
+        self.high, self.normal, self.low = f"{{{queue}}}:high", queue, f"{{{queue}}}:low"
+        self.dead = f"{{{queue}}}:dead"
 
     @property
     def names(self) -> list[str]:
@@ -191,9 +191,10 @@ class Lanes:
         self.client.delete(*self.names)
 
     def delete_all_keys(self) -> None:
-        """The lanes, the dead lane and the relay's push-once markers."""
-        keys = [*self.names, self.dead]
-        keys += list(self.client.scan_iter(match=f"{{{self.queue}*}}:pushed:*", count=1000))
+        """The plain lane and every key tagged with the queue's name (lanes,
+        dead letters, push-once markers, the queue's state)."""
+        keys = [self.normal]
+        keys += list(self.client.scan_iter(match=f"{{{self.queue}}}:*", count=1000))
         self.client.delete(*keys)
 
 
@@ -249,6 +250,18 @@ class Service:
         status, job = self.request("POST", "/api/v1/translation-jobs", fields)
         if status != 201:
             raise ApiError(f"POST /api/v1/translation-jobs answered {status}: {job}")
+        return job
+
+    def cancel_job(self, job_id: str) -> dict:
+        return self._action(job_id, "cancel")
+
+    def retry_job(self, job_id: str) -> dict:
+        return self._action(job_id, "retry")
+
+    def _action(self, job_id: str, action: str) -> dict:
+        status, job = self.request("POST", f"/api/v1/translation-jobs/{job_id}/{action}")
+        if status != 200:
+            raise ApiError(f"POST /api/v1/translation-jobs/{job_id}/{action} answered {status}: {job}")
         return job
 
     def get_job(self, job_id: str) -> dict:

@@ -221,20 +221,16 @@ def test_failing_subtask_fails_the_job_with_its_error(service, lanes, make_worke
     assert sorted(p.name for p in job_dir.iterdir()) == ["chapter-ch-1.json", "chapter-ch-3.json"]
 
 
-def test_retried_job_redoes_only_its_unfinished_subtasks(service, lanes, make_worker, db):
+def test_retried_job_redoes_only_its_unfinished_subtasks(service, lanes, make_worker):
     job = new_job(service, subtasks=SUBTASKS)
-    raw = lanes.wait_for(job["id"])[job["id"]].raw
+    first = lanes.wait_for(job["id"])[job["id"]].message
+    assert first["attempt"] == 0
     assert make_worker(translate=RecordingTranslator(fail_for={"ch-2": "flaky"})).run_once() == Outcome.PROCESSED
     assert service.get_job(job["id"])["status"] == "FAILED"
 
-    # What the service's RetryTranslationJob does, then its message.
-    db.execute("UPDATE translation_jobs SET status = 'PENDING', error = NULL WHERE id = %s", (job["id"],))
-    db.execute(
-        "UPDATE translation_subtasks SET status = 'PENDING', error = NULL "
-        "WHERE job_id = %s AND status <> 'COMPLETED'",
-        (job["id"],),
-    )
-    lanes.client.rpush(lanes.normal, raw)
+    retried = service.retry_job(job["id"])
+    assert (retried["status"], retried["attempts"]) == ("PENDING", 1)
+    assert lanes.wait_for(job["id"])[job["id"]].message["attempt"] == 1
 
     translator = RecordingTranslator()
     assert make_worker(translate=translator).run_once() == Outcome.PROCESSED
@@ -248,6 +244,45 @@ def test_retried_job_redoes_only_its_unfinished_subtasks(service, lanes, make_wo
         ("ch-2", "COMPLETED", 2),
         ("ch-3", "COMPLETED", 1),
     ]
+
+
+def test_a_stale_worker_and_a_fresh_one_never_both_run_the_job(service, lanes, make_worker):
+    """Worker A holds attempt 0 when the job is cancelled and retried (the
+    service hands it out again as attempt 1); worker B takes attempt 1 and
+    finishes it while A is still inside its first subtask. A's later updates
+    are guarded by attempt 0 and change nothing: it stops, B's result stands."""
+    job = new_job(service, subtasks=SUBTASKS)
+    stale_raw = lanes.wait_for(job["id"])[job["id"]].raw
+    fresh = RecordingTranslator()
+
+    def hand_out_again_while_a_translates(_job, subtask):
+        if subtask.entity_id == "ch-1" and not fresh.calls:
+            service.cancel_job(job["id"])
+            assert service.retry_job(job["id"])["attempts"] == 1
+            message = lanes.wait_for(job["id"])[job["id"]].message
+            assert message["attempt"] == 1
+            # B runs the fresh attempt to the end while A is still here.
+            assert make_worker(translate=fresh).run_once() == Outcome.PROCESSED
+            assert service.get_job(job["id"])["status"] == "COMPLETED"
+
+    stale = RecordingTranslator(before=hand_out_again_while_a_translates)
+    assert make_worker(translate=stale).run_once() == Outcome.PROCESSED
+
+    after = service.get_job(job["id"])
+    assert (after["status"], after["attempts"]) == ("COMPLETED", 1)
+    assert stale.calls == [(job["id"], "ch-1")], "A stopped before its next subtask"
+    assert [c[1] for c in fresh.calls] == ["ch-1", "ch-2", "ch-3"]
+    # A's completion of ch-1 was refused: the subtask is B's (two starts: A's and B's).
+    assert [(s["entity_id"], s["status"], s["attempts"]) for s in after["subtasks"]] == [
+        ("ch-1", "COMPLETED", 2),
+        ("ch-2", "COMPLETED", 1),
+        ("ch-3", "COMPLETED", 1),
+    ]
+
+    # A stale copy of attempt 0 arriving late claims nothing.
+    lanes.client.rpush(lanes.normal, stale_raw)
+    assert make_worker().run_once() == Outcome.SKIPPED
+    assert service.get_job(job["id"])["status"] == "COMPLETED"
 
 
 def test_bad_messages_are_skipped_and_the_worker_goes_on(service, lanes, make_worker):

@@ -4,12 +4,18 @@
 This file is documentation as much as code: it shows everything a worker has
 to do to take part in the service's contract, and nothing else.
 
-    BLPOP <queue>:high <queue> <queue>:low 30      (priority lanes, in that order)
-      -> claim the job in PostgreSQL (PENDING -> IN_PROGRESS, one conditional UPDATE)
+    BLPOP {<queue>}:high <queue> {<queue>}:low 30  (priority lanes, in that order)
+      -> claim the job in PostgreSQL: PENDING -> IN_PROGRESS, one conditional
+         UPDATE that also checks the message's attempt
       -> for each unfinished subtask, in creation order:
-           re-check the job is still ours, mark the subtask IN_PROGRESS,
-           translate it, mark it COMPLETED or FAILED
+           re-check the job is still ours (IN_PROGRESS, same attempt), mark the
+           subtask IN_PROGRESS, translate it, mark it COMPLETED or FAILED
       -> mark the job COMPLETED, or FAILED with a summary of what failed
+
+Every update after the claim is guarded by the attempt: when the service hands
+the job out again (a cancel and a retry, the reaper rescuing it, a message
+queued again after it was lost), `translation_jobs.attempts` moves on and this
+worker's updates match nothing, so a stale worker never runs beside a fresh one.
 
 Every status change is its own short transaction, committed at once: the
 service streams them to WatchTranslationJob clients, and every subtask update
@@ -78,6 +84,12 @@ MAX_ERROR_CHARS = 2000
 MAX_FAILURES_IN_JOB_ERROR = 5
 # Longest file name stem (before ".json") of an output file.
 MAX_FILE_STEM_CHARS = 150
+# The guard of every update after the claim (parameters: job id, attempt):
+# the job is still IN_PROGRESS at the attempt this worker claimed.
+JOB_STILL_OURS = (
+    "EXISTS (SELECT 1 FROM translation_jobs "
+    "WHERE id = %s AND status = 'IN_PROGRESS' AND attempts = %s)"
+)
 
 
 # --------------------------------------------------------------------------
@@ -100,6 +112,8 @@ class Job:
 
     Keys are omitted from the message when empty, so every field except
     job_id has a default. Unknown keys (e.g. `traceparent`) are ignored.
+    `attempt` is None for a message from a service version that did not send
+    it; the worker then claims without checking the attempt.
     """
 
     job_id: str
@@ -110,6 +124,8 @@ class Job:
     target_fields: tuple[str, ...] = DEFAULT_TARGET_FIELDS
     # Ask the translator to leave code (markup, snippets) untranslated.
     enable_code_filter: bool = False
+    # The job's `attempts` when the message was queued.
+    attempt: int | None = None
 
     @classmethod
     def from_message(cls, data: Any) -> "Job":
@@ -130,6 +146,9 @@ class Job:
         for key in ("target_lang", "source_lang", "output_dir"):
             if not isinstance(data.get(key, ""), str):
                 raise BadMessage(f"{key} is not a string")
+        attempt = data.get("attempt")
+        if attempt is not None and (not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0):
+            raise BadMessage(f"attempt is not a non-negative integer: {attempt!r}")
 
         return cls(
             job_id=job_id,
@@ -138,6 +157,7 @@ class Job:
             output_dir=data.get("output_dir") or DEFAULT_OUTPUT_DIR,
             target_fields=tuple(fields),
             enable_code_filter=data.get("enable_code_filter") is True,
+            attempt=attempt,
         )
 
 
@@ -316,7 +336,9 @@ class Worker:
         self.database_url = database_url
         self.queue = queue
         # BLPOP checks its keys in order: high first, then normal, then low.
-        self.lanes = [f"{queue}:high", queue, f"{queue}:low"]
+        # The braces put every lane in the slot of `queue`, so this one BLPOP
+        # also works on Redis Cluster.
+        self.lanes = [f"{{{queue}}}:high", queue, f"{{{queue}}}:low"]
         self.output_root = Path(output_root)
         self.translate = translate
         self.load_source_text = load_source_text
@@ -438,14 +460,17 @@ class Worker:
         jlog = JobLog(job.job_id)
 
         try:
-            claimed = self.claim_job(job.job_id)
+            claimed = self.claim_job(job.job_id, job.attempt)
         except psycopg.Error as exc:
             raise ClaimFailed(job.job_id) from exc
         if not claimed:
-            # A duplicate message, a job cancelled while queued, or one another
-            # worker already took. Normal; nothing to do.
-            jlog.info("not claimed (no longer PENDING: duplicate, cancelled or taken); skipping")
+            # A duplicate message, a job cancelled while queued, one another
+            # worker already took, or a stale copy of an earlier attempt.
+            # Normal; nothing to do.
+            jlog.info("not claimed (no longer PENDING at attempt %s: duplicate, cancelled, taken or stale); skipping", job.attempt)
             return Outcome.SKIPPED
+        # From here on every update checks this attempt.
+        attempt = self.current_attempt(job.job_id) if job.attempt is None else job.attempt
 
         subtasks = self.unfinished_subtasks(job.job_id)
         jlog.info(
@@ -454,22 +479,22 @@ class Worker:
         )
 
         for subtask in subtasks:
-            if not self.start_subtask(job.job_id, subtask):
+            if not self.start_subtask(job.job_id, attempt, subtask):
                 jlog.info(
-                    "job is %s now, not IN_PROGRESS; stopping before %s/%s",
-                    self.job_status(job.job_id), subtask.entity_type, subtask.entity_id,
+                    "job is %s now, not IN_PROGRESS at attempt %s; stopping before %s/%s",
+                    self.job_status(job.job_id), attempt, subtask.entity_type, subtask.entity_id,
                 )
                 return Outcome.PROCESSED
             try:
                 path = self.translate_subtask(job, subtask)
             except Exception as exc:
                 jlog.warning("subtask %s/%s failed: %s", subtask.entity_type, subtask.entity_id, exc)
-                self.fail_subtask(subtask.id, _error_text(exc))
+                self.fail_subtask(job.job_id, attempt, subtask.id, _error_text(exc))
             else:
                 jlog.info("subtask %s/%s done: %s", subtask.entity_type, subtask.entity_id, path)
-                self.complete_subtask(subtask.id)
+                self.complete_subtask(job.job_id, attempt, subtask.id)
 
-        self.finish_job(job.job_id, jlog)
+        self.finish_job(job.job_id, attempt, jlog)
         return Outcome.PROCESSED
 
     def translate_subtask(self, job: Job, subtask: Subtask) -> Path:
@@ -483,20 +508,27 @@ class Worker:
 
     # -- the SQL: each statement is its own transaction (autocommit) ---------
 
-    def claim_job(self, job_id: str) -> bool:
-        """PENDING -> IN_PROGRESS, in one conditional statement.
+    def claim_job(self, job_id: str, attempt: int | None) -> bool:
+        """PENDING -> IN_PROGRESS at the message's attempt, in one conditional
+        statement.
 
         Only one worker can win it: PostgreSQL locks the row, and a second
         UPDATE re-checks `status = 'PENDING'` after the first committed and
-        finds nothing. So duplicates, cancelled jobs and jobs already taken
-        are all refused by the same statement, without a read-then-write race.
+        finds nothing. So duplicates, cancelled jobs, jobs already taken and
+        stale copies of an earlier attempt (`attempts` has moved on) are all
+        refused by the same statement, without a read-then-write race.
         """
         row = self.execute(
             "UPDATE translation_jobs SET status = 'IN_PROGRESS' "
-            "WHERE id = %s AND status = 'PENDING' RETURNING id",
-            (job_id,),
+            "WHERE id = %s AND status = 'PENDING' AND attempts = coalesce(%s, attempts) RETURNING id",
+            (job_id, attempt),
         ).fetchone()
         return row is not None
+
+    def current_attempt(self, job_id: str) -> int:
+        """The job's attempt right after a claim, for a message without one."""
+        (attempts,) = self.execute("SELECT attempts FROM translation_jobs WHERE id = %s", (job_id,)).fetchone()
+        return attempts
 
     def unfinished_subtasks(self, job_id: str) -> list[Subtask]:
         """Subtasks not COMPLETED yet, in creation order (ids are time-ordered).
@@ -511,48 +543,47 @@ class Worker:
         ).fetchall()
         return [Subtask(str(id_), entity_type, entity_id, attempts) for id_, entity_type, entity_id, attempts in rows]
 
-    def start_subtask(self, job_id: str, subtask: Subtask) -> bool:
+    def start_subtask(self, job_id: str, attempt: int, subtask: Subtask) -> bool:
         """Marks the subtask IN_PROGRESS, counting an attempt, but only while
-        the job is still IN_PROGRESS.
+        the job is still IN_PROGRESS at our attempt.
 
         This is the re-check before every subtask: a job cancelled through
-        the API (or taken back by the reaper) makes this return False, and
-        the worker leaves the job alone.
+        the API, taken back by the reaper or handed out again makes this
+        return False, and the worker leaves the job alone.
         """
         row = self.execute(
             "UPDATE translation_subtasks SET status = 'IN_PROGRESS', attempts = attempts + 1, error = NULL "
-            "WHERE id = %s AND EXISTS "
-            "(SELECT 1 FROM translation_jobs WHERE id = %s AND status = 'IN_PROGRESS') "
-            "RETURNING id",
-            (subtask.id, job_id),
+            f"WHERE id = %s AND {JOB_STILL_OURS} RETURNING id",
+            (subtask.id, job_id, attempt),
         ).fetchone()
         return row is not None
 
-    def complete_subtask(self, subtask_id: str) -> None:
-        # Guarded: if the job was cancelled meanwhile, the service already
-        # marked this subtask CANCELLED, and that stays.
+    def complete_subtask(self, job_id: str, attempt: int, subtask_id: str) -> None:
+        # Guarded: if the job was cancelled or handed out again meanwhile, the
+        # service already reset this subtask, and that stays.
         self.execute(
             "UPDATE translation_subtasks SET status = 'COMPLETED', error = NULL "
-            "WHERE id = %s AND status = 'IN_PROGRESS'",
-            (subtask_id,),
+            f"WHERE id = %s AND status = 'IN_PROGRESS' AND {JOB_STILL_OURS}",
+            (subtask_id, job_id, attempt),
         )
 
-    def fail_subtask(self, subtask_id: str, error: str) -> None:
+    def fail_subtask(self, job_id: str, attempt: int, subtask_id: str, error: str) -> None:
         self.execute(
             "UPDATE translation_subtasks SET status = 'FAILED', error = %s "
-            "WHERE id = %s AND status = 'IN_PROGRESS'",
-            (error, subtask_id),
+            f"WHERE id = %s AND status = 'IN_PROGRESS' AND {JOB_STILL_OURS}",
+            (error, subtask_id, job_id, attempt),
         )
 
     def job_status(self, job_id: str) -> str | None:
         row = self.execute("SELECT status FROM translation_jobs WHERE id = %s", (job_id,)).fetchone()
         return row[0] if row else None
 
-    def finish_job(self, job_id: str, jlog: JobLog) -> None:
+    def finish_job(self, job_id: str, attempt: int, jlog: JobLog) -> None:
         """COMPLETED if every subtask is, else FAILED with a summary.
 
-        Both updates keep `AND status = 'IN_PROGRESS'`: a cancel that came in
-        while the last subtask ran is not overwritten.
+        Both updates keep `AND status = 'IN_PROGRESS' AND attempts = <ours>`:
+        a cancel, a rescue or a retry that came in while the last subtask ran
+        is not overwritten.
         """
         unfinished = self.execute(
             "SELECT entity_type, entity_id, status, error FROM translation_subtasks "
@@ -566,8 +597,8 @@ class Worker:
         if not unfinished:
             changed = self.execute(
                 "UPDATE translation_jobs SET status = 'COMPLETED', error = NULL "
-                "WHERE id = %s AND status = 'IN_PROGRESS'",
-                (job_id,),
+                "WHERE id = %s AND status = 'IN_PROGRESS' AND attempts = %s",
+                (job_id, attempt),
             ).rowcount
             outcome = f"COMPLETED ({total} subtask(s))"
         else:
@@ -581,8 +612,8 @@ class Worker:
                 error += f"; and {more} more"
             changed = self.execute(
                 "UPDATE translation_jobs SET status = 'FAILED', error = %s "
-                "WHERE id = %s AND status = 'IN_PROGRESS'",
-                (error[:MAX_ERROR_CHARS], job_id),
+                "WHERE id = %s AND status = 'IN_PROGRESS' AND attempts = %s",
+                (error[:MAX_ERROR_CHARS], job_id, attempt),
             ).rowcount
             outcome = f"FAILED: {error}"
 
