@@ -25,7 +25,7 @@ seconds=${duration%s}
 bench_setup
 db=bench_compare queue=bench_compare_jobs
 fresh_db $db
-redis-cli del "$queue" "$queue:high" "$queue:low" >/dev/null
+redis_forget "$queue"
 start_service $db $queue redis://127.0.0.1:6379/0
 
 entity_ids="{$(seq -s, -f 'chapter-%g' 0 $((subtasks - 1)))}"
@@ -68,4 +68,4 @@ for round in $(seq 1 "$rounds"); do
   printf '%-6s %-22s %-22s %-10s %-10s %s\n' "$round" "$ptps, $pp99" "$srate, $sp99" "$rt" "$rp" "$serr"
 done
 echo "concurrency=$concurrency subtasks=$subtasks duration=$duration rounds=$rounds profile=$PROFILE"
-redis-cli del "$queue" "$queue:high" "$queue:low" >/dev/null
+redis_forget "$queue"

@@ -32,7 +32,7 @@ ticks_pid() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 bench_setup
 db=bench_cpu queue=bench_cpu_jobs
 fresh_db $db
-redis-cli del "$queue" >/dev/null
+redis_forget "$queue"
 start_service $db $queue redis://127.0.0.1:6379/0
 hz=$(getconf CLK_TCK)
 
@@ -51,4 +51,4 @@ awk -v s=$((s1 - s0)) -v p=$((p1 - p0)) -v r=$((r1 - r0)) -v l="$lu $ls" -v hz="
   printf "cpu_cores_used service=%.2f postgres=%.2f redis=%.2f loadgen=%.2f (over %.1f s wall, 2 cores)\n",
     s / hz / wall, p / hz / wall, r / hz / wall, (t[1] + t[2]) / wall, wall
 }'
-redis-cli del "$queue" >/dev/null
+redis_forget "$queue"

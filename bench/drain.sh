@@ -58,6 +58,11 @@ while :; do
 done
 done_at=$(now_ms)
 length=$(redis-cli -p "$redis_port" llen "$queue")
+# Redis memory of the push-once markers this drain left (4 bytes per message
+# plus one key per 1024 outbox ids, each living RELAY_MARKER_TTL).
+marker_bytes=$(redis-cli -p "$redis_port" --scan --pattern "{$queue}:pushed:*" \
+  | while read -r key; do redis-cli -p "$redis_port" memory usage "$key"; done \
+  | awk '{s += $1} END {print s + 0}')
 stop_service
 
 drain_ms=$((done_at - started))
@@ -84,4 +89,5 @@ echo "jobs=$jobs batch=$batch pushed=$length"
 echo "drain_ms=$drain_ms (from Redis start) steady_ms=$steady_ms (from the first push) rate=$rate/s"
 echo "raw_claim_delete=$claim_rate/s raw_rpush_pipelined=$push_rate/s limit=$limit/s"
 echo "ratio drain/limit=$ratio"
+echo "push_markers bytes=$marker_bytes per_message=$(awk -v b="$marker_bytes" -v n="$jobs" 'BEGIN {printf "%.2f", b / n}')"
 [ "$length" -eq "$jobs" ] || { echo "expected $jobs messages, found $length" >&2; exit 1; }

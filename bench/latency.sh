@@ -20,8 +20,8 @@ done
 bench_setup
 db=bench_latency queue=bench_latency_jobs
 fresh_db $db
-redis-cli del "$queue" "$queue:high" "$queue:low" >/dev/null
+redis_forget "$queue"
 start_service $db $queue redis://127.0.0.1:6379/0
 "$BIN_DIR/loadgen" --addr "http://127.0.0.1:$GRPC_PORT" --rate "$rate" --concurrency 64 \
   --subtasks 10 --warmup 2s --duration "$duration" --consume --queue "$queue"
-redis-cli del "$queue" "$queue:high" "$queue:low" >/dev/null
+redis_forget "$queue"

@@ -79,3 +79,12 @@ outbox_count() {
 
 # now_ms: wall clock in milliseconds.
 now_ms() { date +%s%3N; }
+
+# redis_forget QUEUE [REDIS-CLI ARGS...]: deletes the queue's keys on the
+# shared Redis: the plain list and everything tagged {QUEUE} (lanes, dead
+# letters, push-once markers, state).
+redis_forget() {
+  local queue=$1; shift
+  redis-cli "$@" del "$queue" >/dev/null
+  redis-cli "$@" --scan --pattern "{$queue}:*" | xargs -r redis-cli "$@" del >/dev/null
+}

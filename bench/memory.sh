@@ -20,7 +20,7 @@ rss_mib() { awk -v f="$2" '$1 == f":" {printf "%.1f", $2 / 1024}' "/proc/$1/stat
 bench_setup
 db=bench_memory queue=bench_memory_jobs
 fresh_db $db
-redis-cli del "$queue" >/dev/null
+redis_forget "$queue"
 start_service $db $queue redis://127.0.0.1:6379/0
 idle=$(rss_mib "$SERVICE_PID" VmRSS)
 
@@ -36,7 +36,7 @@ for _ in $(seq 1 600); do grep -q open "$BENCH_TMP/watch.out" 2>/dev/null && bre
 grep -q open "$BENCH_TMP/watch.out" || { echo "watch streams did not open" >&2; cat "$BENCH_TMP/watch.out" >&2; exit 1; }
 with_watchers=$(rss_mib "$SERVICE_PID" VmRSS)
 wait "$watch"
-redis-cli del "$queue" >/dev/null
+redis_forget "$queue"
 
 echo "load: $(grep -E '^ok=' "$BENCH_TMP/load.out")"
 echo "rss_mib idle=$idle peak_under_load=$peak after_load=$after_load with_${watchers}_watch_streams=$with_watchers"
