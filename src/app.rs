@@ -1,18 +1,15 @@
 //! Builds the pools, servers and background tasks, and runs them until
-//! shutdown. Owns the one cancellation token and the `JoinSet` every task
+//! shutdown. Owns the cancellation tokens and the `JoinSet` every task
 //! belongs to.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use sqlx::{
-    PgPool,
-    migrate::Migrator,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
+pub use crate::db::MIGRATOR;
 use crate::{
     api::{
         self, ApiDeps, JobsApi,
@@ -20,24 +17,27 @@ use crate::{
         proto::{FILE_DESCRIPTOR_SET, translation_job_service_server::TranslationJobServiceServer},
     },
     backlog::Backlog,
-    config::{IDLE_IN_TRANSACTION_TIMEOUT, Settings},
-    health::Health,
+    config::Settings,
+    db,
+    health::{self, Health},
     metrics::Metrics,
-    outbox::{Relay, RelayWake},
-    queue::{QueueError, RedisQueue},
+    outbox::Relay,
+    queue::{QueueError, RedisQueue, eviction_risk},
     reaper::Reaper,
+    supervise::{Beat, supervise},
     telemetry::error_chain,
-    watch::{Listener, WatchHub},
+    wake::Wake,
+    watch::{Listener, WatchHub, listener::IDLE_PING},
 };
-
-/// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// First and longest pause between attempts to reach PostgreSQL at start-up.
 const CONNECT_RETRY_MIN: Duration = Duration::from_millis(200);
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// TCP keepalive on accepted gRPC connections, so dead peers are noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Beyond its own period, how long a loop may go without a heartbeat before
+/// liveness fails: a few bounded calls plus slack.
+const LIVENESS_SLACK: Duration = Duration::from_secs(60);
 
 /// Errors that stop the service from starting.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         let grpc_listener = bind(settings.grpc_addr).await?;
         let http_listener = bind(settings.http_addr).await?;
-        let pool = pool(&settings);
+        let pool = db::pool(&settings.database);
         let queue = RedisQueue::connect(&settings.redis, settings.queue.clone())?;
         log_targets(&settings);
         Ok(Self {
@@ -98,20 +98,18 @@ impl App {
             .unwrap_or(self.settings.http_addr)
     }
 
-    /// Serves until `shutdown` resolves, then drains: health goes
-    /// NOT_SERVING, in-flight calls finish, background tasks stop; anything
-    /// still running after the shutdown timeout is aborted.
+    /// Serves until `shutdown` resolves, then drains: readiness goes
+    /// NOT_SERVING, streams end, in-flight calls finish, background tasks
+    /// stop; anything still running after the shutdown timeout is aborted.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        // Two stages: the servers (and watch streams) stop first, so calls in
-        // flight finish while the relay still runs; then the background tasks.
+        // Two stages: the servers (and every stream: watch, health watch)
+        // stop first, so calls in flight finish while the relay still runs;
+        // then the background tasks.
         let serving = CancellationToken::new();
         let token = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let wake = RelayWake::new();
-
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        let health = Health::new(reporter);
-        health.set_ready(false).await;
+        let relay_wake = Wake::new();
+        let health = Health::new();
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -128,7 +126,7 @@ impl App {
             pool: self.pool.clone(),
             queue: self.queue.clone(),
             health: health.clone(),
-            wake: wake.clone(),
+            wake: relay_wake.clone(),
             metrics: self.metrics.clone(),
             backlog: Arc::new(Backlog::new(
                 self.pool.clone(),
@@ -139,13 +137,13 @@ impl App {
             shutdown: serving.clone(),
             max_subtasks_per_job: self.settings.max_subtasks_per_job,
             max_batch_size: self.settings.max_batch_size,
+            call_timeout: self.settings.database.call_timeout(),
         });
 
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
-        let grpc_token = serving.clone();
         let grpc = Server::builder()
-            .add_service(health_service)
+            .add_service(health.service(serving.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TranslationJobServiceServer::new(jobs_api.clone()))
@@ -155,7 +153,7 @@ impl App {
                 TcpIncoming::from(self.grpc_listener)
                     .with_nodelay(Some(true))
                     .with_keepalive(Some(TCP_KEEPALIVE)),
-                grpc_token.cancelled_owned(),
+                serving.clone().cancelled_owned(),
             );
         let mut grpc_task = tokio::spawn(grpc);
         tracing::info!(addr = %grpc_addr, "gRPC listening");
@@ -180,13 +178,13 @@ impl App {
         });
         tracing::info!(addr = %http_addr, "HTTP listening");
 
-        tasks.spawn(start_background(Background {
+        tasks.spawn(run_background(Background {
             pool: self.pool.clone(),
             queue: self.queue.clone(),
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
             health: health.clone(),
-            wake,
+            relay_wake,
             hub,
             token: token.clone(),
         }));
@@ -200,7 +198,7 @@ impl App {
             }
         }
 
-        health.set_ready(false).await;
+        health.shutting_down();
         serving.cancel();
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
         if !grpc_task.is_finished() {
@@ -264,38 +262,13 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
         .map_err(|source| AppError::Bind { addr, source })
 }
 
-/// A lazy pool: creating it needs no server, connections open on first use.
-///
-/// Every connection runs with `enable_seqscan = off`. A connection caches
-/// its plans, including PostgreSQL's own foreign-key check on
-/// `translation_subtasks.job_id`; planned while `translation_jobs` looked
-/// empty, that check is a sequential scan, and kept as the table grows it
-/// made each create scan the whole table (measured: 521 creates/s instead
-/// of thousands, 10 sequential scans per job). Every query of the service
-/// has an index to use, so the setting only removes that trap; where no
-/// index fits, PostgreSQL still scans.
-fn pool(settings: &Settings) -> PgPool {
-    let idle_timeout = format!("{}ms", IDLE_IN_TRANSACTION_TIMEOUT.as_millis());
-    let options: PgConnectOptions = settings
-        .database
-        .clone()
-        .application_name("translation-jobs")
-        .options([
-            ("idle_in_transaction_session_timeout", idle_timeout.as_str()),
-            ("enable_seqscan", "off"),
-        ]);
-    PgPoolOptions::new()
-        .max_connections(settings.database_pool_size)
-        .acquire_timeout(settings.database_acquire_timeout)
-        .connect_lazy_with(options)
-}
-
 /// Where the service connects, without credentials.
 fn log_targets(settings: &Settings) {
+    let database = &settings.database.connect;
     tracing::info!(
-        host = settings.database.get_host(),
-        port = settings.database.get_port(),
-        database = settings.database.get_database().unwrap_or(""),
+        host = database.get_host(),
+        port = database.get_port(),
+        database = database.get_database().unwrap_or(""),
         "PostgreSQL target"
     );
     tracing::info!(
@@ -312,33 +285,133 @@ struct Background {
     settings: Settings,
     metrics: Arc<Metrics>,
     health: Health,
-    wake: RelayWake,
+    relay_wake: Wake,
     hub: WatchHub,
     token: CancellationToken,
 }
 
-/// Connects to PostgreSQL (retrying with backoff until it answers or
-/// shutdown), runs the migrations, reports SERVING, then runs the LISTEN
-/// connection, the relay and the reaper until the token is cancelled.
-async fn start_background(background: Background) {
+/// Starts the database probe, migrates (retrying with backoff until
+/// PostgreSQL answers or shutdown), then runs the LISTEN connection, the
+/// relay and the reaper, each supervised, until the token is cancelled.
+async fn run_background(background: Background) {
     let Background {
         pool,
         queue,
         settings,
         metrics,
         health,
-        wake,
+        relay_wake,
         hub,
         token,
     } = background;
+    let mut loops = JoinSet::new();
+    let call_timeout = settings.database.call_timeout();
+    let liveness = health.liveness().clone();
+
+    let probe_beat = liveness.register(
+        "database probe",
+        health::probe::PROBE_INTERVAL + health::probe::PROBE_TIMEOUT + LIVENESS_SLACK,
+    );
+    loops.spawn(supervise(token.clone(), probe_beat.clone(), {
+        let (options, health, token) = (
+            settings.database.probe_options(),
+            health.clone(),
+            token.clone(),
+        );
+        move || {
+            health::run_database_probe(
+                options.clone(),
+                health.clone(),
+                token.clone(),
+                probe_beat.clone(),
+            )
+        }
+    }));
+
+    if !migrate(settings.database.clone(), token.clone()).await {
+        loops.shutdown().await;
+        return;
+    }
+    health.set_migrated();
+    tracing::info!("database ready");
+    loops.spawn(check_eviction_policy(queue.clone(), token.clone()));
+
+    let listener_beat = liveness.register("listener", IDLE_PING + LIVENESS_SLACK);
+    loops.spawn(supervise(token.clone(), listener_beat.clone(), {
+        let (pool, hub, wake, token) =
+            (pool.clone(), hub.clone(), relay_wake.clone(), token.clone());
+        move || {
+            Listener::new(pool.clone(), hub.clone(), wake.clone())
+                .run(token.clone(), listener_beat.clone())
+        }
+    }));
+
+    let lost_data = Wake::new();
+    if settings.reaper_enabled {
+        let reaper_beat = liveness.register(
+            "reaper",
+            settings.reaper.interval + call_timeout * 4 + LIVENESS_SLACK,
+        );
+        loops.spawn(supervise(token.clone(), reaper_beat.clone(), {
+            let (pool, queue, reaper, wake, lost_data, token) = (
+                pool.clone(),
+                queue.clone(),
+                settings.reaper,
+                relay_wake.clone(),
+                lost_data.clone(),
+                token.clone(),
+            );
+            move || {
+                Reaper::new(pool.clone(), queue.clone(), reaper, wake.clone()).run(
+                    token.clone(),
+                    lost_data.clone(),
+                    reaper_beat.clone(),
+                )
+            }
+        }));
+    } else {
+        tracing::info!("reaper disabled (REAPER_ENABLED=false)");
+    }
+
+    if settings.relay_enabled {
+        let relay_settings = settings.relay.clone();
+        let relay_beat = liveness.register(
+            "relay",
+            relay_settings.poll_interval
+                + relay_settings.max_backoff
+                + call_timeout * 3
+                + settings.redis.command_timeout * 2
+                + LIVENESS_SLACK,
+        );
+        loops.spawn(supervise(token.clone(), relay_beat.clone(), move || {
+            run_relay(
+                pool.clone(),
+                queue.clone(),
+                relay_settings.clone(),
+                metrics.clone(),
+                lost_data.clone(),
+                relay_wake.clone(),
+                token.clone(),
+                relay_beat.clone(),
+            )
+        }));
+    } else {
+        tracing::info!("relay disabled (RELAY_ENABLED=false)");
+    }
+
+    while loops.join_next().await.is_some() {}
+}
+
+/// Migrations, retried with backoff until they succeed; false on shutdown.
+async fn migrate(database: db::DatabaseSettings, token: CancellationToken) -> bool {
     let mut delay = CONNECT_RETRY_MIN;
     loop {
-        let prepared = tokio::select! {
-            () = token.cancelled() => return,
-            prepared = prepare_database(&pool) => prepared,
+        let migrated = tokio::select! {
+            () = token.cancelled() => return false,
+            migrated = db::migrate(&database) => migrated,
         };
-        match prepared {
-            Ok(()) => break,
+        match migrated {
+            Ok(()) => return true,
             Err(error) => {
                 if matches!(error, sqlx::Error::Migrate(_)) {
                     // Not an outage: the schema does not match this build.
@@ -348,64 +421,82 @@ async fn start_background(background: Background) {
                     tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "PostgreSQL not ready");
                 }
                 tokio::select! {
-                    () = token.cancelled() => return,
+                    () = token.cancelled() => return false,
                     () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(CONNECT_RETRY_MAX);
             }
         }
     }
-    health.set_ready(true).await;
-
-    let listener = Listener::new(pool.clone(), hub, wake.clone()).run(token.clone());
-    let reaper = async {
-        if settings.reaper_enabled {
-            Reaper::new(pool.clone(), settings.reaper, wake.clone())
-                .run(token.clone())
-                .await;
-        } else {
-            tracing::info!("reaper disabled (REAPER_ENABLED=false)");
-        }
-    };
-    let relay = async {
-        if !settings.relay_enabled {
-            tracing::info!("relay disabled (RELAY_ENABLED=false)");
-            return;
-        }
-        let relay = loop {
-            match Relay::new(
-                pool.clone(),
-                queue.clone(),
-                settings.relay.clone(),
-                metrics.clone(),
-            )
-            .await
-            {
-                Ok(relay) => break relay,
-                Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "cannot start the relay; retrying");
-                    tokio::select! {
-                        () = token.cancelled() => return,
-                        () = tokio::time::sleep(CONNECT_RETRY_MAX) => {}
-                    }
-                }
-            }
-        };
-        relay.run(token.clone(), wake.clone()).await;
-    };
-    tokio::join!(listener, reaper, relay);
 }
 
-/// Migrations under sqlx's advisory lock, then fresh planner statistics.
-async fn prepare_database(pool: &PgPool) -> Result<(), sqlx::Error> {
-    MIGRATOR.run(pool).await.map_err(|error| match error {
-        sqlx::migrate::MigrateError::Execute(error) => error,
-        other => sqlx::Error::Migrate(Box::new(other)),
-    })?;
-    // Current statistics for the plans made from here on.
-    sqlx::query("ANALYZE translation_jobs, translation_subtasks, outbox")
-        .execute(pool)
-        .await?;
-    tracing::info!("database ready");
-    Ok(())
+/// The relay, once it could read the database's identity.
+#[allow(clippy::too_many_arguments)]
+async fn run_relay(
+    pool: PgPool,
+    queue: RedisQueue,
+    settings: crate::outbox::RelaySettings,
+    metrics: Arc<Metrics>,
+    lost_data: Wake,
+    wake: Wake,
+    token: CancellationToken,
+    beat: Beat,
+) {
+    let relay = loop {
+        beat.beat();
+        match Relay::new(
+            pool.clone(),
+            queue.clone(),
+            settings.clone(),
+            metrics.clone(),
+            lost_data.clone(),
+        )
+        .await
+        {
+            Ok(relay) => break relay,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "cannot start the relay; retrying");
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(CONNECT_RETRY_MAX) => {}
+                }
+            }
+        }
+    };
+    relay.run(token, wake, beat).await;
+}
+
+/// Warns once Redis answers if its eviction policy can drop the queue's
+/// keys.
+async fn check_eviction_policy(queue: RedisQueue, token: CancellationToken) {
+    loop {
+        if queue.is_connected() {
+            match queue.maxmemory_policy().await {
+                Ok(policy) => {
+                    match eviction_risk(&policy) {
+                        Some(risk) => tracing::warn!(
+                            maxmemory_policy = %policy,
+                            "Redis maxmemory-policy is {policy}, not noeviction: {risk}; \
+                             set maxmemory-policy noeviction"
+                        ),
+                        None => {
+                            tracing::info!(maxmemory_policy = %policy, "Redis maxmemory-policy")
+                        }
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = %error_chain(&error),
+                        "cannot read Redis's maxmemory-policy (CONFIG GET refused?); make sure it is noeviction"
+                    );
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(CONNECT_RETRY_MAX) => {}
+        }
+    }
 }

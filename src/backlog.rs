@@ -5,6 +5,11 @@
 //! since are added locally, so a burst of creates costs no Redis round trip
 //! each and still cannot overshoot the limit by more than other replicas
 //! accept within one sample.
+//!
+//! A sample that fails (PostgreSQL down) is remembered for as long as a good
+//! one, and one sample is taken at a time, bounded in time: during an outage
+//! concurrent callers get UNAVAILABLE at once instead of queueing one behind
+//! another for a database timeout each.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -23,6 +28,9 @@ pub const SAMPLE_TTL: Duration = Duration::from_millis(250);
 /// (the outbox then holds everything that waits).
 const REDIS_SAMPLE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Longest a sample waits for PostgreSQL before the check fails.
+const DATABASE_SAMPLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why a create was refused or could not be checked.
 #[derive(Debug, thiserror::Error)]
 pub enum BacklogError {
@@ -39,6 +47,9 @@ pub enum BacklogError {
     },
     #[error("cannot count the outbox")]
     Database(#[from] sqlx::Error),
+    /// The last sample failed moments ago; not asked again yet.
+    #[error("cannot count the outbox: PostgreSQL did not answer moments ago")]
+    RecentlyFailed,
 }
 
 /// One reading of the backlog.
@@ -57,7 +68,8 @@ pub struct Backlog {
     queue: RedisQueue,
     /// 0 turns backpressure off.
     limit: u64,
-    sample: Mutex<Option<(Instant, Sample)>>,
+    /// The last sample and when it was taken; `None` inside when it failed.
+    sample: Mutex<Option<(Instant, Option<Sample>)>>,
     /// Jobs admitted by this process since the last sample.
     admitted_since_sample: AtomicU64,
 }
@@ -100,18 +112,20 @@ impl Backlog {
         Ok(())
     }
 
-    /// The cached sample, or a fresh one when it is too old.
+    /// The cached sample, or a fresh one when it is too old. A failure is
+    /// cached as long as a sample.
     async fn current(&self) -> Result<Sample, BacklogError> {
         let mut cached = self.sample.lock().await;
         if let Some((taken, sample)) = *cached
             && taken.elapsed() < SAMPLE_TTL
         {
-            return Ok(sample);
+            return sample.ok_or(BacklogError::RecentlyFailed);
         }
-        let sample = self.measure(Some(self.limit)).await?;
-        *cached = Some((Instant::now(), sample));
+        let measured =
+            crate::db::bounded(DATABASE_SAMPLE_TIMEOUT, self.measure(Some(self.limit))).await;
+        *cached = Some((Instant::now(), measured.as_ref().ok().copied()));
         self.admitted_since_sample.store(0, Ordering::Relaxed);
-        Ok(sample)
+        measured
     }
 
     /// Reads the lanes and the outbox. With `cap`, the outbox is counted

@@ -7,10 +7,12 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::{
+    db::{DatabaseSettings, IDLE_IN_TRANSACTION_TIMEOUT},
     jobs::RescuePolicy,
     outbox::RelaySettings,
     queue::{QueueName, RedisSettings},
     reaper::ReaperSettings,
+    telemetry::LogFormat,
 };
 
 pub const DEFAULT_REDIS_URL: &str = "redis://localhost:6379/0";
@@ -22,6 +24,9 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8000";
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 16;
 /// How long a call waits for a free connection before answering UNAVAILABLE.
 pub const DEFAULT_DATABASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server cancels any statement of the service that runs longer; every
+/// client call is abandoned a little after it.
+pub const DEFAULT_DATABASE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit for one Redis command, including waiting for a reconnection.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RELAY_BATCH_SIZE: u32 = 500;
@@ -32,7 +37,10 @@ pub const DEFAULT_RELAY_MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Short enough to keep commit-to-Redis in milliseconds, long enough to
 /// batch the commits of a busy second.
 pub const DEFAULT_RELAY_LINGER: Duration = Duration::from_millis(5);
-pub const DEFAULT_RELAY_MARKER_TTL: Duration = Duration::from_secs(3600);
+/// Long enough to cover any retry of a batch whose push reached Redis (a
+/// crashed relay's rows come back within about a minute); 4 bytes of Redis
+/// memory per message published in that window.
+pub const DEFAULT_RELAY_MARKER_TTL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MAX_SUBTASKS_PER_JOB: usize = 1000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 /// Waiting jobs (Redis lanes plus outbox) above which creates are refused;
@@ -45,19 +53,6 @@ pub const DEFAULT_MAX_JOB_ATTEMPTS: i32 = 3;
 pub const REAPER_BATCH_SIZE: i64 = 500;
 /// Most jobs in one BatchCreateTranslationJobs call.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
-/// PostgreSQL ends a session left idle inside a transaction this long, so a
-/// relay that hangs between push and commit releases its rows. The marker
-/// lifetime must be well above it.
-pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// A setting that could not be used. Names the variable; never echoes a
 /// connection string.
@@ -80,10 +75,7 @@ impl ConfigError {
 /// Everything the service needs to run.
 #[derive(Clone)]
 pub struct Settings {
-    /// Where the jobs live (`DATABASE_URL`, or the older `DATABASE_DSN`).
-    pub database: PgConnectOptions,
-    pub database_pool_size: u32,
-    pub database_acquire_timeout: Duration,
+    pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub queue: QueueName,
     pub grpc_addr: SocketAddr,
@@ -151,6 +143,28 @@ impl Settings {
         let queue = QueueName::parse(&queue_raw)
             .map_err(|error| ConfigError::new("TRANSLATION_QUEUE", error.to_string()))?;
 
+        let database = DatabaseSettings {
+            connect: database,
+            pool_size: number(
+                &get,
+                "DATABASE_POOL_SIZE",
+                DEFAULT_DATABASE_POOL_SIZE,
+                1,
+                1000,
+            )?,
+            acquire_timeout: duration(
+                &get,
+                "DATABASE_ACQUIRE_TIMEOUT",
+                DEFAULT_DATABASE_ACQUIRE_TIMEOUT,
+            )?,
+            statement_timeout: duration(
+                &get,
+                "DATABASE_STATEMENT_TIMEOUT",
+                DEFAULT_DATABASE_STATEMENT_TIMEOUT,
+            )?,
+        };
+        let call_timeout = database.call_timeout();
+
         let redis_command_timeout =
             duration(&get, "REDIS_COMMAND_TIMEOUT", DEFAULT_REDIS_COMMAND_TIMEOUT)?;
         let marker_ttl = duration(&get, "RELAY_MARKER_TTL", DEFAULT_RELAY_MARKER_TTL)?;
@@ -167,18 +181,6 @@ impl Settings {
 
         Ok(Self {
             database,
-            database_pool_size: number(
-                &get,
-                "DATABASE_POOL_SIZE",
-                DEFAULT_DATABASE_POOL_SIZE,
-                1,
-                1000,
-            )?,
-            database_acquire_timeout: duration(
-                &get,
-                "DATABASE_ACQUIRE_TIMEOUT",
-                DEFAULT_DATABASE_ACQUIRE_TIMEOUT,
-            )?,
             redis: RedisSettings {
                 url: redis_url,
                 command_timeout: redis_command_timeout,
@@ -199,6 +201,7 @@ impl Settings {
                 max_backoff: duration(&get, "RELAY_MAX_BACKOFF", DEFAULT_RELAY_MAX_BACKOFF)?,
                 linger: duration_or_zero(&get, "RELAY_LINGER", DEFAULT_RELAY_LINGER)?,
                 marker_ttl,
+                call_timeout,
             },
             max_subtasks_per_job: number(
                 &get,
@@ -229,6 +232,7 @@ impl Settings {
                     )?,
                     batch_size: REAPER_BATCH_SIZE,
                 },
+                call_timeout,
             },
             shutdown_timeout: duration(&get, "SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT)?,
             log_format: match get("LOG_FORMAT")
@@ -266,7 +270,8 @@ fn duration(
     }
 }
 
-/// A duration where zero is allowed (it turns something off).
+/// A duration where zero (`0`, `0ms`, `0s`, ...) is allowed: it turns
+/// something off.
 fn duration_or_zero(
     get: &impl Fn(&str) -> Option<String>,
     name: &'static str,
@@ -274,6 +279,9 @@ fn duration_or_zero(
 ) -> Result<Duration, ConfigError> {
     match get(name).as_deref().map(str::trim) {
         Some("0") => Ok(Duration::ZERO),
+        Some(raw) if humantime::parse_duration(raw).is_ok_and(|d| d.is_zero()) => {
+            Ok(Duration::ZERO)
+        }
         _ => duration(get, name, default),
     }
 }
@@ -363,7 +371,7 @@ mod tests {
     #[test]
     fn accepts_the_older_database_dsn() {
         let s = settings(&[("DATABASE_DSN", "postgresql://u@db/jobs")]).unwrap();
-        assert_eq!(s.database.get_database(), Some("jobs"));
+        assert_eq!(s.database.connect.get_database(), Some("jobs"));
     }
 
     #[test]
@@ -413,5 +421,36 @@ mod tests {
         .unwrap();
         assert_eq!(s.relay.poll_interval, Duration::from_millis(250));
         assert_eq!(s.relay.marker_ttl, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn any_zero_linger_means_zero() {
+        for zero in ["0", "0ms", "0s", " 0ms "] {
+            let s = settings(&[
+                ("DATABASE_URL", "postgres://db/jobs"),
+                ("RELAY_LINGER", zero),
+            ])
+            .unwrap();
+            assert_eq!(s.relay.linger, Duration::ZERO, "{zero:?}");
+        }
+        let error = settings(&[
+            ("DATABASE_URL", "postgres://db/jobs"),
+            ("RELAY_POLL_INTERVAL", "0ms"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(error.name, "RELAY_POLL_INTERVAL");
+    }
+
+    #[test]
+    fn every_database_call_is_bounded_by_the_statement_timeout() {
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://db/jobs"),
+            ("DATABASE_STATEMENT_TIMEOUT", "10s"),
+        ])
+        .unwrap();
+        assert_eq!(s.database.statement_timeout, Duration::from_secs(10));
+        assert!(s.relay.call_timeout > Duration::from_secs(10));
+        assert_eq!(s.relay.call_timeout, s.reaper.call_timeout);
     }
 }

@@ -7,12 +7,14 @@
 //! - [`config`]: typed settings from the environment, defaults as constants.
 //! - [`app`]: builds the pools, servers and background tasks; runs them until
 //!   shutdown through one cancellation token.
+//! - [`db`]: the PostgreSQL pool, migrations, and the time limit on every
+//!   call.
 //! - [`api`]: gRPC and HTTP handlers: requests into domain types, errors into
 //!   statuses.
 //! - [`jobs`]: the domain: job and subtask types, the create statement
 //!   (job + subtasks + outbox row), queries.
 //! - [`outbox`]: the relay that moves committed outbox rows to Redis, and
-//!   what wakes it.
+//!   the generation of Redis's data that tells when messages were lost.
 //! - [`queue`]: the Redis side: message format, lanes, idempotent push,
 //!   lengths, health.
 //! - [`watch`]: the process's LISTEN connection and the fan-out of job
@@ -20,7 +22,10 @@
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
 //! - [`backlog`]: backpressure on creates.
-//! - [`health`]: readiness shared by gRPC health and the handlers.
+//! - [`health`]: liveness and readiness, the database probe, the gRPC
+//!   health service.
+//! - [`supervise`]: restarts background loops that fail; their heartbeats.
+//! - [`wake`]: wakes a background loop early.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`telemetry`]: logging set-up and URL redaction.
 //!
@@ -32,11 +37,14 @@ pub mod api;
 pub mod app;
 pub mod backlog;
 pub mod config;
+pub mod db;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;
 pub mod queue;
 pub mod reaper;
+pub mod supervise;
 pub mod telemetry;
+pub mod wake;
 pub mod watch;

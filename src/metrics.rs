@@ -30,6 +30,8 @@ pub struct Gauges {
     pub outbox_oldest_age: Option<Duration>,
     /// `(lane, length)` for each Redis lane that could be read.
     pub lane_lengths: Vec<(&'static str, u64)>,
+    /// Redis's `maxmemory-policy`, when it could be read.
+    pub redis_maxmemory_policy: Option<String>,
 }
 
 impl Metrics {
@@ -131,6 +133,18 @@ impl Metrics {
             "Age of the oldest unpublished outbox row (0 when empty).",
             &plain(gauges.outbox_oldest_age.unwrap_or_default().as_secs_f64()),
         );
+        if let Some(policy) = &gauges.redis_maxmemory_policy {
+            let policy: String = policy
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            metric(
+                "translation_redis_maxmemory_policy_info",
+                "gauge",
+                "Redis's maxmemory-policy; anything but noeviction can drop queued messages.",
+                &[(format!("{{policy=\"{policy}\"}}"), 1.0)],
+            );
+        }
         if !gauges.lane_lengths.is_empty() {
             let samples: Vec<(String, f64)> = gauges
                 .lane_lengths
@@ -164,6 +178,7 @@ mod tests {
             outbox_backlog: Some(3),
             outbox_oldest_age: Some(Duration::from_millis(1500)),
             lane_lengths: vec![("normal", 7)],
+            redis_maxmemory_policy: Some("allkeys-lru".into()),
         });
         assert!(
             text.contains("translation_jobs_created_total 2\n"),
@@ -175,5 +190,8 @@ mod tests {
         assert!(text.contains("translation_outbox_backlog 3\n"));
         assert!(text.contains("translation_outbox_oldest_age_seconds 1.5\n"));
         assert!(text.contains("translation_queue_length{lane=\"normal\"} 7\n"));
+        assert!(
+            text.contains("translation_redis_maxmemory_policy_info{policy=\"allkeys-lru\"} 1\n")
+        );
     }
 }

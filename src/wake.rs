@@ -1,26 +1,22 @@
-//! Waking the relay: in-process after a local commit, and through
-//! LISTEN/NOTIFY (see `watch::Listener`) for rows written elsewhere.
+//! Waking a background loop: the relay after a local commit (and through
+//! LISTEN/NOTIFY, see `watch::Listener`, for rows written elsewhere), the
+//! reaper when the relay finds that Redis lost its data.
 
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-/// The channel the relay LISTENs on. Anything that writes outbox rows outside
-/// this process (another tool, a manual fix) can `NOTIFY translation_jobs_outbox`
-/// to have them published at once instead of at the next poll.
-pub const OUTBOX_CHANNEL: &str = "translation_jobs_outbox";
-
-/// Wakes the relay of this process. Wakes that arrive while it is busy
+/// Wakes one loop of this process. Wakes that arrive while it is busy
 /// coalesce into one.
 #[derive(Debug, Clone, Default)]
-pub struct RelayWake(Arc<Notify>);
+pub struct Wake(Arc<Notify>);
 
-impl RelayWake {
+impl Wake {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Asks the relay to drain now.
+    /// Asks the loop to run now.
     pub fn wake(&self) {
         self.0.notify_one();
     }

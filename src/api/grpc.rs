@@ -17,12 +17,13 @@ use super::{
 };
 use crate::{
     backlog::{Backlog, BacklogError},
+    db::bounded,
     health::Health,
-    jobs::{self, Job, JobError, fields::FieldError, fields::parse_uuid},
+    jobs::{self, fields::FieldError, fields::parse_uuid},
     metrics::Metrics,
-    outbox::RelayWake,
     queue::{Lane, RedisQueue},
-    watch::{Subscription, WatchHub},
+    wake::Wake,
+    watch::{self, WatchHub},
 };
 
 /// Messages buffered per watch stream before the sender waits for the client.
@@ -36,7 +37,7 @@ pub struct ApiDeps {
     pub pool: PgPool,
     pub queue: RedisQueue,
     pub health: Health,
-    pub wake: RelayWake,
+    pub wake: Wake,
     pub metrics: Arc<Metrics>,
     pub backlog: Arc<Backlog>,
     pub hub: WatchHub,
@@ -44,6 +45,8 @@ pub struct ApiDeps {
     pub shutdown: CancellationToken,
     pub max_subtasks_per_job: usize,
     pub max_batch_size: usize,
+    /// Longest any one database call of a handler may take.
+    pub call_timeout: Duration,
 }
 
 /// The job service. Also backs the HTTP JSON endpoints.
@@ -78,7 +81,11 @@ impl JobsApi {
         new.traceparent = caller.traceparent;
         self.ensure_ready()?;
         self.deps.backlog.admit(1).await?;
-        let created = jobs::create_job(&self.deps.pool, &new).await?;
+        let created = bounded(
+            self.deps.call_timeout,
+            jobs::create_job(&self.deps.pool, &new),
+        )
+        .await?;
         if created.replayed {
             self.deps.metrics.job_replayed();
         } else {
@@ -93,7 +100,28 @@ impl JobsApi {
     pub async fn get(&self, id: &str) -> Result<proto::TranslationJob, ApiError> {
         let id = parse_uuid("id", id)?;
         self.ensure_ready()?;
-        let job = jobs::get_job(&self.deps.pool, id).await?;
+        let job = bounded(self.deps.call_timeout, jobs::get_job(&self.deps.pool, id)).await?;
+        Ok(convert::job_to_proto(&job))
+    }
+
+    /// Cancel, shared by gRPC and HTTP.
+    pub async fn cancel(&self, id: &str) -> Result<proto::TranslationJob, ApiError> {
+        let id = parse_uuid("id", id)?;
+        self.ensure_ready()?;
+        let job = bounded(
+            self.deps.call_timeout,
+            jobs::cancel_job(&self.deps.pool, id),
+        )
+        .await?;
+        Ok(convert::job_to_proto(&job))
+    }
+
+    /// Retry, shared by gRPC and HTTP.
+    pub async fn retry(&self, id: &str) -> Result<proto::TranslationJob, ApiError> {
+        let id = parse_uuid("id", id)?;
+        self.ensure_ready()?;
+        let job = bounded(self.deps.call_timeout, jobs::retry_job(&self.deps.pool, id)).await?;
+        self.deps.wake.wake();
         Ok(convert::job_to_proto(&job))
     }
 
@@ -131,7 +159,11 @@ impl JobsApi {
             .collect::<Result<Vec<_>, _>>()?;
         self.ensure_ready()?;
         self.deps.backlog.admit(count as u64).await?;
-        let created = jobs::create_jobs(&self.deps.pool, &new_jobs).await?;
+        let created = bounded(
+            self.deps.call_timeout,
+            jobs::create_jobs(&self.deps.pool, &new_jobs),
+        )
+        .await?;
         let fresh = created.iter().filter(|c| !c.replayed).count();
         for _ in 0..fresh {
             self.deps.metrics.job_created();
@@ -147,10 +179,13 @@ impl JobsApi {
 
     async fn queue_stats(&self) -> Result<proto::QueueStats, ApiError> {
         self.ensure_ready()?;
-        let (backlog, oldest): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
+        let (backlog, oldest): (i64, Option<f64>) = bounded(
+            self.deps.call_timeout,
+            sqlx::query_as(
+                "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
+            )
+            .fetch_one(&self.deps.pool),
         )
-        .fetch_one(&self.deps.pool)
         .await
         .map_err(|error| ApiError::Backlog(BacklogError::Database(error)))?;
 
@@ -169,12 +204,14 @@ impl JobsApi {
             for lane in Lane::ALL {
                 lanes.push((lane, queue.queue_length(lane).await?));
             }
-            Ok::<_, crate::queue::QueueError>(lanes)
+            let policy = queue.maxmemory_policy().await.unwrap_or_default();
+            Ok::<_, crate::queue::QueueError>((lanes, policy))
         };
         let waiting_in_redis = if queue.is_connected() {
             match tokio::time::timeout(STATS_REDIS_TIMEOUT, lanes).await {
-                Ok(Ok(lanes)) => {
+                Ok(Ok((lanes, policy))) => {
                     stats.redis_reachable = true;
+                    stats.redis_maxmemory_policy = policy;
                     let mut waiting = 0;
                     for (lane, length) in lanes {
                         let length = i64::try_from(length).unwrap_or(i64::MAX);
@@ -198,63 +235,6 @@ impl JobsApi {
         };
         stats.backlog = waiting_in_redis + backlog;
         Ok(stats)
-    }
-}
-
-/// What a watcher compares to decide whether to send: status, attempts,
-/// error and each subtask's status.
-fn watch_key(job: &Job) -> (jobs::JobStatus, i32, Option<String>, Vec<jobs::JobStatus>) {
-    (
-        job.status,
-        job.attempts,
-        job.error.clone(),
-        job.subtasks.iter().map(|s| s.status.0).collect(),
-    )
-}
-
-/// Feeds one watch stream: the current state, then one message per change,
-/// until the job is terminal, the client leaves or the service stops.
-async fn watch_job(
-    pool: PgPool,
-    mut subscription: Subscription,
-    job: Job,
-    sender: mpsc::Sender<Result<proto::TranslationJob, Status>>,
-    shutdown: CancellationToken,
-) {
-    let job_id = job.id;
-    let mut last = watch_key(&job);
-    let mut current = job;
-    loop {
-        let message = Ok(convert::job_to_proto(&current));
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            sent = sender.send(message) => if sent.is_err() { return },
-        }
-        if current.status.is_terminal() {
-            return;
-        }
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = sender.closed() => return,
-                changed = subscription.changes.changed() => if changed.is_err() { return },
-            }
-            match jobs::get_job(&pool, job_id).await {
-                Ok(job) => {
-                    let key = watch_key(&job);
-                    if key != last {
-                        last = key;
-                        current = job;
-                        break;
-                    }
-                }
-                Err(error) => {
-                    let status: Status = ApiError::from(error).into();
-                    let _ = sender.send(Err(status)).await;
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -283,9 +263,12 @@ impl TranslationJobService for JobsApi {
     ) -> Result<Response<proto::ListTranslationJobsResponse>, Status> {
         let query = convert::list_query(request.get_ref()).map_err(ApiError::from)?;
         self.ensure_ready()?;
-        let page = jobs::list_jobs(&self.deps.pool, &query)
-            .await
-            .map_err(ApiError::from)?;
+        let page = bounded(
+            self.deps.call_timeout,
+            jobs::list_jobs(&self.deps.pool, &query),
+        )
+        .await
+        .map_err(ApiError::from)?;
         let next_page_token = match (page.more, page.jobs.last()) {
             (true, Some(last)) => convert::page_token(last.id, &query),
             _ => String::new(),
@@ -300,25 +283,14 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::CancelTranslationJobRequest>,
     ) -> Result<Response<proto::TranslationJob>, Status> {
-        let id = parse_uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
-        self.ensure_ready()?;
-        let job = jobs::cancel_job(&self.deps.pool, id)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(convert::job_to_proto(&job)))
+        Ok(Response::new(self.cancel(&request.get_ref().id).await?))
     }
 
     async fn retry_translation_job(
         &self,
         request: Request<proto::RetryTranslationJobRequest>,
     ) -> Result<Response<proto::TranslationJob>, Status> {
-        let id = parse_uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
-        self.ensure_ready()?;
-        let job = jobs::retry_job(&self.deps.pool, id)
-            .await
-            .map_err(ApiError::from)?;
-        self.deps.wake.wake();
-        Ok(Response::new(convert::job_to_proto(&job)))
+        Ok(Response::new(self.retry(&request.get_ref().id).await?))
     }
 
     async fn batch_create_translation_jobs(
@@ -341,17 +313,27 @@ impl TranslationJobService for JobsApi {
         let id: Uuid = parse_uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
         self.ensure_ready()?;
         // Subscribe first: a change between the read and the subscription
-        // would otherwise be missed.
+        // would otherwise be missed (and one the read already holds is
+        // recognised by its transaction id and skipped).
         let subscription = self.deps.hub.subscribe(id);
-        let job = jobs::get_job(&self.deps.pool, id)
-            .await
-            .map_err(|error: JobError| ApiError::from(error))?;
+        let (job, snapshot) = bounded(
+            self.deps.call_timeout,
+            jobs::read_job_with_snapshot(&self.deps.pool, id),
+        )
+        .await
+        .map_err(ApiError::from)?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch_job(
+        tokio::spawn(watch::follow(
             self.deps.pool.clone(),
             subscription,
             job,
+            snapshot,
             sender,
+            |state| {
+                state
+                    .map(convert::job_to_proto)
+                    .map_err(|error| Status::from(ApiError::from(error)))
+            },
             self.deps.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(receiver)))

@@ -30,10 +30,18 @@ pub struct HttpState {
 pub fn router(state: HttpState, api: JobsApi) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(super::rest::routes().with_state(api))
+}
+
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.health.is_live() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not live\n")
+    }
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -69,6 +77,11 @@ async fn gauges(state: &HttpState) -> Gauges {
         gauges.outbox_oldest_age = oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0)));
     }
     if state.queue.is_connected() {
+        if let Ok(Ok(policy)) =
+            tokio::time::timeout(SCRAPE_TIMEOUT, state.queue.maxmemory_policy()).await
+        {
+            gauges.redis_maxmemory_policy = Some(policy);
+        }
         for lane in Lane::ALL {
             match tokio::time::timeout(SCRAPE_TIMEOUT, state.queue.queue_length(lane)).await {
                 Ok(Ok(length)) => {

@@ -21,11 +21,14 @@ use super::{
 };
 use crate::jobs::fields::FieldError;
 
-/// `POST /api/v1/translation-jobs` and `GET /api/v1/translation-jobs/{id}`.
+/// `POST /api/v1/translation-jobs`, `GET /api/v1/translation-jobs/{id}`,
+/// `POST /api/v1/translation-jobs/{id}/cancel` and `.../retry`.
 pub fn routes() -> Router<JobsApi> {
     Router::new()
         .route("/api/v1/translation-jobs", post(create))
         .route("/api/v1/translation-jobs/{id}", get(read))
+        .route("/api/v1/translation-jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/translation-jobs/{id}/retry", post(retry))
 }
 
 /// The old service's request body; every field but the first two optional.
@@ -224,6 +227,16 @@ async fn create(
 
 async fn read(State(api): State<JobsApi>, Path(id): Path<String>) -> Result<Response, HttpError> {
     let job = api.get(&id).await?;
+    Ok(Json(job_json(&job)).into_response())
+}
+
+async fn cancel(State(api): State<JobsApi>, Path(id): Path<String>) -> Result<Response, HttpError> {
+    let job = api.cancel(&id).await?;
+    Ok(Json(job_json(&job)).into_response())
+}
+
+async fn retry(State(api): State<JobsApi>, Path(id): Path<String>) -> Result<Response, HttpError> {
+    let job = api.retry(&id).await?;
     Ok(Json(job_json(&job)).into_response())
 }
 

@@ -16,8 +16,9 @@ pub enum ApiError {
     /// A request field is missing or malformed.
     #[error(transparent)]
     InvalidArgument(#[from] FieldError),
-    /// The service has not reached PostgreSQL yet (still starting up).
-    #[error("the database is not reachable yet")]
+    /// PostgreSQL is unreachable (or not migrated yet, at start-up), or the
+    /// service is shutting down.
+    #[error("the database is not reachable")]
     NotReady,
     #[error(transparent)]
     Job(#[from] JobError),
@@ -31,7 +32,8 @@ impl From<ApiError> for Status {
         match error {
             ApiError::InvalidArgument(field) => Status::invalid_argument(field.to_string()),
             ApiError::NotReady => Status::unavailable(
-                "the service is starting and cannot reach PostgreSQL yet; retry shortly",
+                "the service cannot reach PostgreSQL right now (starting up, an outage or \
+                 shutting down); retry shortly",
             ),
             ApiError::Job(job) => job_status(job),
             ApiError::Backlog(full @ BacklogError::Full { .. }) => {
@@ -39,6 +41,9 @@ impl From<ApiError> for Status {
             }
             ApiError::Backlog(BacklogError::Database(database)) => {
                 job_status(JobError::Database(database))
+            }
+            ApiError::Backlog(BacklogError::RecentlyFailed) => {
+                Status::unavailable("PostgreSQL is unavailable; retry shortly")
             }
         }
     }
@@ -87,9 +92,19 @@ fn database_code(error: &sqlx::Error) -> Code {
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => Code::Unavailable,
         sqlx::Error::Database(database) => match database.code().as_deref() {
-            // Connection exceptions, shutdown, too many connections.
+            // 08: connection exceptions; 53: insufficient resources (too
+            // many connections, out of memory or disk); 57: operator
+            // intervention (admin shutdown, crash shutdown, cannot connect
+            // now, statement cancelled or timed out); 58: system errors
+            // (I/O); 25006: a read-only transaction, i.e. the server is a
+            // standby after a failover. All pass once the service or the
+            // server recovers: the caller should retry.
             Some(code)
-                if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") =>
+                if code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57")
+                    || code.starts_with("58")
+                    || code == "25006" =>
             {
                 Code::Unavailable
             }
@@ -122,6 +137,67 @@ mod tests {
         assert_eq!(status.code(), Code::NotFound);
         let status: Status = ApiError::NotReady.into();
         assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    /// A database error with a given SQLSTATE, as PostgreSQL would send it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "from the server"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn code_of(sqlstate: &'static str) -> Code {
+        let status: Status = ApiError::from(JobError::Database(sqlx::Error::Database(Box::new(
+            Sqlstate(sqlstate),
+        ))))
+        .into();
+        status.code()
+    }
+
+    #[test]
+    fn failover_shutdown_and_cancel_are_unavailable_never_internal() {
+        // read-only transaction (a standby after failover), admin shutdown,
+        // crash shutdown, cannot connect now, statement cancelled or timed
+        // out, connection failure, too many connections, I/O error.
+        for sqlstate in [
+            "25006", "57P01", "57P02", "57P03", "57014", "08006", "53300", "58030",
+        ] {
+            assert_eq!(code_of(sqlstate), Code::Unavailable, "{sqlstate}");
+        }
+        assert_eq!(code_of("23505"), Code::AlreadyExists);
+        assert_eq!(code_of("40001"), Code::Aborted);
+        assert_eq!(code_of("42P01"), Code::Internal);
+        let timed_out: Status = ApiError::from(JobError::Database(crate::db::timed_out(
+            std::time::Duration::from_secs(1),
+        )))
+        .into();
+        assert_eq!(timed_out.code(), Code::Unavailable);
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub(crate) const SELECT_JOBS: &str = "SELECT j.id, j.user_id, j.novel_id, j.sour
      j.attempts, j.error, j.request_id, j.created_at, j.updated_at, p.published_at \
      FROM translation_jobs AS j LEFT JOIN job_publications AS p ON p.job_id = j.id";
 
+/// The columns of a [`JobRow`] for `RETURNING` after a change of the job
+/// table alone (no publication: a job just queued again has none).
+pub(crate) const RETURNING_JOB: &str = "RETURNING id, user_id, novel_id, source_lang, \
+     target_lang, target_fields, enable_code_filter, output_dir, priority, status, attempts, \
+     error, request_id, created_at, updated_at, NULL::timestamptz AS published_at";
+
 /// A row of `translation_jobs`.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct JobRow {
@@ -155,5 +161,90 @@ pub(crate) async fn find_by_request_id(
             let subtasks = subtasks_of(conn, row.id).await?;
             row.into_job(subtasks).map(Some)
         }
+    }
+}
+
+/// Which transactions a read saw: PostgreSQL's `pg_current_snapshot()`,
+/// `xmin:xmax:xip,...`. A change event whose transaction is visible in the
+/// snapshot is already part of what was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxSnapshot {
+    xmin: u64,
+    xmax: u64,
+    in_progress: Vec<u64>,
+}
+
+impl TxSnapshot {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let in_progress = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?,
+        };
+        Some(Self {
+            xmin,
+            xmax,
+            in_progress,
+        })
+    }
+
+    /// Whether transaction `xid` had committed (or aborted) when the
+    /// snapshot was taken, i.e. its changes, if committed, are in the read.
+    pub fn saw(&self, xid: u64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.in_progress.contains(&xid))
+    }
+}
+
+/// One job with its subtasks, read consistently (one repeatable-read
+/// transaction), with the snapshot the read saw.
+pub async fn read_job_with_snapshot(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<(Job, TxSnapshot), JobError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    let job = read_job(&mut tx, id).await?;
+    tx.commit().await?;
+    let snapshot = TxSnapshot::parse(&snapshot).ok_or_else(|| JobError::Corrupt {
+        job_id: id,
+        reason: format!("unreadable snapshot {snapshot:?}"),
+    })?;
+    Ok((job, snapshot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TxSnapshot;
+
+    #[test]
+    fn a_snapshot_saw_what_finished_before_it() {
+        let snapshot = TxSnapshot::parse("10:20:12,15").unwrap();
+        assert!(snapshot.saw(9));
+        assert!(snapshot.saw(11));
+        assert!(!snapshot.saw(12));
+        assert!(!snapshot.saw(15));
+        assert!(snapshot.saw(19));
+        assert!(!snapshot.saw(20));
+        assert!(!snapshot.saw(25));
+        assert_eq!(
+            TxSnapshot::parse("5:5:").unwrap(),
+            TxSnapshot {
+                xmin: 5,
+                xmax: 5,
+                in_progress: vec![]
+            }
+        );
+        assert_eq!(TxSnapshot::parse("garbage"), None);
     }
 }

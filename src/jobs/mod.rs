@@ -9,13 +9,16 @@ pub mod fields;
 mod get;
 mod list;
 mod model;
+mod requeue;
 mod rescue;
 mod transitions;
 
 pub use create::{Created, create_job, create_jobs};
 pub use error::JobError;
-pub use get::get_job;
+pub use get::{TxSnapshot, get_job, read_job_with_snapshot};
 pub use list::{ListQuery, Page, list_jobs};
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
-pub use rescue::{RescuePolicy, Rescued, rescue_stuck_jobs};
+pub use rescue::{
+    LostCandidate, RescuePolicy, Rescued, lost_candidates, requeue_lost, rescue_stuck_jobs,
+};
 pub use transitions::{cancel_job, retry_job};

@@ -145,7 +145,7 @@ impl Job {
             .count()
     }
 
-    /// The message the workers receive for this job.
+    /// The message the workers receive for this job's current attempt.
     pub fn message(&self) -> JobMessage {
         JobMessage {
             job_id: self.id.to_string(),
@@ -154,6 +154,7 @@ impl Job {
             output_dir: self.output_dir.clone(),
             target_fields: self.target_fields.clone(),
             enable_code_filter: self.enable_code_filter,
+            attempt: self.attempts,
             traceparent: None,
         }
     }

@@ -1,6 +1,6 @@
-//! Rescuing stuck jobs: IN_PROGRESS with no heartbeat for too long, and
-//! PENDING long after their message was published (the message was lost: a
-//! worker died between its pop and its claim, or Redis lost data).
+//! Rescuing jobs nobody works on: IN_PROGRESS with no heartbeat for too long
+//! (the worker died), and PENDING whose message is gone (a worker popped it
+//! and died before claiming, or Redis lost it).
 
 use std::time::Duration;
 
@@ -9,23 +9,23 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use super::{
-    JobError, JobStatus,
-    get::{JobRow, SELECT_JOBS},
-    transitions::lock_subtasks,
+    JobError,
+    get::{JobRow, RETURNING_JOB},
+    requeue::{Reason, forget_messages, hand_out_again, lock_subtasks},
 };
 use crate::{
     outbox::{Pending, enqueue},
-    queue::Lane,
+    queue::{Lane, Snapshot},
 };
 
-/// What one rescue pass did.
+/// What one rescue did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rescued {
     /// Stuck IN_PROGRESS, back to PENDING and queued again.
     pub requeued: Vec<Uuid>,
     /// Out of attempts: FAILED, message sent to the dead lane.
     pub dead: Vec<Uuid>,
-    /// PENDING long after being published, queued again.
+    /// PENDING with their message lost, queued again.
     pub republished: Vec<Uuid>,
 }
 
@@ -37,35 +37,36 @@ impl Rescued {
     pub fn len(&self) -> usize {
         self.requeued.len() + self.dead.len() + self.republished.len()
     }
+
+    pub fn extend(&mut self, other: Rescued) {
+        self.requeued.extend(other.requeued);
+        self.dead.extend(other.dead);
+        self.republished.extend(other.republished);
+    }
 }
 
 /// Rules of the rescue.
 #[derive(Debug, Clone, Copy)]
 pub struct RescuePolicy {
     /// A job IN_PROGRESS whose `updated_at` is older than this is stuck; so
-    /// is a job PENDING whose message was published longer ago than this.
+    /// is a job PENDING whose message a worker popped longer ago than this
+    /// without claiming it.
     pub stuck_after: Duration,
-    /// When a rescue brings `attempts` to this, the job fails instead.
+    /// When the rescues of a job reach this, the job fails instead.
     pub max_attempts: i32,
     /// Jobs handled per transaction.
     pub batch_size: i64,
 }
 
-/// One pass over at most `batch_size` jobs of each kind, in one
-/// transaction: stuck jobs get an attempt counted, their unfinished subtasks
-/// and themselves go back to PENDING and a new outbox row queues them again;
-/// a job whose attempts reach the maximum becomes FAILED with the reason and
-/// its message goes to the dead lane. PENDING jobs whose message was
-/// published too long ago are queued again (no attempt counted: no worker
-/// started them). Safe with several replicas.
+/// One pass over at most `batch_size` jobs stuck IN_PROGRESS, in one
+/// transaction: each gets a rescue counted; if its rescues reach the
+/// maximum it becomes FAILED with the reason and its message goes to the
+/// dead lane; otherwise its unfinished subtasks and itself go back to
+/// PENDING under a new attempt, queued again. Safe with several replicas.
 #[instrument(skip_all, err)]
 pub async fn rescue_stuck_jobs(pool: &PgPool, policy: RescuePolicy) -> Result<Rescued, JobError> {
     let mut tx = pool.begin().await?;
-    let mut rescued = Rescued::default();
-    let mut messages = Vec::new();
-    rescue_in_progress(&mut tx, policy, &mut rescued, &mut messages).await?;
-    republish_pending(&mut tx, policy, &mut rescued, &mut messages).await?;
-    enqueue(&mut tx, &messages).await?;
+    let rescued = rescue_in_progress(&mut tx, policy).await?;
     tx.commit().await?;
     Ok(rescued)
 }
@@ -73,9 +74,7 @@ pub async fn rescue_stuck_jobs(pool: &PgPool, policy: RescuePolicy) -> Result<Re
 async fn rescue_in_progress(
     tx: &mut PgConnection,
     policy: RescuePolicy,
-    rescued: &mut Rescued,
-    messages: &mut Vec<Pending>,
-) -> Result<(), JobError> {
+) -> Result<Rescued, JobError> {
     let stuck_secs = policy.stuck_after.as_secs_f64();
     let candidates: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM translation_jobs \
@@ -87,128 +86,186 @@ async fn rescue_in_progress(
     .fetch_all(&mut *tx)
     .await?;
     if candidates.is_empty() {
-        return Ok(());
+        return Ok(Rescued::default());
     }
     // Subtasks first, then jobs: the order a worker's subtask update takes
     // them in (see `lock_subtasks`). Then check again: a worker may have
     // made progress while we waited.
-    lock_subtasks(tx, candidates.as_slice()).await?;
-    let rows = sqlx::query_as::<_, JobRow>(&format!(
-        "{SELECT_JOBS} \
-         WHERE j.id = ANY($1) AND j.status = 'IN_PROGRESS' \
-           AND j.updated_at < now() - make_interval(secs => $2) \
-         ORDER BY j.id FOR UPDATE OF j"
-    ))
+    lock_subtasks(tx, &candidates).await?;
+    let stuck: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT id, rescues FROM translation_jobs \
+         WHERE id = ANY($1) AND status = 'IN_PROGRESS' \
+           AND updated_at < now() - make_interval(secs => $2) \
+         ORDER BY id FOR UPDATE",
+    )
     .bind(&candidates)
     .bind(stuck_secs)
     .fetch_all(&mut *tx)
     .await?;
-    if rows.is_empty() {
-        return Ok(());
+    if stuck.is_empty() {
+        return Ok(Rescued::default());
     }
+    let out_of_rescues = |rescues: i32| rescues.saturating_add(1) >= policy.max_attempts;
+    let dead: Vec<Uuid> = stuck
+        .iter()
+        .filter(|(_, rescues)| out_of_rescues(*rescues))
+        .map(|(id, _)| *id)
+        .collect();
+    let requeued: Vec<Uuid> = stuck
+        .iter()
+        .filter(|(_, rescues)| !out_of_rescues(*rescues))
+        .map(|(id, _)| *id)
+        .collect();
+    let stuck: Vec<Uuid> = dead.iter().chain(&requeued).copied().collect();
 
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut statuses = Vec::with_capacity(rows.len());
-    let mut attempts = Vec::with_capacity(rows.len());
-    let mut errors: Vec<Option<String>> = Vec::with_capacity(rows.len());
-    for row in rows {
-        let job = row.into_job(Vec::new())?;
-        let attempt = job.attempts.saturating_add(1);
-        let (status, lane, error) = if attempt >= policy.max_attempts {
-            let reason = format!(
-                "stuck in IN_PROGRESS for more than {} on each of {attempt} attempts; giving up",
-                humantime::format_duration(policy.stuck_after)
-            );
-            rescued.dead.push(job.id);
-            (JobStatus::Failed, Lane::Dead, Some(reason))
-        } else {
-            rescued.requeued.push(job.id);
-            (JobStatus::Pending, job.priority.lane(), None)
-        };
-        tracing::warn!(job_id = %job.id, attempt, status = status.as_str(), "rescued a stuck job");
-        ids.push(job.id);
-        statuses.push(status.as_str());
-        attempts.push(attempt);
-        errors.push(error);
-        messages.push(Pending {
-            job_id: job.id,
-            lane,
-            payload: job.message().to_json(),
-        });
-    }
-
-    sqlx::query(
-        "UPDATE translation_jobs AS j \
-         SET status = u.status, attempts = u.attempts, error = COALESCE(u.error, j.error) \
-         FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[]) AS u (id, status, attempts, error) \
-         WHERE j.id = u.id",
-    )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&attempts)
-    .bind(&errors)
-    .execute(&mut *tx)
-    .await?;
-    forget_publications(tx, &ids).await?;
     // Subtasks a vanished worker left half done: redo them, or fail them
     // with the job.
     sqlx::query(
-        "UPDATE translation_subtasks AS s \
-         SET status = CASE WHEN j.status = 'FAILED' THEN 'FAILED' ELSE 'PENDING' END, \
-             error = CASE WHEN j.status = 'FAILED' THEN 'job given up after being stuck' ELSE s.error END \
-         FROM translation_jobs AS j \
-         WHERE s.job_id = j.id AND j.id = ANY($1) AND s.status = 'IN_PROGRESS'",
+        "UPDATE translation_subtasks \
+         SET status = CASE WHEN job_id = ANY($2) THEN 'FAILED' ELSE 'PENDING' END, \
+             error = CASE WHEN job_id = ANY($2) THEN 'job given up after being stuck' ELSE error END \
+         WHERE job_id = ANY($1) AND status = 'IN_PROGRESS'",
     )
-    .bind(&ids)
+    .bind(&stuck)
+    .bind(&dead)
     .execute(&mut *tx)
     .await?;
+
+    for job in hand_out_again(tx, &requeued, Reason::Stuck).await? {
+        tracing::warn!(job_id = %job.id, attempt = job.attempts, "rescued a job stuck IN_PROGRESS; queued again");
+    }
+    dead_letter(tx, &dead, policy).await?;
+    Ok(Rescued {
+        requeued,
+        dead,
+        republished: Vec::new(),
+    })
+}
+
+/// Fails jobs out of rescues and sends their message to the dead lane (for
+/// inspection or a redrive). The attempt stays: a worker that was only slow
+/// finds the job FAILED and stops.
+async fn dead_letter(
+    tx: &mut PgConnection,
+    job_ids: &[Uuid],
+    policy: RescuePolicy,
+) -> Result<(), JobError> {
+    if job_ids.is_empty() {
+        return Ok(());
+    }
+    let reason = format!(
+        "stuck in IN_PROGRESS for more than {} on each of {} attempts; giving up",
+        humantime::format_duration(policy.stuck_after),
+        policy.max_attempts
+    );
+    let rows = sqlx::query_as::<_, JobRow>(&format!(
+        "UPDATE translation_jobs SET status = 'FAILED', rescues = rescues + 1, error = $2 \
+         WHERE id = ANY($1) {RETURNING_JOB}"
+    ))
+    .bind(job_ids)
+    .bind(&reason)
+    .fetch_all(&mut *tx)
+    .await?;
+    // What an earlier attempt left in the outbox is stale now.
+    forget_messages(tx, job_ids).await?;
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        let job = row.into_job(Vec::new())?;
+        tracing::warn!(job_id = %job.id, attempt = job.attempts, "job stuck on every attempt; FAILED and dead-lettered");
+        messages.push(Pending {
+            job_id: job.id,
+            attempt: job.attempts,
+            lane: Lane::Dead,
+            payload: job.message().to_json(),
+        });
+    }
+    enqueue(tx, &messages).await?;
     Ok(())
 }
 
-async fn republish_pending(
+/// A PENDING job whose current message may be gone, with where the message
+/// went.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LostCandidate {
+    pub job_id: Uuid,
+    lane: Option<String>,
+    seq: Option<i64>,
+    generation: Option<i64>,
+    /// Published longer ago than the policy's `stuck_after`.
+    overdue: bool,
+}
+
+impl LostCandidate {
+    /// Whether its message is gone, judged against a snapshot of Redis taken
+    /// after the candidates were read (so every candidate's push is in it,
+    /// unless Redis lost it).
+    pub fn is_lost(&self, generation: i64, after: &Snapshot) -> bool {
+        let (Some(pushed_under), Some(seq), Some(lane)) = (
+            self.generation,
+            self.seq,
+            self.lane.as_deref().and_then(Lane::parse),
+        ) else {
+            // Published by a version that kept no position: the old rule.
+            return self.overdue;
+        };
+        if pushed_under != generation {
+            return true;
+        }
+        let Some(count) = after.lane(lane) else {
+            return false;
+        };
+        // Rolled back with a failover, or popped and never claimed.
+        seq > count.pushed || (self.overdue && seq <= count.popped())
+    }
+}
+
+/// PENDING jobs whose current attempt's message may be gone, judged by a
+/// snapshot of Redis taken before (`before`): pushed under another
+/// generation, at a position beyond the lane's counter, or at a position
+/// workers popped longer than `stuck_after` ago. Locks them (skipping locked
+/// ones); the caller confirms with a second snapshot
+/// ([`LostCandidate::is_lost`]) and hands the lost ones out again with
+/// [`requeue_lost`] in the same transaction.
+pub async fn lost_candidates(
     tx: &mut PgConnection,
+    generation: i64,
+    before: &Snapshot,
     policy: RescuePolicy,
-    rescued: &mut Rescued,
-    messages: &mut Vec<Pending>,
-) -> Result<(), JobError> {
-    // The publication is forgotten whenever a job is queued again, so a job
-    // still waiting in the outbox (e.g. during a Redis outage) is never picked.
-    let rows = sqlx::query_as::<_, JobRow>(&format!(
-        "{SELECT_JOBS} \
-         WHERE j.status = 'PENDING' AND p.published_at < now() - make_interval(secs => $1) \
-         ORDER BY p.published_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
-    ))
+) -> Result<Vec<LostCandidate>, JobError> {
+    let lanes: Vec<&str> = before.lanes.iter().map(|c| c.lane.as_str()).collect();
+    let pushed: Vec<i64> = before.lanes.iter().map(|c| c.pushed).collect();
+    let popped: Vec<i64> = before.lanes.iter().map(|c| c.popped()).collect();
+    let candidates = sqlx::query_as::<_, LostCandidate>(
+        "SELECT j.id AS job_id, p.lane, p.seq, p.generation, \
+                p.published_at < now() - make_interval(secs => $5) AS overdue \
+         FROM translation_jobs AS j \
+         JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
+         LEFT JOIN UNNEST($2::text[], $3::int8[], $4::int8[]) AS l (lane, pushed, popped) \
+                ON l.lane = p.lane \
+         WHERE j.status = 'PENDING' \
+           AND ((p.generation IS NULL AND p.published_at < now() - make_interval(secs => $5)) \
+                OR p.generation <> $1 \
+                OR p.seq > l.pushed \
+                OR (p.seq <= l.popped AND p.published_at < now() - make_interval(secs => $5))) \
+         ORDER BY j.id LIMIT $6 \
+         FOR UPDATE OF j SKIP LOCKED",
+    )
+    .bind(generation)
+    .bind(&lanes)
+    .bind(&pushed)
+    .bind(&popped)
     .bind(policy.stuck_after.as_secs_f64())
     .bind(policy.batch_size)
     .fetch_all(&mut *tx)
     .await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in rows {
-        let job = row.into_job(Vec::new())?;
-        tracing::warn!(job_id = %job.id, "job still PENDING long after its message was published; queueing it again");
-        ids.push(job.id);
-        rescued.republished.push(job.id);
-        messages.push(Pending {
-            job_id: job.id,
-            lane: job.priority.lane(),
-            payload: job.message().to_json(),
-        });
-    }
-    forget_publications(tx, &ids).await?;
-    Ok(())
+    Ok(candidates)
 }
 
-/// Jobs queued again have not been published since.
-pub(crate) async fn forget_publications(
-    conn: &mut PgConnection,
-    job_ids: &[Uuid],
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM job_publications WHERE job_id = ANY($1)")
-        .bind(job_ids)
-        .execute(conn)
-        .await?;
+/// Hands jobs whose message was lost out again (a new attempt, a new
+/// message), in the caller's transaction.
+pub async fn requeue_lost(tx: &mut PgConnection, job_ids: &[Uuid]) -> Result<(), JobError> {
+    for job in hand_out_again(tx, job_ids, Reason::Lost).await? {
+        tracing::warn!(job_id = %job.id, attempt = job.attempts, "the message of a PENDING job was lost; queued again");
+    }
     Ok(())
 }

@@ -4,16 +4,20 @@ use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{Job, JobError, JobStatus, get::read_job, rescue::forget_publications};
-use crate::outbox::{Pending, enqueue};
+use super::{
+    Job, JobError, JobStatus,
+    get::read_job,
+    requeue::{Reason, forget_messages, hand_out_again, lock_subtasks},
+};
 
 /// PENDING or IN_PROGRESS becomes CANCELLED, and so do its unfinished
-/// subtasks. A worker sees the status before its next subtask and stops;
-/// its message, if still queued, is skipped by the claim.
+/// subtasks. A message still in the outbox is dropped; one already in Redis
+/// is refused by the claim (the job is no longer PENDING). A worker inside
+/// the job sees the status before its next subtask and stops.
 #[instrument(skip(pool), err(level = "debug"))]
 pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     let mut tx = pool.begin().await?;
-    lock_subtasks(&mut tx, id).await?;
+    lock_subtasks(&mut tx, &[id]).await?;
     let changed = sqlx::query(
         "UPDATE translation_jobs SET status = 'CANCELLED' \
          WHERE id = $1 AND status IN ('PENDING', 'IN_PROGRESS')",
@@ -32,32 +36,32 @@ pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    forget_messages(&mut tx, &[id]).await?;
     let job = read_job(&mut tx, id).await?;
     tx.commit().await?;
     tracing::info!(job_id = %id, "job cancelled");
     Ok(job)
 }
 
-/// FAILED or CANCELLED becomes PENDING with a fresh count of attempts; its
-/// unfinished subtasks become PENDING again (completed ones stay done) and a
-/// new message goes through the outbox in the same transaction.
+/// FAILED or CANCELLED becomes PENDING under a new attempt, with a fresh
+/// budget of rescues; its unfinished subtasks become PENDING again
+/// (completed ones stay done) and a message for the new attempt goes
+/// through the outbox in the same transaction. A worker still inside the
+/// old attempt can no longer update the job.
 #[instrument(skip(pool), err(level = "debug"))]
 pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     let mut tx = pool.begin().await?;
-    lock_subtasks(&mut tx, id).await?;
-    let changed = sqlx::query(
-        "UPDATE translation_jobs \
-         SET status = 'PENDING', attempts = 0, error = NULL \
-         WHERE id = $1 AND status IN ('FAILED', 'CANCELLED')",
+    lock_subtasks(&mut tx, &[id]).await?;
+    let allowed: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM translation_jobs WHERE id = $1 AND status IN ('FAILED', 'CANCELLED') \
+         FOR UPDATE",
     )
     .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
+    .fetch_optional(&mut *tx)
+    .await?;
+    if allowed.is_none() {
         return Err(refusal(&mut tx, id, "retry", "FAILED or CANCELLED").await);
     }
-    forget_publications(&mut tx, &[id]).await?;
     sqlx::query(
         "UPDATE translation_subtasks SET status = 'PENDING', error = NULL \
          WHERE job_id = $1 AND status <> 'COMPLETED'",
@@ -65,56 +69,16 @@ pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    hand_out_again(&mut tx, &[id], Reason::Fresh).await?;
     let job = read_job(&mut tx, id).await?;
-    enqueue(
-        &mut tx,
-        &[Pending {
-            job_id: id,
-            lane: job.priority.lane(),
-            payload: job.message().to_json(),
-        }],
-    )
-    .await?;
     tx.commit().await?;
-    tracing::info!(job_id = %id, "job retried");
+    tracing::info!(job_id = %id, attempt = job.attempts, "job retried");
     Ok(job)
-}
-
-/// Locks a job's subtasks before the job itself. A worker's subtask update
-/// locks the subtask and then, through the heartbeat trigger, the job; taking
-/// them in the same order here means the two can wait for each other but
-/// never deadlock.
-pub(crate) async fn lock_subtasks(
-    conn: &mut PgConnection,
-    job_ids: impl AsJobIds,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1 FROM translation_subtasks WHERE job_id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(job_ids.as_job_ids())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// One job id or several, for [`lock_subtasks`].
-pub(crate) trait AsJobIds {
-    fn as_job_ids(&self) -> Vec<Uuid>;
-}
-
-impl AsJobIds for Uuid {
-    fn as_job_ids(&self) -> Vec<Uuid> {
-        vec![*self]
-    }
-}
-
-impl AsJobIds for &[Uuid] {
-    fn as_job_ids(&self) -> Vec<Uuid> {
-        self.to_vec()
-    }
 }
 
 /// Why a conditional update changed nothing: no such job, or a status the
 /// action does not apply to.
-async fn refusal(
+pub(crate) async fn refusal(
     conn: &mut PgConnection,
     id: Uuid,
     action: &'static str,

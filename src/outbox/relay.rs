@@ -1,13 +1,23 @@
-//! The relay: moves committed outbox rows to the Redis lists.
+//! The relay: moves committed outbox rows to the Redis lanes.
 //!
-//! Each [`Relay::drain_once`] claims the oldest rows with `FOR UPDATE SKIP
-//! LOCKED` (so any number of replicas can drain one outbox), deletes them,
-//! pushes them with one script call per lane, records the publish time on
-//! their jobs and commits. The push is idempotent per outbox id, so a relay
-//! that dies after the push and before the commit leaves rows that the next
-//! attempt re-sends without a duplicate reaching the workers.
+//! One drain is three steps, each a public method so that tests can stop
+//! between them (a crash between the push and the commit is the case that
+//! matters): [`Relay::claim`] takes the oldest rows with `FOR UPDATE SKIP
+//! LOCKED` (so any number of replicas can drain one outbox) and deletes them
+//! in a transaction; [`Relay::publish`] pushes them with one script call,
+//! every lane at once, each row at most once (see `queue::push`);
+//! [`Relay::commit`] records where each message went and commits. A relay
+//! that dies before the commit leaves the rows to the next attempt, whose
+//! push skips what already reached Redis.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -15,11 +25,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::wake::RelayWake;
+use super::generation::{self, GenerationError};
 use crate::{
+    db::bounded,
     metrics::Metrics,
-    queue::{Lane, OutboxMessage, QueueError, RedisQueue},
+    queue::{Lane, OutboxMessage, Placement, PushOutcome, QueueError, RedisQueue},
+    supervise::Beat,
     telemetry::error_chain,
+    wake::Wake,
 };
 
 /// The relay lingers after a wake-up only when its last batch had at least
@@ -36,6 +49,12 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     #[error("publishing to Redis failed")]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// Redis no longer holds the generation this relay pushes under; nothing
+    /// was pushed. The next drain settles the generation first.
+    #[error("Redis does not hold generation {expected} of the queue (found {found:?})")]
+    StaleGeneration { expected: i64, found: Option<i64> },
 }
 
 /// Tunables of the relay.
@@ -52,9 +71,11 @@ pub struct RelaySettings {
     /// in one batch (one transaction, one script call) instead of a few
     /// each. Zero always drains at once.
     pub linger: Duration,
-    /// How long Redis remembers that an outbox id was pushed. Must cover the
+    /// How long Redis remembers that an outbox row was pushed. Must cover the
     /// longest time a claimed batch can stay uncommitted and be retried.
     pub marker_ttl: Duration,
+    /// Longest any one database call may take (see `db::bounded`).
+    pub call_timeout: Duration,
 }
 
 /// One claimed outbox row.
@@ -65,6 +86,31 @@ pub struct OutboxRow {
     pub lane: String,
     pub payload: String,
     pub created_at: DateTime<Utc>,
+    /// The job's attempt the message is for.
+    pub attempt: i32,
+    /// Random, non-zero: tells this row from an earlier one with the same id.
+    pub token: i32,
+}
+
+/// Rows taken out of the outbox in a transaction that is still open.
+pub struct Claimed {
+    tx: Transaction<'static, Postgres>,
+    pub rows: Vec<OutboxRow>,
+}
+
+/// Where the claimed rows' messages went.
+#[derive(Debug, Clone)]
+pub struct Published {
+    generation: i64,
+    pub placements: Vec<Placement>,
+}
+
+impl Published {
+    /// Messages that reached a lane now (the rest had been pushed by an
+    /// earlier attempt that did not commit).
+    pub fn pushed(&self) -> u64 {
+        self.placements.iter().filter(|p| p.pushed).count() as u64
+    }
 }
 
 /// What one drain did.
@@ -84,154 +130,255 @@ pub struct Relay {
     queue: RedisQueue,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
-    /// Separates this database's push markers from any other's.
-    marker_namespace: String,
+    /// The database's identity, written into the queue's Redis state.
+    owner: String,
+    /// The Redis generation pushes are made under; 0 until settled.
+    generation: Arc<AtomicI64>,
+    /// Woken when Redis turned out to have lost data: the reaper then
+    /// queues the lost jobs again without waiting for its next pass.
+    lost_data: Wake,
 }
 
 impl Relay {
-    /// Reads the marker namespace of this database.
+    /// Reads the database's identity.
     pub async fn new(
         pool: PgPool,
         queue: RedisQueue,
         settings: RelaySettings,
         metrics: Arc<Metrics>,
+        lost_data: Wake,
     ) -> Result<Self, RelayError> {
-        let namespace: Uuid = sqlx::query_scalar("SELECT marker_namespace FROM relay_identity")
-            .fetch_one(&pool)
-            .await?;
+        let owner = generation::database_identity(&pool, settings.call_timeout).await?;
         Ok(Self {
             pool,
             queue,
             settings,
             metrics,
-            marker_namespace: namespace.simple().to_string(),
+            owner,
+            generation: Arc::new(AtomicI64::new(0)),
+            lost_data,
         })
     }
 
-    pub fn marker_namespace(&self) -> &str {
-        &self.marker_namespace
-    }
-
-    /// Claims one batch, publishes it and commits. Returns what it did; an
-    /// empty outbox gives `claimed == 0`.
+    /// Claims, publishes and commits one batch. An empty outbox gives
+    /// `claimed == 0`.
     #[instrument(skip_all)]
     pub async fn drain_once(&self) -> Result<Drained, RelayError> {
         if !self.queue.is_connected() {
             // Do not hold rows locked while the client is known to be down.
             return Err(QueueError::NotConnected.into());
         }
-        let (tx, rows) = self.claim_batch().await?;
-        if rows.is_empty() {
-            tx.commit().await?;
+        let claimed = self.claim().await?;
+        if claimed.rows.is_empty() {
             return Ok(Drained::default());
         }
-        let pushed = self.push(&rows).await?;
-        tx.commit().await?;
-        self.record(&rows, pushed);
-        Ok(Drained {
-            claimed: rows.len(),
-            pushed,
-        })
+        let published = self.publish(&claimed).await?;
+        self.commit(claimed, published).await
     }
 
-    /// Claims a batch and pushes it, then drops the transaction without
-    /// committing: what a relay killed between the push and the commit
-    /// leaves behind. For tests of the idempotent push.
-    #[doc(hidden)]
-    pub async fn push_then_crash(&self) -> Result<usize, RelayError> {
-        let (tx, rows) = self.claim_batch().await?;
-        self.push(&rows).await?;
-        tx.rollback().await?;
-        Ok(rows.len())
+    /// Begins a transaction and claims (deletes) the oldest unclaimed rows
+    /// in it, in id order.
+    ///
+    /// The transaction commits asynchronously (`synchronous_commit = off`,
+    /// for this transaction only): the relay's commit need not wait for the
+    /// WAL flush. If PostgreSQL crashes before the flush, the deleted rows
+    /// come back and are pushed again, and the push-once markers drop the
+    /// copies. The outbox rows themselves were written by synchronous
+    /// commits.
+    pub async fn claim(&self) -> Result<Claimed, RelayError> {
+        let limit = self.settings.call_timeout;
+        let mut tx = bounded(limit, self.pool.begin()).await?;
+        let mut rows = bounded(
+            limit,
+            sqlx::query_as::<_, OutboxRow>(
+                "WITH claimed AS ( \
+                     DELETE FROM outbox WHERE id IN ( \
+                         SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id, job_id, lane, payload, created_at, attempt, token), \
+                 async_commit AS ( \
+                     SELECT set_config('synchronous_commit', 'off', true)) \
+                 SELECT c.id, c.job_id, c.lane, c.payload, c.created_at, c.attempt, c.token \
+                 FROM claimed AS c, async_commit",
+            )
+            .bind(i64::from(self.settings.batch_size))
+            .fetch_all(&mut *tx),
+        )
+        .await?;
+        // RETURNING does not promise an order.
+        rows.sort_unstable_by_key(|row| row.id);
+        Ok(Claimed { tx, rows })
     }
 
-    /// Pushes rows lane by lane, each lane in id order.
-    async fn push(&self, rows: &[OutboxRow]) -> Result<u64, RelayError> {
-        let mut by_lane: BTreeMap<Lane, Vec<OutboxMessage<'_>>> = BTreeMap::new();
-        for row in rows {
-            let lane = Lane::parse(&row.lane).unwrap_or_else(|| {
-                tracing::warn!(outbox_id = row.id, lane = %row.lane, "unknown lane; using the normal one");
-                Lane::Normal
-            });
-            by_lane.entry(lane).or_default().push(OutboxMessage {
+    /// Pushes the claimed rows, each lane in id order, under the current
+    /// Redis generation (settling it first when unknown).
+    pub async fn publish(&self, claimed: &Claimed) -> Result<Published, RelayError> {
+        let generation = match self.generation.load(Ordering::Acquire) {
+            0 => self.settle_generation().await?,
+            known => known,
+        };
+        let messages: Vec<OutboxMessage<'_>> = claimed
+            .rows
+            .iter()
+            .map(|row| OutboxMessage {
                 outbox_id: row.id,
+                token: row.token,
+                lane: Lane::parse(&row.lane).unwrap_or_else(|| {
+                    tracing::warn!(outbox_id = row.id, lane = %row.lane, "unknown lane; using the normal one");
+                    Lane::Normal
+                }),
                 payload: &row.payload,
-            });
+            })
+            .collect();
+        match self
+            .queue
+            .push(generation, self.settings.marker_ttl, &messages)
+            .await?
+        {
+            PushOutcome::Done(placements) => Ok(Published {
+                generation,
+                placements,
+            }),
+            PushOutcome::StaleGeneration { found } => {
+                // Settle it on the next drain; this batch rolls back untouched.
+                self.generation.store(0, Ordering::Release);
+                Err(RelayError::StaleGeneration {
+                    expected: generation,
+                    found,
+                })
+            }
         }
-        let mut pushed = 0;
-        for (lane, messages) in &by_lane {
-            pushed += self
-                .queue
-                .push_once(
-                    *lane,
-                    &self.marker_namespace,
-                    self.settings.marker_ttl,
-                    messages,
-                )
-                .await?;
-        }
-        Ok(pushed)
     }
 
-    fn record(&self, rows: &[OutboxRow], pushed: u64) {
-        let claimed = rows.len() as u64;
+    /// Records where each message went (the job's publication: time,
+    /// attempt, lane, position, generation) and commits.
+    pub async fn commit(
+        &self,
+        claimed: Claimed,
+        published: Published,
+    ) -> Result<Drained, RelayError> {
+        let Claimed { mut tx, rows } = claimed;
+        let limit = self.settings.call_timeout;
+        // A job can have two rows in one batch (a stale attempt's and the
+        // new one's): record the newest attempt only, as one upsert may not
+        // touch a row twice.
+        let mut latest: HashMap<Uuid, (i32, &str, i64)> = HashMap::with_capacity(rows.len());
+        for (row, placement) in rows.iter().zip(&published.placements) {
+            let entry = latest
+                .entry(row.job_id)
+                .or_insert((row.attempt, &row.lane, placement.seq));
+            if row.attempt >= entry.0 {
+                *entry = (row.attempt, &row.lane, placement.seq);
+            }
+        }
+        let mut job_ids = Vec::with_capacity(latest.len());
+        let mut attempts = Vec::with_capacity(latest.len());
+        let mut lanes = Vec::with_capacity(latest.len());
+        let mut seqs = Vec::with_capacity(latest.len());
+        for (job_id, (attempt, lane, seq)) in latest {
+            job_ids.push(job_id);
+            attempts.push(attempt);
+            lanes.push(lane);
+            seqs.push(seq);
+        }
+        bounded(
+            limit,
+            sqlx::query(
+                "INSERT INTO job_publications AS p \
+                     (job_id, published_at, attempt, lane, seq, generation) \
+                 SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
+                 FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) \
+                     AS u (job_id, attempt, lane, seq) \
+                 ON CONFLICT (job_id) DO UPDATE SET \
+                     published_at = excluded.published_at, attempt = excluded.attempt, \
+                     lane = excluded.lane, seq = excluded.seq, generation = excluded.generation \
+                 WHERE excluded.attempt >= p.attempt",
+            )
+            .bind(&job_ids)
+            .bind(&attempts)
+            .bind(&lanes)
+            .bind(&seqs)
+            .bind(published.generation)
+            .execute(&mut *tx),
+        )
+        .await?;
+        bounded(limit, tx.commit()).await?;
+        let drained = Drained {
+            claimed: rows.len(),
+            pushed: published.pushed(),
+        };
+        self.record(&rows, drained);
+        Ok(drained)
+    }
+
+    /// Settles the generation with PostgreSQL and Redis (see
+    /// `outbox::generation`); wakes the reaper when Redis had lost data.
+    async fn settle_generation(&self) -> Result<i64, RelayError> {
+        let synced = generation::sync(
+            &self.pool,
+            &self.queue,
+            &self.owner,
+            self.settings.call_timeout,
+        )
+        .await?;
+        if synced.lost {
+            self.lost_data.wake();
+        }
+        self.generation.store(synced.generation, Ordering::Release);
+        Ok(synced.generation)
+    }
+
+    fn record(&self, rows: &[OutboxRow], drained: Drained) {
+        let claimed = drained.claimed as u64;
         self.metrics
-            .relay_published(pushed, claimed.saturating_sub(pushed));
+            .relay_published(drained.pushed, claimed.saturating_sub(drained.pushed));
         if let Some(oldest) = rows.iter().map(|r| r.created_at).min() {
             let lag = (Utc::now() - oldest).to_std().unwrap_or_default();
             self.metrics.relay_lag(lag);
         }
         for row in rows {
-            tracing::debug!(job_id = %row.job_id, outbox_id = row.id, lane = %row.lane, "published");
+            tracing::debug!(job_id = %row.job_id, outbox_id = row.id, lane = %row.lane, attempt = row.attempt, "published");
         }
-    }
-
-    /// Begins a transaction and claims a batch in it.
-    async fn claim_batch(
-        &self,
-    ) -> Result<(Transaction<'static, Postgres>, Vec<OutboxRow>), RelayError> {
-        let mut tx = self.pool.begin().await?;
-        let rows = claim(&mut tx, self.settings.batch_size).await?;
-        Ok((tx, rows))
     }
 
     /// Drains until a batch comes back short; returns the size of the last.
     ///
-    /// A pipeline of [`drain_once`](Self::drain_once)s: while one batch is
-    /// being pushed and committed, the next is claimed on a second
-    /// connection (SKIP LOCKED hands it the following rows). Pushes still
-    /// happen one batch after the other, each after the previous batch
-    /// committed, so order is kept.
-    async fn drain_until_idle(&self, token: &CancellationToken) -> Result<usize, RelayError> {
+    /// A pipeline of the three steps: while one batch is being pushed and
+    /// committed, the next is claimed on a second connection (SKIP LOCKED
+    /// hands it the following rows). Pushes still happen one batch after the
+    /// other, each after the previous batch committed, so order is kept.
+    async fn drain_until_idle(
+        &self,
+        token: &CancellationToken,
+        beat: &Beat,
+    ) -> Result<usize, RelayError> {
         if !self.queue.is_connected() {
             return Err(QueueError::NotConnected.into());
         }
         let full = self.settings.batch_size as usize;
-        let (mut tx, mut rows) = self.claim_batch().await?;
+        let mut claimed = self.claim().await?;
         loop {
-            if rows.is_empty() {
-                tx.commit().await?;
+            beat.beat();
+            if claimed.rows.is_empty() {
                 return Ok(0);
             }
-            let more = rows.len() >= full && !token.is_cancelled();
+            let size = claimed.rows.len();
+            let more = size >= full && !token.is_cancelled();
             let publish = async {
-                let pushed = self.push(&rows).await?;
-                tx.commit().await?;
-                Ok::<u64, RelayError>(pushed)
+                let published = self.publish(&claimed).await?;
+                self.commit(claimed, published).await
             };
-            let (pushed, next) = if more {
-                let (pushed, next) = tokio::join!(publish, self.claim_batch());
-                (pushed, Some(next))
+            let (drained, next) = if more {
+                let (drained, next) = tokio::join!(publish, self.claim());
+                (drained, Some(next))
             } else {
                 (publish.await, None)
             };
             // On any error both transactions roll back when dropped; their
             // rows are claimed again later and pushed at most once more.
-            let pushed = pushed?;
-            self.record(&rows, pushed);
+            drained?;
             match next {
-                None => return Ok(rows.len()),
-                Some(next) => (tx, rows) = next?,
+                None => return Ok(size),
+                Some(next) => claimed = next?,
             }
         }
     }
@@ -239,7 +386,7 @@ impl Relay {
     /// Runs until `token` is cancelled: drains on every wake (a local commit
     /// or a NOTIFY relayed by `watch::Listener`) and poll tick, and backs off
     /// with jitter while a drain fails.
-    pub async fn run(self, token: CancellationToken, wake: RelayWake) {
+    pub async fn run(self, token: CancellationToken, wake: Wake, beat: Beat) {
         let mut failures: u32 = 0;
         let mut last_batch;
         // Give a fresh Redis connection a moment before the first drain, so
@@ -251,13 +398,19 @@ impl Relay {
             "relay started"
         );
         loop {
-            match self.drain_until_idle(&token).await {
+            beat.beat();
+            match self.drain_until_idle(&token, &beat).await {
                 Ok(claimed) => {
                     last_batch = claimed;
                     if failures > 0 {
                         tracing::info!(failures, "relay recovered");
                     }
                     failures = 0;
+                }
+                Err(RelayError::StaleGeneration { expected, found }) => {
+                    // Not an outage: settle the generation and go on at once.
+                    tracing::info!(expected, ?found, "Redis generation changed; settling it");
+                    continue;
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -288,45 +441,6 @@ impl Relay {
         }
         tracing::info!("relay stopped");
     }
-}
-
-/// Claims the oldest unclaimed rows, deletes them and stamps their jobs'
-/// publish time (in `job_publications`), in one statement. A job queued
-/// again has its stamp removed in that transaction, so a stamp that already
-/// exists belongs to a copy of the same message still in flight: keeping the
-/// first is right.
-///
-/// The transaction commits asynchronously (`synchronous_commit = off`, for
-/// this transaction only): the relay's commit need not wait for the WAL
-/// flush. If PostgreSQL crashes before the flush, the deleted rows come back
-/// and are pushed again, and the push-once markers drop the copies. The
-/// outbox rows themselves were written by synchronous commits. Both only become permanent when the
-/// transaction commits after the push, so the stamp (taken just before the
-/// push) never claims a publish that did not happen.
-async fn claim(
-    tx: &mut Transaction<'_, Postgres>,
-    batch_size: u32,
-) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    let mut rows = sqlx::query_as::<_, OutboxRow>(
-        "WITH claimed AS ( \
-             DELETE FROM outbox WHERE id IN ( \
-                 SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, job_id, lane, payload, created_at), \
-         stamped AS ( \
-             INSERT INTO job_publications (job_id, published_at) \
-             SELECT DISTINCT job_id, clock_timestamp() FROM claimed \
-             ON CONFLICT (job_id) DO NOTHING), \
-         async_commit AS ( \
-             SELECT set_config('synchronous_commit', 'off', true)) \
-         SELECT c.id, c.job_id, c.lane, c.payload, c.created_at \
-         FROM claimed AS c, async_commit",
-    )
-    .bind(i64::from(batch_size))
-    .fetch_all(&mut **tx)
-    .await?;
-    // RETURNING does not promise an order.
-    rows.sort_unstable_by_key(|row| row.id);
-    Ok(rows)
 }
 
 /// Exponential backoff with full jitter: a random pause up to

@@ -21,6 +21,12 @@ pub struct JobMessage {
     pub target_fields: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub enable_code_filter: bool,
+    /// Not in the Go struct: the job's `attempts` when this message was
+    /// queued. A worker claims and updates the job only while `attempts`
+    /// still equals it, so a stale copy never runs beside a fresh one.
+    /// Always present (0 for a new job).
+    #[serde(default)]
+    pub attempt: i32,
     /// Not in the Go struct: the caller's W3C trace context, so a worker can
     /// continue the trace. Only present when the caller sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +59,7 @@ mod tests {
             output_dir: "outputs/novel_jobs".into(),
             target_fields: vec!["title".into(), "description".into(), "content".into()],
             enable_code_filter: true,
+            attempt: 0,
             traceparent: None,
         }
     }
@@ -61,7 +68,7 @@ mod tests {
     fn serializes_every_key_in_the_go_struct_order() {
         assert_eq!(
             full().to_json(),
-            r#"{"job_id":"4f1c2a9e-0000-4000-8000-000000000001","target_lang":"en","source_lang":"ja","output_dir":"outputs/novel_jobs","target_fields":["title","description","content"],"enable_code_filter":true}"#
+            r#"{"job_id":"4f1c2a9e-0000-4000-8000-000000000001","target_lang":"en","source_lang":"ja","output_dir":"outputs/novel_jobs","target_fields":["title","description","content"],"enable_code_filter":true,"attempt":0}"#
         );
     }
 
@@ -74,9 +81,10 @@ mod tests {
             output_dir: String::new(),
             target_fields: Vec::new(),
             enable_code_filter: false,
+            attempt: 2,
             traceparent: None,
         };
-        assert_eq!(message.to_json(), r#"{"job_id":"j"}"#);
+        assert_eq!(message.to_json(), r#"{"job_id":"j","attempt":2}"#);
     }
 
     #[test]
@@ -88,7 +96,7 @@ mod tests {
         };
         assert_eq!(
             message.to_json(),
-            r#"{"job_id":"4f1c2a9e-0000-4000-8000-000000000001","target_lang":"en","output_dir":"outputs/novel_jobs","target_fields":["title","description","content"]}"#
+            r#"{"job_id":"4f1c2a9e-0000-4000-8000-000000000001","target_lang":"en","output_dir":"outputs/novel_jobs","target_fields":["title","description","content"],"attempt":0}"#
         );
     }
 
@@ -99,7 +107,7 @@ mod tests {
             ..full()
         };
         assert!(message.to_json().ends_with(
-            r#""enable_code_filter":true,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#
+            r#""enable_code_filter":true,"attempt":0,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#
         ));
     }
 

@@ -1,12 +1,15 @@
-//! The Redis side of the service: the message format, the lanes, and the
-//! client that pushes to them. Nothing here knows about PostgreSQL.
+//! The Redis side of the service: the message format, the lanes, the client,
+//! the idempotent push and the queue's state. Nothing here knows about
+//! PostgreSQL.
 
+mod client;
 mod lanes;
 mod message;
-mod publisher;
+mod push;
+mod state;
 
+pub use client::{QueueError, RedisQueue, RedisSettings, SAFE_MAXMEMORY_POLICY, eviction_risk};
 pub use lanes::{Lane, MAX_QUEUE_NAME_LEN, QueueName, QueueNameError};
 pub use message::JobMessage;
-pub use publisher::{
-    MARKER_BLOCK_IDS, MAX_MESSAGES_PER_SCRIPT, OutboxMessage, QueueError, RedisQueue, RedisSettings,
-};
+pub use push::{MARKER_BLOCK_IDS, MAX_MESSAGES_PER_SCRIPT, OutboxMessage, Placement, PushOutcome};
+pub use state::{LaneCount, RedisState, Snapshot};

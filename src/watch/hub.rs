@@ -1,21 +1,36 @@
-//! Fan-out of job change events to the streams watching them.
+//! Fan-out of job changes to the streams watching them.
 //!
-//! Each watched job has one `tokio::sync::watch` channel carrying a change
-//! counter. A watcher only learns "something changed" and reads the job
-//! itself, so a slow watcher never blocks the others or the listener: it
-//! misses intermediate counts and skips to the latest state.
+//! Each watched job has one broadcast channel. The listener sends each
+//! change once; every stream of that job receives every change, in order,
+//! without touching the database. A stream that falls more than
+//! [`EVENTS_PER_JOB`] changes behind is told so (it then reads a fresh
+//! snapshot of the job); nothing is skipped silently.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
 };
 
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
-#[derive(Default)]
+use super::event::Change;
+
+/// Changes buffered per watched job for its slowest stream.
+pub const EVENTS_PER_JOB: usize = 256;
+
+/// What a stream receives.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// One change of the job or of a subtask.
+    Change(Arc<Change>),
+    /// Changes may have been missed (the LISTEN connection was re-opened):
+    /// read the job again.
+    Resync,
+}
+
 struct Entry {
-    changes: Option<watch::Sender<u64>>,
+    sender: broadcast::Sender<HubEvent>,
     watchers: usize,
 }
 
@@ -25,12 +40,11 @@ pub struct WatchHub {
     jobs: Arc<Mutex<HashMap<Uuid, Entry>>>,
 }
 
-/// A watcher's handle; unregisters itself when dropped.
+/// A stream's handle; unregisters itself when dropped.
 pub struct Subscription {
     hub: WatchHub,
     job_id: Uuid,
-    /// Resolves `changed()` whenever the job may have changed.
-    pub changes: watch::Receiver<u64>,
+    pub events: broadcast::Receiver<HubEvent>,
 }
 
 impl WatchHub {
@@ -42,31 +56,39 @@ impl WatchHub {
     /// that no change between the read and the subscription is missed.
     pub fn subscribe(&self, job_id: Uuid) -> Subscription {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = jobs.entry(job_id).or_default();
+        let entry = jobs.entry(job_id).or_insert_with(|| Entry {
+            sender: broadcast::channel(EVENTS_PER_JOB).0,
+            watchers: 0,
+        });
         entry.watchers += 1;
-        let sender = entry.changes.get_or_insert_with(|| watch::channel(0).0);
-        let mut changes = sender.subscribe();
-        changes.mark_unchanged();
         Subscription {
             hub: self.clone(),
             job_id,
-            changes,
+            events: entry.sender.subscribe(),
         }
     }
 
-    /// Tells the watchers of one job that it may have changed.
-    pub fn changed(&self, job_id: Uuid) {
+    /// Hands a change to the streams of its job, if any.
+    pub fn publish(&self, change: Change) {
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = jobs.get(&job_id).and_then(|e| e.changes.as_ref()) {
-            sender.send_modify(|count| *count = count.wrapping_add(1));
+        if let Some(entry) = jobs.get(&change.job_id()) {
+            let _ = entry.sender.send(HubEvent::Change(Arc::new(change)));
         }
     }
 
-    /// Tells every watcher to re-read (after events may have been missed).
-    pub fn all_changed(&self) {
+    /// Tells the streams of one job to read it again.
+    pub fn resync(&self, job_id: Uuid) {
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        for sender in jobs.values().filter_map(|e| e.changes.as_ref()) {
-            sender.send_modify(|count| *count = count.wrapping_add(1));
+        if let Some(entry) = jobs.get(&job_id) {
+            let _ = entry.sender.send(HubEvent::Resync);
+        }
+    }
+
+    /// Tells every stream to read its job again.
+    pub fn resync_all(&self) {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in jobs.values() {
+            let _ = entry.sender.send(HubEvent::Resync);
         }
     }
 
@@ -76,6 +98,16 @@ impl WatchHub {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// How many streams are open.
+    pub fn open_streams(&self) -> usize {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|entry| entry.watchers)
+            .sum()
     }
 }
 
@@ -94,23 +126,46 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::event::JobChange;
+
+    fn change(job_id: Uuid, attempts: i32) -> Change {
+        Change::Job(JobChange {
+            job_id,
+            xid: 1,
+            status: "PENDING".into(),
+            attempts,
+            error: None,
+            reread: false,
+            updated_at: 0,
+        })
+    }
 
     #[tokio::test]
-    async fn a_change_reaches_every_watcher_of_that_job_only() {
+    async fn every_change_reaches_every_watcher_of_that_job_only_in_order() {
         let hub = WatchHub::new();
         let job = Uuid::new_v4();
         let other = Uuid::new_v4();
         let mut first = hub.subscribe(job);
         let mut second = hub.subscribe(job);
         let mut elsewhere = hub.subscribe(other);
-        hub.changed(job);
-        assert!(first.changes.has_changed().unwrap());
-        assert!(second.changes.has_changed().unwrap());
-        assert!(!elsewhere.changes.has_changed().unwrap());
-        first.changes.changed().await.unwrap();
-        second.changes.changed().await.unwrap();
-        hub.all_changed();
-        elsewhere.changes.changed().await.unwrap();
+        for attempts in 0..3 {
+            hub.publish(change(job, attempts));
+        }
+        for subscription in [&mut first, &mut second] {
+            for attempts in 0..3 {
+                match subscription.events.recv().await.unwrap() {
+                    HubEvent::Change(c) => assert_eq!(*c, change(job, attempts)),
+                    HubEvent::Resync => panic!("a change"),
+                }
+            }
+        }
+        assert!(elsewhere.events.try_recv().is_err());
+        hub.resync_all();
+        assert!(matches!(
+            elsewhere.events.recv().await,
+            Ok(HubEvent::Resync)
+        ));
+        assert_eq!(hub.open_streams(), 3);
     }
 
     #[test]
@@ -126,16 +181,17 @@ mod tests {
         assert_eq!(hub.watched_jobs(), 0);
     }
 
-    #[test]
-    fn many_changes_to_a_slow_watcher_collapse_into_one() {
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_so() {
         let hub = WatchHub::new();
         let job = Uuid::new_v4();
         let mut slow = hub.subscribe(job);
-        for _ in 0..1000 {
-            hub.changed(job);
+        for attempts in 0..(EVENTS_PER_JOB as i32 + 10) {
+            hub.publish(change(job, attempts));
         }
-        assert!(slow.changes.has_changed().unwrap());
-        assert_eq!(*slow.changes.borrow_and_update(), 1000);
-        assert!(!slow.changes.has_changed().unwrap());
+        assert!(matches!(
+            slow.events.recv().await,
+            Err(broadcast::error::RecvError::Lagged(10))
+        ));
     }
 }

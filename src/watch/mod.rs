@@ -1,8 +1,12 @@
-//! Live job changes: the LISTEN connection and the fan-out to the
-//! WatchTranslationJob streams.
+//! Live job changes: the LISTEN connection, the fan-out of change events to
+//! the WatchTranslationJob streams, and the streams themselves.
 
+mod event;
+mod follow;
 mod hub;
-mod listener;
+pub mod listener;
 
-pub use hub::{Subscription, WatchHub};
+pub use event::{Change, JobChange, SubtaskChange};
+pub use follow::follow;
+pub use hub::{EVENTS_PER_JOB, HubEvent, Subscription, WatchHub};
 pub use listener::{JOB_EVENTS_CHANNEL, Listener};

@@ -102,7 +102,10 @@ async fn retry_requeues_failed_and_cancelled_jobs_only(
                 .unwrap_or_else(|e| panic!("{status}: {e}"))
                 .into_inner();
             assert_eq!(job.status(), JobStatus::Pending, "{status}");
-            assert_eq!(job.attempts, 0);
+            assert_eq!(
+                job.attempts, 3,
+                "a retry is a new attempt, never an old one again"
+            );
             assert_eq!(job.error, "");
             retried.push(job.id);
         } else {
@@ -110,10 +113,16 @@ async fn retry_requeues_failed_and_cancelled_jobs_only(
             assert_eq!(error.code(), Code::FailedPrecondition, "{status}");
         }
     }
-    // Five creates and two retries: seven messages, the retried jobs twice.
+    // Five creates and two retries: seven messages, the retried jobs twice,
+    // the second time for their new attempt.
     let found = wait_for_messages(&redis, &app.queue, Lane::Normal, 7).await;
     for id in &retried {
-        assert_eq!(found.iter().filter(|m| &m.job_id == id).count(), 2, "{id}");
+        let attempts: Vec<i32> = found
+            .iter()
+            .filter(|m| &m.job_id == id)
+            .map(|m| m.attempt)
+            .collect();
+        assert_eq!(attempts, [0, 3], "{id}");
     }
     app.stop().await;
 }

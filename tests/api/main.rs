@@ -4,10 +4,13 @@
 
 mod backpressure;
 mod create;
+mod exactly_once;
+mod health;
 mod http_json;
 mod lifecycle;
 mod outage;
 mod process;
+mod proxy;
 mod reaper;
 mod relay;
 mod support;

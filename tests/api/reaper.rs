@@ -59,6 +59,14 @@ async fn job_state(pool: &PgPool, id: Uuid) -> (String, i32, Option<String>) {
         .unwrap()
 }
 
+async fn outbox_attempts(pool: &PgPool, id: Uuid) -> Vec<i32> {
+    sqlx::query_scalar("SELECT attempt FROM outbox WHERE job_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 async fn outbox_lanes(pool: &PgPool, id: Uuid) -> Vec<String> {
     sqlx::query_scalar("SELECT lane FROM outbox WHERE job_id = $1 ORDER BY id")
         .bind(id)
@@ -79,6 +87,11 @@ async fn a_stuck_job_is_requeued_then_dead_lettered_after_max_attempts(pool: PgP
         stuck_since(&pool, id, Duration::from_secs(3600)).await;
         let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
         assert_eq!(rescued.requeued, [id], "attempt {attempt}");
+        assert_eq!(
+            outbox_attempts(&pool, id).await,
+            [attempt],
+            "one message, for the new attempt"
+        );
         assert!(rescued.dead.is_empty());
         let (status, attempts, _) = job_state(&pool, id).await;
         assert_eq!((status.as_str(), attempts), ("PENDING", attempt));
@@ -90,15 +103,20 @@ async fn a_stuck_job_is_requeued_then_dead_lettered_after_max_attempts(pool: PgP
                 .unwrap();
         assert_eq!(subtask, "PENDING", "half-done subtasks are redone");
     }
-    assert_eq!(outbox_lanes(&pool, id).await, ["normal", "normal"]);
+    // The stale attempt's message never left the outbox; it was dropped.
+    assert_eq!(outbox_lanes(&pool, id).await, ["normal"]);
 
     stuck_since(&pool, id, Duration::from_secs(3600)).await;
     let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
     assert_eq!(rescued.dead, [id]);
     let (status, attempts, error) = job_state(&pool, id).await;
-    assert_eq!((status.as_str(), attempts), ("FAILED", 3));
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("FAILED", 2),
+        "the dead letter keeps the attempt"
+    );
     assert!(error.unwrap().contains("3 attempts"));
-    assert_eq!(outbox_lanes(&pool, id).await, ["normal", "normal", "dead"]);
+    assert_eq!(outbox_lanes(&pool, id).await, ["dead"]);
 
     // Nothing left to rescue.
     let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
@@ -203,39 +221,4 @@ async fn the_running_service_requeues_a_stuck_job_to_redis(
     assert_eq!(dead[0].job_id, id.to_string());
     assert_eq!(job_state(&pool, id).await.0, "FAILED");
     app.stop().await;
-}
-
-#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
-async fn a_pending_job_whose_message_was_lost_is_queued_again(pool: PgPool) {
-    let id = new_job(&pool).await;
-    // The relay published it an hour ago; nobody ever claimed it (a worker
-    // died between its pop and its claim).
-    sqlx::query("DELETE FROM outbox")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO job_publications (job_id, published_at) VALUES ($1, now() - interval '1 hour')",
-    )
-    .bind(id)
-    .execute(&pool)
-    .await
-    .unwrap();
-    let waiting = new_job(&pool).await; // never published: still in the outbox
-
-    let rescued = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
-    assert_eq!(rescued.republished, [id]);
-    assert!(rescued.requeued.is_empty() && rescued.dead.is_empty());
-    assert_eq!(outbox_lanes(&pool, id).await, ["normal"]);
-    assert_eq!(outbox_lanes(&pool, waiting).await, ["normal"], "untouched");
-    let (status, attempts, _) = job_state(&pool, id).await;
-    assert_eq!(
-        (status.as_str(), attempts),
-        ("PENDING", 0),
-        "no attempt counted"
-    );
-
-    // Queued again once, not on every pass.
-    let again = rescue_stuck_jobs(&pool, POLICY).await.unwrap();
-    assert!(again.is_empty());
 }

@@ -1,7 +1,7 @@
 //! The relay on its own: crash between push and commit, concurrent relays,
 //! NOTIFY wake-ups.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use sqlx::{
     PgPool,
@@ -9,57 +9,17 @@ use sqlx::{
 };
 use tokio_util::sync::CancellationToken;
 use translation_jobs::{
-    api::convert,
-    jobs::{create_job, fields::UserId},
-    metrics::Metrics,
-    outbox::{OUTBOX_CHANNEL, Relay, RelaySettings, RelayWake},
-    queue::{Lane, QueueName, RedisQueue, RedisSettings},
+    outbox::OUTBOX_CHANNEL,
+    queue::Lane,
+    supervise::Beat,
+    wake::Wake,
     watch::{Listener, WatchHub},
 };
 
 use crate::support::{
-    SHARED_REDIS_URL, TestApp, cleanup, counts, create_request, messages, redis_client,
+    SHARED_REDIS_URL, TestApp, cleanup, counts, create_jobs, messages, queue, redis_client, relay,
     unique_queue, wait_for_messages,
 };
-
-async fn queue(name: &QueueName) -> RedisQueue {
-    let queue = RedisQueue::connect(
-        &RedisSettings {
-            url: SHARED_REDIS_URL.into(),
-            command_timeout: Duration::from_secs(2),
-        },
-        name.clone(),
-    )
-    .unwrap();
-    queue.wait_connected(Duration::from_secs(10)).await.unwrap();
-    queue
-}
-
-async fn relay(pool: &PgPool, queue: RedisQueue, batch_size: u32) -> Relay {
-    Relay::new(
-        pool.clone(),
-        queue,
-        RelaySettings {
-            batch_size,
-            poll_interval: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(100),
-            linger: Duration::ZERO,
-            marker_ttl: Duration::from_secs(600),
-        },
-        Arc::new(Metrics::default()),
-    )
-    .await
-    .unwrap()
-}
-
-async fn create_jobs(pool: &PgPool, count: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(count);
-    for _ in 0..count {
-        let new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
-        ids.push(create_job(pool, &new).await.unwrap().job.id.to_string());
-    }
-    ids
-}
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_relay_killed_between_push_and_commit_causes_no_duplicate_and_no_loss(pool: PgPool) {
@@ -69,7 +29,10 @@ async fn a_relay_killed_between_push_and_commit_causes_no_duplicate_and_no_loss(
     let created = create_jobs(&pool, 5).await;
 
     // The first attempt reaches Redis, then dies before its commit.
-    assert_eq!(relay.push_then_crash().await.unwrap(), 5);
+    let claimed = relay.claim().await.unwrap();
+    let published = relay.publish(&claimed).await.unwrap();
+    assert_eq!((claimed.rows.len(), published.pushed()), (5, 5));
+    drop(claimed);
     assert_eq!(counts(&pool).await.2, 5, "rows are back in the outbox");
     assert_eq!(messages(&redis, &name, Lane::Normal).await.len(), 5);
 
@@ -105,8 +68,8 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once(pool: PgPool) {
     let second = relay(&pool, queue(&name).await, 25).await;
     let token = CancellationToken::new();
     let runs = [
-        tokio::spawn(first.run(token.clone(), RelayWake::new())),
-        tokio::spawn(second.run(token.clone(), RelayWake::new())),
+        tokio::spawn(first.run(token.clone(), Wake::new(), Beat::detached("relay"))),
+        tokio::spawn(second.run(token.clone(), Wake::new(), Beat::detached("relay"))),
     ];
     let found = wait_for_messages(&redis, &name, Lane::Normal, created.len()).await;
     // Let any stray second push land before counting.
@@ -127,10 +90,10 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once(pool: PgPool) {
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_notify_on_the_outbox_channel_wakes_the_relay(pool: PgPool) {
-    let wake = RelayWake::new();
+    let wake = Wake::new();
     let token = CancellationToken::new();
     let listener = Listener::new(pool.clone(), WatchHub::new(), wake.clone());
-    let running = tokio::spawn(listener.run(token.clone()));
+    let running = tokio::spawn(listener.run(token.clone(), Beat::detached("listener")));
     // The listener wakes the relay once when it connects (rows may have
     // arrived unannounced before); after that only a NOTIFY does.
     tokio::time::timeout(Duration::from_secs(10), wake.woken())

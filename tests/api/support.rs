@@ -6,6 +6,7 @@ use std::{
     net::{SocketAddr, TcpListener as StdListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -14,13 +15,20 @@ use sqlx::{PgPool, postgres::PgConnectOptions};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use translation_jobs::{
-    api::proto::{
-        CreateTranslationJobRequest, TranslationJob,
-        translation_job_service_client::TranslationJobServiceClient,
+    api::{
+        convert,
+        proto::{
+            CreateTranslationJobRequest, TranslationJob,
+            translation_job_service_client::TranslationJobServiceClient,
+        },
     },
     app::App,
     config::Settings,
-    queue::{JobMessage, Lane, QueueName},
+    jobs::{self, fields::UserId},
+    metrics::Metrics,
+    outbox::{Relay, RelaySettings},
+    queue::{JobMessage, Lane, QueueName, RedisQueue, RedisSettings},
+    wake::Wake,
 };
 use uuid::Uuid;
 
@@ -31,6 +39,70 @@ pub const SHARED_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub const NOVEL_ID: &str = "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e";
+
+/// A client of the shared Redis for one queue, connected.
+pub async fn queue(name: &QueueName) -> RedisQueue {
+    queue_at(SHARED_REDIS_URL, name).await
+}
+
+/// A client of the Redis at `url` for one queue, connected.
+pub async fn queue_at(url: &str, name: &QueueName) -> RedisQueue {
+    let queue = RedisQueue::connect(
+        &RedisSettings {
+            url: url.into(),
+            command_timeout: Duration::from_secs(2),
+        },
+        name.clone(),
+    )
+    .expect("a valid Redis URL");
+    queue
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .expect("Redis answers");
+    queue
+}
+
+/// Relay settings for tests: no linger, short pauses.
+pub fn relay_settings(batch_size: u32) -> RelaySettings {
+    RelaySettings {
+        batch_size,
+        poll_interval: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(100),
+        linger: Duration::ZERO,
+        marker_ttl: Duration::from_secs(600),
+        call_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A relay on `pool` that the test drives step by step.
+pub async fn relay(pool: &PgPool, queue: RedisQueue, batch_size: u32) -> Relay {
+    Relay::new(
+        pool.clone(),
+        queue,
+        relay_settings(batch_size),
+        Arc::new(Metrics::default()),
+        Wake::new(),
+    )
+    .await
+    .expect("the relay reads the database's identity")
+}
+
+/// Creates jobs straight through the domain (no service needed); their ids.
+pub async fn create_jobs(pool: &PgPool, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let new = convert::new_job(UserId::default(), create_request(), 10).expect("valid request");
+        ids.push(
+            jobs::create_job(pool, &new)
+                .await
+                .expect("create")
+                .job
+                .id
+                .to_string(),
+        );
+    }
+    ids
+}
 
 /// A queue name no other test uses.
 pub fn unique_queue() -> QueueName {
@@ -65,7 +137,7 @@ pub fn settings(
     }
     let mut settings =
         Settings::from_lookup(|name| vars.get(name).cloned()).expect("valid test settings");
-    settings.database = database;
+    settings.database.connect = database;
     settings
 }
 
@@ -272,17 +344,15 @@ pub async fn wait_for_messages(
     }
 }
 
-/// Deletes every key a test made on the shared Redis.
+/// Deletes every key a test made on the shared Redis: the plain list and
+/// everything tagged with the queue's name (lanes, markers, state).
 pub async fn cleanup(redis: &Client, queue: &QueueName) {
-    let mut keys: Vec<String> = Lane::ALL.iter().map(|lane| queue.key(*lane)).collect();
-    for lane in Lane::ALL {
-        let pattern = format!("{{{}}}:pushed:*", queue.key(lane));
-        let found: Vec<String> = redis
-            .custom(fred::cmd!("KEYS"), vec![pattern])
-            .await
-            .unwrap_or_default();
-        keys.extend(found);
-    }
+    let mut keys: Vec<String> = vec![queue.key(Lane::Normal)];
+    let found: Vec<String> = redis
+        .custom(fred::cmd!("KEYS"), vec![queue.tagged("*")])
+        .await
+        .unwrap_or_default();
+    keys.extend(found);
     let _: Result<i64, _> = redis.del(keys).await;
 }
 
@@ -313,6 +383,8 @@ pub struct TestRedis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (`--maxmemory-policy allkeys-lru`).
+    args: Vec<String>,
 }
 
 impl TestRedis {
@@ -322,7 +394,16 @@ impl TestRedis {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            args: Vec::new(),
         }
+    }
+
+    /// A server started with extra `redis-server` arguments.
+    pub async fn started_with(args: &[&str]) -> Self {
+        let mut redis = Self::stopped();
+        redis.args = args.iter().map(|a| (*a).to_owned()).collect();
+        redis.start().await;
+        redis
     }
 
     pub async fn started() -> Self {
@@ -349,6 +430,7 @@ impl TestRedis {
             .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -189,3 +189,124 @@ async fn open_watch_streams_end_at_shutdown_and_do_not_hold_it_up(
         "no further job state after shutdown"
     );
 }
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_watcher_sees_every_change_of_a_fast_worker_in_order(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::ready(database.clone()).await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let mut request = create_request();
+    request.subtasks = (1..=2)
+        .map(|i| SubtaskSpec {
+            entity_type: "chapter".into(),
+            entity_id: i.to_string(),
+        })
+        .collect();
+    let job = app
+        .client
+        .create_translation_job(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = app
+        .client
+        .watch_translation_job(WatchTranslationJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await.unwrap().unwrap();
+    assert_eq!(first.status(), JobStatus::Pending);
+
+    // A worker claims, finishes both subtasks and the job within a
+    // millisecond: four commits, back to back on one connection.
+    let mut conn = pool.acquire().await.unwrap();
+    for statement in [
+        "UPDATE translation_jobs SET status = 'IN_PROGRESS' WHERE id = $1::uuid",
+        "UPDATE translation_subtasks SET status = 'COMPLETED' WHERE job_id = $1::uuid AND entity_id = '1'",
+        "UPDATE translation_subtasks SET status = 'COMPLETED' WHERE job_id = $1::uuid AND entity_id = '2'",
+        "UPDATE translation_jobs SET status = 'COMPLETED' WHERE id = $1::uuid",
+    ] {
+        sqlx::query(statement)
+            .bind(&job.id)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+
+    let mut seen = Vec::new();
+    while let Some(state) = next(&mut stream).await {
+        let state = state.unwrap();
+        seen.push((state.status(), state.completed_subtasks));
+    }
+    assert_eq!(
+        seen,
+        [
+            (JobStatus::InProgress, 0),
+            (JobStatus::InProgress, 1),
+            (JobStatus::InProgress, 2),
+            (JobStatus::Completed, 2),
+        ],
+        "every change, in order, none coalesced"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_watcher_that_falls_far_behind_gets_a_fresh_snapshot_and_then_the_end(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::ready(database.clone()).await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let job = app.create().await;
+    let mut stream = app
+        .client
+        .watch_translation_job(WatchTranslationJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut stream).await.unwrap().unwrap();
+
+    // Far more changes than a stream buffers, while the client reads none.
+    let changes = translation_jobs::watch::EVENTS_PER_JOB as i32 * 3;
+    for attempt in 1..=changes {
+        sqlx::query("UPDATE translation_jobs SET error = $2 WHERE id = $1::uuid")
+            .bind(&job.id)
+            .bind(format!("change {attempt}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "UPDATE translation_jobs SET status = 'FAILED', error = 'last' WHERE id = $1::uuid",
+    )
+    .bind(&job.id)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // What arrives is in order and ends with the job's real final state:
+    // the changes it kept up with, then a snapshot, never a stale state
+    // after a newer one.
+    let mut errors = Vec::new();
+    let mut last = None;
+    while let Some(state) = next(&mut stream).await {
+        let state = state.unwrap();
+        if let Some(n) = state.error.strip_prefix("change ") {
+            errors.push(n.parse::<i32>().unwrap());
+        }
+        last = Some(state);
+    }
+    let last = last.expect("at least the end");
+    assert_eq!(
+        (last.status(), last.error.as_str()),
+        (JobStatus::Failed, "last")
+    );
+    assert!(
+        errors.windows(2).all(|w| w[0] < w[1]),
+        "in order: {errors:?}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,160 @@
+//! PostgreSQL connections: the pool every part of the service shares, the
+//! migrations, and the time limit on every call.
+//!
+//! Three limits keep a slow or vanished server from hanging the service:
+//! `statement_timeout` (the server cancels a statement that runs too long),
+//! `idle_in_transaction_session_timeout` (the server ends a session that
+//! holds a transaction open and idle, releasing its locks), and
+//! [`bounded`] on the client, for a server that does not answer at all (a
+//! black-holed network path): the call fails with a timeout and its
+//! connection is not reused. Server-side TCP keepalives make PostgreSQL
+//! notice a client that vanished (and roll back its transaction) within
+//! about a minute.
+
+use std::{future::Future, time::Duration};
+
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// PostgreSQL ends a session left idle inside a transaction this long, so a
+/// relay that hangs between push and commit releases its rows. The marker
+/// lifetime must be well above it.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a client call may take beyond the statement timeout (connecting,
+/// waiting for a pooled connection, the round trip) before it is abandoned.
+const CALL_MARGIN: Duration = Duration::from_secs(5);
+
+/// Server-side TCP keepalive: probes after this much silence, this often,
+/// this many times.
+const KEEPALIVE_IDLE_SECS: &str = "30";
+const KEEPALIVE_INTERVAL_SECS: &str = "10";
+const KEEPALIVE_COUNT: &str = "3";
+
+/// How to reach PostgreSQL and how long to wait for it.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// Where the jobs live (`DATABASE_URL`, or the older `DATABASE_DSN`).
+    /// Carries the password: never printed.
+    pub connect: PgConnectOptions,
+    pub pool_size: u32,
+    /// How long a call waits for a free connection.
+    pub acquire_timeout: Duration,
+    /// The server cancels any statement of the service that runs longer.
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    /// The longest any one database call of the service may take.
+    pub fn call_timeout(&self) -> Duration {
+        self.statement_timeout + CALL_MARGIN
+    }
+
+    /// Options of every connection of the pool.
+    ///
+    /// `enable_seqscan = off`: a connection caches its plans, including
+    /// PostgreSQL's own foreign-key check on `translation_subtasks.job_id`;
+    /// planned while `translation_jobs` looked empty, that check is a
+    /// sequential scan, and kept as the table grows it made each create scan
+    /// the whole table (measured: 521 creates/s instead of thousands). Every
+    /// query of the service has an index to use, so the setting only removes
+    /// that trap; where no index fits, PostgreSQL still scans.
+    fn pool_options(&self) -> PgConnectOptions {
+        let statement = format!("{}ms", self.statement_timeout.as_millis());
+        let idle = format!("{}ms", IDLE_IN_TRANSACTION_TIMEOUT.as_millis());
+        self.connect
+            .clone()
+            .application_name("translation-jobs")
+            .options([
+                ("statement_timeout", statement.as_str()),
+                ("idle_in_transaction_session_timeout", idle.as_str()),
+                ("tcp_keepalives_idle", KEEPALIVE_IDLE_SECS),
+                ("tcp_keepalives_interval", KEEPALIVE_INTERVAL_SECS),
+                ("tcp_keepalives_count", KEEPALIVE_COUNT),
+                ("enable_seqscan", "off"),
+            ])
+    }
+}
+
+impl DatabaseSettings {
+    /// Options of the health probe's own connection.
+    pub fn probe_options(&self) -> PgConnectOptions {
+        self.pool_options()
+            .application_name("translation-jobs-probe")
+    }
+}
+
+/// A lazy pool: creating it needs no server, connections open on first use.
+pub fn pool(settings: &DatabaseSettings) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(settings.pool_size)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(settings.pool_options())
+}
+
+/// Runs the migrations under sqlx's advisory lock (safe with any number of
+/// replicas starting at once) on a connection of their own, without the
+/// statement timeout (a migration may rewrite a large table), then
+/// refreshes the planner's statistics.
+pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
+    let options = settings
+        .connect
+        .clone()
+        .application_name("translation-jobs-migrate");
+    // A pool of one rather than a bare connection: sqlx's migrator future is
+    // only `Send` over a pool.
+    let pool = bounded(
+        settings.call_timeout(),
+        PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.call_timeout())
+            .connect_with(options),
+    )
+    .await?;
+    let migrated = async {
+        MIGRATOR.run(&pool).await.map_err(|error| match error {
+            sqlx::migrate::MigrateError::Execute(error) => error,
+            other => sqlx::Error::Migrate(Box::new(other)),
+        })?;
+        // Current statistics for the plans made from here on.
+        sqlx::query("ANALYZE translation_jobs, translation_subtasks, outbox")
+            .execute(&pool)
+            .await?;
+        Ok(())
+    }
+    .await;
+    pool.close().await;
+    migrated
+}
+
+/// Runs one database call (or a few in one transaction) with a time limit.
+/// A call that does not finish in time fails as an I/O timeout (mapped to
+/// UNAVAILABLE); dropping it drops its connection's work (an open
+/// transaction rolls back), and sqlx tests a connection before it goes back
+/// to the pool.
+pub async fn bounded<T, E: From<sqlx::Error>>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(E::from(timed_out(limit))),
+    }
+}
+
+/// The error of a call abandoned after `limit`.
+pub fn timed_out(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "PostgreSQL did not answer within {}",
+            humantime::format_duration(limit)
+        ),
+    ))
+}

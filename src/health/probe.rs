@@ -1,0 +1,62 @@
+//! The database probe: readiness follows whether PostgreSQL answers, on a
+//! connection of the probe's own (a pool busy with real work must not look
+//! like an outage, and an outage must not wait for a pool's timeout).
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use tokio_util::sync::CancellationToken;
+
+use super::Health;
+use crate::{db::bounded, supervise::Beat, telemetry::error_chain};
+
+/// How often the probe asks.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an answer may take before PostgreSQL counts as unreachable.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs until `token` is cancelled: `SELECT 1` every [`PROBE_INTERVAL`],
+/// reconnecting after any failure; also refreshes liveness from the loops'
+/// heartbeats.
+pub async fn run_database_probe(
+    options: PgConnectOptions,
+    health: Health,
+    token: CancellationToken,
+    beat: Beat,
+) {
+    let mut connection: Option<PgConnection> = None;
+    loop {
+        beat.beat();
+        health.refresh_liveness();
+        let answered = probe(&options, &mut connection).await;
+        if let Err(error) = &answered {
+            if health.database_reachable() {
+                tracing::warn!(error = %error_chain(error), "PostgreSQL probe failed");
+            }
+            connection = None;
+        }
+        health.set_database_reachable(answered.is_ok());
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+    if let Some(connection) = connection {
+        let _ = connection.close().await;
+    }
+}
+
+async fn probe(
+    options: &PgConnectOptions,
+    connection: &mut Option<PgConnection>,
+) -> Result<(), sqlx::Error> {
+    bounded(PROBE_TIMEOUT, async {
+        let conn = match connection {
+            Some(conn) => conn,
+            None => connection.insert(PgConnection::connect_with(options).await?),
+        };
+        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,115 @@
+//! Handing a job out again: the one place that moves a job to a new attempt
+//! and queues its message, shared by retry, redrive, the rescue of stuck
+//! jobs and the re-queue of lost messages. Also the lock order all of them
+//! keep.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{
+    Job, JobError,
+    get::{JobRow, RETURNING_JOB},
+};
+use crate::outbox::{Pending, enqueue};
+
+/// Why a job is handed out again; decides what else is reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A caller asked (retry) or an operator redrove a dead letter: a fresh
+    /// budget of rescues, the error cleared.
+    Fresh,
+    /// The reaper found the job stuck IN_PROGRESS: one more rescue counted.
+    Stuck,
+    /// Its message was lost (popped by a worker that never claimed it, or
+    /// gone with Redis's data): nothing else changes.
+    Lost,
+}
+
+/// Moves jobs to PENDING under a new attempt (`attempts + 1`) in one
+/// statement, drops what of theirs still waits in the outbox (an older
+/// attempt's message) and their publication, and queues one message for the
+/// new attempt. A worker still inside an older attempt finds its guarded
+/// updates matching nothing from the commit on.
+///
+/// Runs in the caller's transaction; the caller has locked the jobs (their
+/// subtasks first, see [`lock_subtasks`]) and decides which jobs qualify.
+/// Returns the jobs as they now are, without subtasks.
+pub(crate) async fn hand_out_again(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+    reason: Reason,
+) -> Result<Vec<Job>, JobError> {
+    if job_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (reset, add_rescue) = match reason {
+        Reason::Fresh => (true, 0),
+        Reason::Stuck => (false, 1),
+        Reason::Lost => (false, 0),
+    };
+    let rows = sqlx::query_as::<_, JobRow>(&format!(
+        "UPDATE translation_jobs SET status = 'PENDING', attempts = attempts + 1, \
+             rescues = CASE WHEN $2 THEN 0 ELSE rescues + $3 END, \
+             error = CASE WHEN $2 THEN NULL ELSE error END \
+         WHERE id = ANY($1) {RETURNING_JOB}"
+    ))
+    .bind(job_ids)
+    .bind(reset)
+    .bind(add_rescue)
+    .fetch_all(&mut *conn)
+    .await?;
+    let jobs = rows
+        .into_iter()
+        .map(|row| row.into_job(Vec::new()))
+        .collect::<Result<Vec<_>, _>>()?;
+    forget_messages(conn, job_ids).await?;
+    let messages: Vec<Pending> = jobs
+        .iter()
+        .map(|job| Pending {
+            job_id: job.id,
+            attempt: job.attempts,
+            lane: job.priority.lane(),
+            payload: job.message().to_json(),
+        })
+        .collect();
+    enqueue(conn, &messages).await?;
+    Ok(jobs)
+}
+
+/// Drops the jobs' rows still waiting in the outbox and their publications:
+/// their messages are stale (the job is cancelled, or queued again under a
+/// new attempt). A row a relay is pushing right now is locked; this waits
+/// for that relay's short transaction, then finds the row gone, and the
+/// message it pushed is stale (the claim's attempt check refuses it).
+///
+/// Outbox rows first, then publications: the order the relay locks them in
+/// (claim, then record), so the two never deadlock.
+pub(crate) async fn forget_messages(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM outbox WHERE job_id = ANY($1)")
+        .bind(job_ids)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM job_publications WHERE job_id = ANY($1)")
+        .bind(job_ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Locks jobs' subtasks before the jobs themselves. A worker's subtask
+/// update locks the subtask and then, through the heartbeat trigger, the
+/// job; taking them in the same order here means the two can wait for each
+/// other but never deadlock.
+pub(crate) async fn lock_subtasks(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM translation_subtasks WHERE job_id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(job_ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! Exactly once under real operations: outbox ids handed out again, pushes
+//! that fail half way, stale workers, copies of waiting messages, messages
+//! lost with Redis's data.
+
+use std::{collections::HashSet, time::Duration};
+
+use fred::prelude::{ClientLike, KeysInterface, ListInterface};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use translation_jobs::{
+    api::proto::{CancelTranslationJobRequest, RetryTranslationJobRequest},
+    jobs::RescuePolicy,
+    queue::{JobMessage, Lane},
+    reaper::{Reaper, ReaperSettings},
+    wake::Wake,
+};
+use uuid::Uuid;
+
+use crate::support::{
+    PATIENCE, SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_jobs, messages, queue,
+    queue_at, redis_client, relay, unique_queue, wait_for_messages,
+};
+
+const STUCK_AFTER: Duration = Duration::from_secs(3600);
+
+fn reaper(pool: &PgPool, queue: translation_jobs::queue::RedisQueue) -> Reaper {
+    Reaper::new(
+        pool.clone(),
+        queue,
+        ReaperSettings {
+            interval: Duration::from_secs(3600),
+            policy: RescuePolicy {
+                stuck_after: STUCK_AFTER,
+                max_attempts: 3,
+                batch_size: 100,
+            },
+            call_timeout: Duration::from_secs(10),
+        },
+        Wake::new(),
+    )
+}
+
+/// Makes every publication look older than the reaper's timeout.
+async fn publications_an_hour_and_more_ago(pool: &PgPool) {
+    sqlx::query("UPDATE job_publications SET published_at = now() - interval '2 hours'")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn outbox_ids(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn ids(messages: &[JobMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.job_id.clone()).collect()
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn an_outbox_id_handed_out_again_is_still_delivered(pool: PgPool) {
+    let name = unique_queue();
+    let relay = relay(&pool, queue(&name).await, 100).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+
+    let first = create_jobs(&pool, 1).await;
+    let first_id = outbox_ids(&pool).await[0];
+    assert_eq!(relay.drain_once().await.unwrap().pushed, 1);
+
+    // A point-in-time restore (or a failover to a standby that had not seen
+    // the last nextval) rewinds the identity sequence: the next row gets the
+    // id of a row that was already published.
+    sqlx::query("SELECT setval(pg_get_serial_sequence('outbox', 'id'), $1, false)")
+        .bind(first_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let second = create_jobs(&pool, 1).await;
+    assert_eq!(
+        outbox_ids(&pool).await,
+        [first_id],
+        "the id is handed out again"
+    );
+
+    let drained = relay.drain_once().await.unwrap();
+    assert_eq!(
+        (drained.claimed, drained.pushed),
+        (1, 1),
+        "not taken for a duplicate"
+    );
+    let found = messages(&redis, &name, Lane::Normal).await;
+    assert_eq!(ids(&found), [first[0].clone(), second[0].clone()]);
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_push_that_fails_half_way_leaves_no_marker_and_the_retry_delivers_once(pool: PgPool) {
+    let name = unique_queue();
+    let relay = relay(&pool, queue(&name).await, 100).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let created = create_jobs(&pool, 3).await;
+
+    // The lane's key holds a string: RPUSH fails with WRONGTYPE.
+    let _: () = redis
+        .set(name.key(Lane::Normal), "not a list", None, None, false)
+        .await
+        .unwrap();
+    relay.drain_once().await.expect_err("the push fails");
+    assert_eq!(counts(&pool).await.2, 3, "the rows stay in the outbox");
+
+    let _: i64 = redis.del(name.key(Lane::Normal)).await.unwrap();
+    let drained = relay.drain_once().await.unwrap();
+    assert_eq!((drained.claimed, drained.pushed), (3, 3));
+    assert_eq!(ids(&messages(&redis, &name, Lane::Normal).await), created);
+    assert_eq!(relay.drain_once().await.unwrap().claimed, 0);
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn every_message_names_its_attempt_and_a_stale_attempt_cannot_claim(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::ready(database.clone()).await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+
+    let job = app.create().await;
+    let first = wait_for_messages(&redis, &app.queue, Lane::Normal, 1).await;
+    assert_eq!(first[0].attempt, 0);
+    // A worker takes attempt 0 with the claim of the contract.
+    let claim = |attempt: i32| {
+        let pool = pool.clone();
+        let id = job.id.clone();
+        async move {
+            sqlx::query(
+                "UPDATE translation_jobs SET status = 'IN_PROGRESS' \
+                 WHERE id = $1::uuid AND status = 'PENDING' AND attempts = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .execute(&pool)
+            .await
+            .unwrap()
+            .rows_affected()
+        }
+    };
+    assert_eq!(claim(0).await, 1);
+
+    // Cancelled and retried while that worker is still inside it.
+    app.client
+        .cancel_translation_job(CancelTranslationJobRequest { id: job.id.clone() })
+        .await
+        .unwrap();
+    let retried = app
+        .client
+        .retry_translation_job(RetryTranslationJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.attempts, 1);
+    let both = wait_for_messages(&redis, &app.queue, Lane::Normal, 2).await;
+    assert_eq!(both[1].attempt, 1);
+
+    // A stale copy of attempt 0 claims nothing; attempt 1 does. And the old
+    // worker's guarded update matches nothing either.
+    assert_eq!(claim(0).await, 0, "a stale attempt cannot claim");
+    assert_eq!(claim(1).await, 1);
+    let stale_update = sqlx::query(
+        "UPDATE translation_jobs SET status = 'COMPLETED' \
+         WHERE id = $1::uuid AND status = 'IN_PROGRESS' AND attempts = 0",
+    )
+    .bind(&job.id)
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(stale_update, 0);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_message_still_waiting_in_its_lane_is_never_copied(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::spawn_with(
+        database.clone(),
+        SHARED_REDIS_URL,
+        unique_queue(),
+        &[("REAPER_ENABLED", "false")],
+    )
+    .await;
+    app.wait_ready().await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    for _ in 0..5 {
+        app.create().await;
+    }
+    wait_for_messages(&redis, &app.queue, Lane::Normal, 5).await;
+
+    // No worker runs: the messages wait far longer than the stuck timeout.
+    publications_an_hour_and_more_ago(&pool).await;
+    let reaper = reaper(&pool, queue(&app.queue).await);
+    for _ in 0..3 {
+        let rescued = reaper.reap_once().await.unwrap();
+        assert!(rescued.is_empty(), "{rescued:?}");
+    }
+    assert_eq!(messages(&redis, &app.queue, Lane::Normal).await.len(), 5);
+    assert_eq!(
+        counts(&pool).await.2,
+        0,
+        "nothing waits in the outbox either"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_message_popped_by_a_worker_that_died_is_queued_again_after_the_timeout(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::spawn_with(
+        database.clone(),
+        SHARED_REDIS_URL,
+        unique_queue(),
+        &[("REAPER_ENABLED", "false")],
+    )
+    .await;
+    app.wait_ready().await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    for _ in 0..3 {
+        app.create().await;
+    }
+    wait_for_messages(&redis, &app.queue, Lane::Normal, 3).await;
+    let reaper = reaper(&pool, queue(&app.queue).await);
+
+    // A worker pops the first message and dies before claiming it.
+    let popped: String = redis.lpop(app.queue.key(Lane::Normal), None).await.unwrap();
+    let popped: JobMessage = serde_json::from_str(&popped).unwrap();
+    assert!(
+        reaper.reap_once().await.unwrap().is_empty(),
+        "not before the timeout"
+    );
+
+    publications_an_hour_and_more_ago(&pool).await;
+    let rescued = reaper.reap_once().await.unwrap();
+    assert_eq!(
+        rescued.republished,
+        [Uuid::parse_str(&popped.job_id).unwrap()]
+    );
+    let found = wait_for_messages(&redis, &app.queue, Lane::Normal, 3).await;
+    assert_eq!(found.len(), 3);
+    assert_eq!(found[2].job_id, popped.job_id, "queued again");
+    assert_eq!(found[2].attempt, 1, "as a new attempt");
+
+    publications_an_hour_and_more_ago(&pool).await;
+    assert!(
+        reaper.reap_once().await.unwrap().is_empty(),
+        "once, not on every pass"
+    );
+    assert_eq!(messages(&redis, &app.queue, Lane::Normal).await.len(), 3);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn when_redis_loses_its_data_every_pending_job_is_queued_again_once(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let redis_server = TestRedis::started().await;
+    let mut app = TestApp::spawn_with(
+        database.clone(),
+        &redis_server.url(),
+        unique_queue(),
+        &[("REAPER_INTERVAL", "200ms")],
+    )
+    .await;
+    app.wait_ready().await;
+    let pool = PgPool::connect_with(database).await.unwrap();
+    let redis = redis_client(&redis_server.url()).await;
+    for _ in 0..4 {
+        app.create().await;
+    }
+    let queued = wait_for_messages(&redis, &app.queue, Lane::Normal, 4).await;
+
+    // A worker pops and claims the first one.
+    let _: String = redis.lpop(app.queue.key(Lane::Normal), None).await.unwrap();
+    sqlx::query(
+        "UPDATE translation_jobs SET status = 'IN_PROGRESS' \
+         WHERE id = $1::uuid AND status = 'PENDING' AND attempts = 0",
+    )
+    .bind(&queued[0].job_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // Redis restarts without persistence (or someone runs FLUSHALL).
+    let _: () = redis.flushall(false).await.unwrap();
+
+    let again = wait_for_messages(&redis, &app.queue, Lane::Normal, 3).await;
+    let pending: HashSet<String> = ids(&queued[1..]).into_iter().collect();
+    assert_eq!(ids(&again).into_iter().collect::<HashSet<_>>(), pending);
+    assert!(again.iter().all(|m| m.attempt == 1), "{again:?}");
+    // Several reaper passes later: still once each, and the job a worker
+    // holds is left to it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(messages(&redis, &app.queue, Lane::Normal).await.len(), 3);
+    let held: i32 = sqlx::query_scalar("SELECT attempts FROM translation_jobs WHERE id = $1::uuid")
+        .bind(&queued[0].job_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(held, 0);
+    app.stop().await;
+    let _ = redis.quit().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn the_lanes_share_the_queue_s_slot_and_old_lane_keys_are_moved(pool: PgPool) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    // An older version left a high-priority message on the old key.
+    let legacy = format!("{}:high", name.as_str());
+    let _: i64 = redis
+        .rpush(
+            &legacy,
+            r#"{"job_id":"00000000-0000-4000-8000-000000000001"}"#,
+        )
+        .await
+        .unwrap();
+    let relay = relay(&pool, queue_at(SHARED_REDIS_URL, &name).await, 100).await;
+    create_jobs(&pool, 1).await;
+    relay.drain_once().await.unwrap();
+
+    assert_eq!(name.key(Lane::High), format!("{{{}}}:high", name.as_str()));
+    let high = messages(&redis, &name, Lane::High).await;
+    assert_eq!(high.len(), 1, "moved to {{queue}}:high");
+    let exists: i64 = redis.exists(&legacy).await.unwrap();
+    assert_eq!(exists, 0);
+    assert!(PATIENCE > Duration::ZERO);
+    cleanup(&redis, &name).await;
+}
