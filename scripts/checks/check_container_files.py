@@ -117,9 +117,10 @@ def check_compose(root: Path) -> None:
         problems.append(f"docker-compose.yml: {error}")
         return
     services = compose.get("services") or {}
-    for name in ("postgres", "redis", "translation-jobs", "worker"):
-        check(name in services, f"docker-compose.yml: service {name} missing")
-    if problems:
+    missing = [name for name in ("postgres", "redis", "translation-jobs", "worker") if name not in services]
+    for name in missing:
+        problems.append(f"docker-compose.yml: service {name} missing")
+    if missing:
         return
     check(str(services["postgres"].get("image", "")).startswith("postgres:15"), "postgres is not postgres:15")
     redis = services["redis"]

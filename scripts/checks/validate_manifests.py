@@ -196,7 +196,13 @@ def main() -> int:
             report.error("render", f"not a Kubernetes object: {str(doc)[:80]}")
     docs = [d for d in docs if isinstance(d, dict) and "kind" in d and "apiVersion" in d]
     validate_schema(docs, args.kube_version, report)
-    check_consistency(docs, report)
+    if report.errors:
+        print("  (cross-object checks skipped until the schema errors are fixed)")
+    else:
+        try:
+            check_consistency(docs, report)
+        except (KeyError, TypeError, IndexError, AttributeError) as error:
+            report.error("render", f"cross-object checks could not read the objects: {error!r}")
     kinds = ", ".join(sorted({d["kind"] for d in docs}))
     if report.errors:
         print(f"FAIL {args.label}: {len(report.errors)} error(s) in {len(docs)} objects")
