@@ -142,7 +142,7 @@ refuses() {
     if out=$("$helm" template translation-jobs "$chart" "$@" 2>&1); then
         fail "rendered although it should refuse: $*"
     elif grep -qF -- "$expect" <<<"$out"; then
-        echo "  ok   refused ($expect): $*"
+        echo "  ok   refused ($expect): ${*:-(default values)}"
     else
         printf '%s\n' "$out" | sed 's/^/  /'
         fail "refused without saying '$expect': $*"

@@ -87,7 +87,7 @@ if [ -n "$against" ]; then
         echo "  skipped: $(git log -1 --format=%h "$against") has no proto/: the API starts after it ($reason)"
     else
         # A revision without buf.yaml is read as a plain directory of .proto files.
-        input=".git#ref=$against"
+        input=".git#ref=$against,depth=1"
         git cat-file -e "$against:buf.yaml" 2>/dev/null || input="$input,subdir=proto"
         echo "  against $(git log -1 --format='%h "%s"' "$against") ($reason)"
         "$buf" breaking --against "$input"
