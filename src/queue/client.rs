@@ -61,6 +61,8 @@ pub struct RedisQueue {
     pub(super) snapshot: Script,
     pub(super) start_generation: Script,
     move_lane: Script,
+    /// Limit of one command (`REDIS_COMMAND_TIMEOUT`).
+    command_timeout: Duration,
 }
 
 impl RedisQueue {
@@ -111,6 +113,7 @@ impl RedisQueue {
             snapshot: Script::from_lua(include_str!("snapshot.lua")),
             start_generation: Script::from_lua(include_str!("start_generation.lua")),
             move_lane: Script::from_lua(include_str!("move_lane.lua")),
+            command_timeout: timeout,
         })
     }
 
@@ -191,6 +194,32 @@ impl RedisQueue {
     pub async fn delete(&self, keys: Vec<String>) -> Result<(), QueueError> {
         let _: i64 = self.client.del(keys).await?;
         Ok(())
+    }
+
+    /// Opens a new connection when `error` is a command that timed out,
+    /// and tells whether it did.
+    ///
+    /// fred closes a connection as unresponsive only when nothing was
+    /// written to it for `unresponsive.max_timeout` while an answer is
+    /// due; under steady traffic (the relay's retries, the backlog's
+    /// samples) there is always a recent write, so a connection that stops
+    /// answering for good (a black-holed path, a proxy that lost its
+    /// upstream, a NAT that forgot the flow) would be kept, and every
+    /// command on it would time out, until the traffic paused. A timed-out
+    /// command is the sign: start over on a fresh connection. Commands in
+    /// flight are retried there; a push sent twice is harmless (the
+    /// push-once markers).
+    pub async fn reconnect_after_timeout(&self, error: &QueueError) -> bool {
+        let QueueError::Command(error) = error else {
+            return false;
+        };
+        if *error.kind() != fred::error::ErrorKind::Timeout {
+            return false;
+        }
+        tracing::warn!("a Redis command timed out; reconnecting");
+        let limit = self.command_timeout;
+        let _ = tokio::time::timeout(limit, self.client.force_reconnection()).await;
+        true
     }
 
     /// Closes the connection.
