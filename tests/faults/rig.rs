@@ -99,6 +99,34 @@ impl Rig {
         counts
     }
 
+    /// Writes `count` jobs and their outbox rows straight into the
+    /// database in one statement, as `bench/drain.sh` does (creating them
+    /// through gRPC would take minutes); returns their ids. The relay finds
+    /// them at its next poll.
+    pub async fn bulk_backlog(&self, count: i64) -> Vec<uuid::Uuid> {
+        sqlx::query_scalar(
+            "WITH jobs AS ( \
+               INSERT INTO translation_jobs \
+                   (id, novel_id, source_lang, target_lang, target_fields, output_dir) \
+               SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') \
+                       || lpad(to_hex(g), 20, '0'))::uuid, \
+                      gen_random_uuid(), 'ja', 'en', '{title,description,content}', \
+                      'outputs/novel_jobs' \
+               FROM generate_series(1, $1) AS g \
+               RETURNING id) \
+             INSERT INTO outbox (job_id, lane, payload) \
+             SELECT id, 'normal', json_build_object('job_id', id, 'target_lang', 'en', \
+                    'source_lang', 'ja', 'output_dir', 'outputs/novel_jobs', \
+                    'target_fields', ARRAY['title', 'description', 'content'], \
+                    'attempt', 0)::text \
+             FROM jobs RETURNING job_id",
+        )
+        .bind(count)
+        .fetch_all(&self.pool)
+        .await
+        .expect("bulk backlog")
+    }
+
     pub async fn stop(self) {
         let _ = self.redis_client.quit().await;
         self.pool.close().await;
