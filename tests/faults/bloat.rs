@@ -119,7 +119,10 @@ async fn a_pinned_xmin_horizon_slows_a_100k_drain_by_less_than_the_stated_factor
     .unwrap();
     sqlx::query("COMMIT").execute(&mut pin).await.unwrap();
     pin.close().await.unwrap();
-    sqlx::query("VACUUM outbox").execute(&rig.pool).await.unwrap();
+    sqlx::query("VACUUM outbox")
+        .execute(&rig.pool)
+        .await
+        .unwrap();
     let (_, dead_vacuumed) = outbox_tuples(&rig).await;
 
     let consumer = Consumer::mover(&rig.redis.url(), &rig.queue).await;

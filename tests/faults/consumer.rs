@@ -8,7 +8,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -67,7 +67,6 @@ pub struct ConsumerStats {
 /// A consumer running until stopped.
 pub struct Consumer {
     stop: Arc<AtomicBool>,
-    pub moved: Arc<AtomicU64>,
     task: JoinHandle<ConsumerStats>,
 }
 
@@ -89,9 +88,8 @@ impl Consumer {
         let mut keys: Vec<String> = Lane::WAITING.iter().map(|l| queue.key(*l)).collect();
         keys.push(processing_key(queue));
         let stop = Arc::new(AtomicBool::new(false));
-        let moved = Arc::new(AtomicU64::new(0));
         let task = {
-            let (stop, moved) = (stop.clone(), moved.clone());
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let mut stats = ConsumerStats::default();
                 while !stop.load(Ordering::Relaxed) {
@@ -106,7 +104,6 @@ impl Consumer {
                         }
                     };
                     stats.moved += batch.len() as u64;
-                    moved.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     if let Some(pool) = &pool {
                         for payload in &batch {
                             work(pool, payload, &stop, &mut stats).await;
@@ -117,7 +114,7 @@ impl Consumer {
                 stats
             })
         };
-        Self { stop, moved, task }
+        Self { stop, task }
     }
 
     pub async fn stop(self) -> ConsumerStats {

@@ -19,7 +19,7 @@ const REFUSING: Duration = Duration::from_secs(4);
 const FILLER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
-enum Refusal {
+pub(crate) enum Refusal {
     /// `maxmemory` just above what is used, `noeviction`, then filled up.
     OutOfMemory,
     /// `REPLICAOF` a master that does not answer: read-only, data kept.
@@ -55,7 +55,7 @@ async fn used_memory(redis: &Client) -> u64 {
 }
 
 /// Makes Redis refuse writes; returns how many filler keys it wrote.
-async fn refuse(redis: &Client, refusal: Refusal) -> usize {
+pub(crate) async fn refuse(redis: &Client, refusal: Refusal) -> usize {
     match refusal {
         Refusal::OutOfMemory => {
             let limit = used_memory(redis).await + 512 * 1024;
@@ -89,7 +89,7 @@ async fn refuse(redis: &Client, refusal: Refusal) -> usize {
     }
 }
 
-async fn accept_writes_again(redis: &Client, refusal: Refusal, fillers: usize) {
+pub(crate) async fn accept_writes_again(redis: &Client, refusal: Refusal, fillers: usize) {
     match refusal {
         Refusal::OutOfMemory => {
             let keys: Vec<String> = (0..fillers).map(|k| format!("filler:{k}")).collect();

@@ -111,10 +111,6 @@ impl Service {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
     pub fn grpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
@@ -278,13 +274,5 @@ impl Samples {
         self.0
             .iter()
             .any(|(at, seen)| *at >= from && *at <= to && *seen == Some(status))
-    }
-
-    /// Whether every sample between the two instants was `status`.
-    pub fn always_between(&self, status: ServingStatus, from: Instant, to: Instant) -> bool {
-        self.0
-            .iter()
-            .filter(|(at, _)| *at >= from && *at <= to)
-            .all(|(_, seen)| *seen == Some(status))
     }
 }

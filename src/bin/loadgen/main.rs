@@ -513,8 +513,7 @@ async fn main() -> ExitCode {
         if let Ok(Ok(Err(error))) = tokio::time::timeout(Duration::from_secs(1), consumer).await {
             eprintln!("loadgen: consumer: {error}");
         }
-        let settled =
-            tokio::time::timeout(CONSUMER_GRACE, settle(&options, &tally)).await;
+        let settled = tokio::time::timeout(CONSUMER_GRACE, settle(&options, &tally)).await;
         match settled {
             Ok(Ok(())) => {}
             Ok(Err(error)) => eprintln!("loadgen: final count: {error}"),
