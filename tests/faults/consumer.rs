@@ -22,8 +22,12 @@ use tokio::task::JoinHandle;
 use translation_jobs::queue::{JobMessage, Lane, QueueName};
 use uuid::Uuid;
 
-/// Most messages moved per call.
+/// Most messages moved per call: many for a mover; few for a worker, which
+/// holds what it moved until it claimed each (a message moved but not
+/// claimed for `STUCK_JOB_TIMEOUT` is handed out again by the reaper, as
+/// for a worker that died after its pop).
 const MOVE_BATCH: usize = 500;
+const WORK_BATCH: usize = 5;
 /// Pause when the lanes were empty or Redis failed.
 const IDLE: Duration = Duration::from_millis(20);
 
@@ -87,6 +91,11 @@ impl Consumer {
         let script = Script::from_lua(include_str!("move.lua"));
         let mut keys: Vec<String> = Lane::WAITING.iter().map(|l| queue.key(*l)).collect();
         keys.push(processing_key(queue));
+        let batch_size = if pool.is_some() {
+            WORK_BATCH
+        } else {
+            MOVE_BATCH
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let task = {
             let stop = stop.clone();
@@ -94,7 +103,7 @@ impl Consumer {
                 let mut stats = ConsumerStats::default();
                 while !stop.load(Ordering::Relaxed) {
                     let reply: Result<Vec<String>, _> = script
-                        .evalsha_with_reload(&client, keys.clone(), vec![MOVE_BATCH.to_string()])
+                        .evalsha_with_reload(&client, keys.clone(), vec![batch_size.to_string()])
                         .await;
                     let batch = match reply {
                         Ok(batch) if !batch.is_empty() => batch,

@@ -325,21 +325,22 @@ async fn settle(options: &Options, tally: &Mutex<Tally>) -> Result<(), String> {
         .await
         .map_err(|e| format!("LRANGE {processing}: {e}"))?;
     let mut copies: HashMap<(String, i32), u64> = HashMap::new();
-    let mut tally = lock(tally);
-    for payload in &held {
-        let Ok(message) = serde_json::from_str::<JobMessage>(payload) else {
-            continue;
-        };
-        *copies
-            .entry((message.job_id.clone(), message.attempt))
-            .or_default() += 1;
-        if tally.seen.insert(message.job_id.clone()) {
-            tally.recovered += 1;
-            tally.answered.remove(&message.job_id);
+    {
+        let mut tally = lock(tally);
+        for payload in &held {
+            let Ok(message) = serde_json::from_str::<JobMessage>(payload) else {
+                continue;
+            };
+            *copies
+                .entry((message.job_id.clone(), message.attempt))
+                .or_default() += 1;
+            if tally.seen.insert(message.job_id.clone()) {
+                tally.recovered += 1;
+                tally.answered.remove(&message.job_id);
+            }
         }
+        tally.duplicates = copies.values().map(|n| n - 1).sum();
     }
-    tally.duplicates = copies.values().map(|n| n - 1).sum();
-    drop(tally);
     let _: Result<i64, _> = client.del(&processing).await;
     let _ = client.quit().await;
     Ok(())
