@@ -27,7 +27,8 @@
 //! - [`supervise`]: restarts background loops that fail; their heartbeats.
 //! - [`wake`]: wakes a background loop early.
 //! - [`metrics`]: counters rendered for Prometheus.
-//! - [`telemetry`]: logging set-up and URL redaction.
+//! - [`telemetry`]: logging set-up.
+//! - [`redact`]: connection strings with their passwords masked, for logs.
 //!
 //! Data flows one way: `api -> jobs -> outbox -> queue`.
 
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod queue;
 pub mod reaper;
+pub mod redact;
 pub mod supervise;
 pub mod telemetry;
 pub mod wake;

@@ -2,17 +2,20 @@
 //! made by `#[sqlx::test]`) and a real Redis (unique queue names per test,
 //! or a redis-server of the test's own when it must be stopped).
 
+mod auth;
 mod backpressure;
 mod create;
 mod exactly_once;
 mod health;
 mod http_json;
 mod lifecycle;
+mod limits;
 mod outage;
 mod process;
 mod proxy;
 mod reaper;
 mod relay;
 mod support;
+mod tls;
 mod validation;
 mod watch;
