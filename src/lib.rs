@@ -10,7 +10,7 @@
 //! - [`db`]: the PostgreSQL pool, migrations, and the time limit on every
 //!   call.
 //! - [`api`]: gRPC and HTTP handlers: requests into domain types, errors into
-//!   statuses.
+//!   statuses; bearer-token auth, TLS and the limits of the job service.
 //! - [`jobs`]: the domain: job and subtask types, the create statement
 //!   (job + subtasks + outbox row), queries.
 //! - [`outbox`]: the relay that moves committed outbox rows to Redis, and

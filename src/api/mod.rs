@@ -1,4 +1,5 @@
-//! The edge: gRPC and HTTP handlers, request parsing and the mapping of
+//! The edge: gRPC and HTTP handlers, request parsing, who is calling
+//! (`auth`), TLS and the limits of the listeners, and the mapping of
 //! errors to statuses. Calls into `jobs`; nothing below calls back up.
 
 pub mod auth;
