@@ -157,6 +157,8 @@ refuses "Additional property replica is not allowed" "${base[@]}" --set replica=
 refuses "config.STUCK_JOB_TIMEOUT" "${base[@]}" --set config.STUCK_JOB_TIMEOUT=an-hour
 refuses "tls.secretName" "${base[@]}" --set tls.enabled=true
 refuses "secret.databaseUrl" --set secret.databaseUrl=mysql://db/jobs
+refuses "secret.authJwtSecret" "${base[@]}" --set secret.authJwtSecret=too-short
+refuses "config.RPC_TIMEOUT" "${base[@]}" --set config.RPC_TIMEOUT=soon
 refuses "exactly one of minAvailable and maxUnavailable" "${base[@]}" \
     --set podDisruptionBudget.enabled=true --set podDisruptionBudget.maxUnavailable=1
 refuses "maxReplicas must be >= " "${base[@]}" --set autoscaling.enabled=true --set autoscaling.maxReplicas=1

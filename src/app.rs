@@ -7,14 +7,17 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 
 pub use crate::db::MIGRATOR;
 use crate::{
     api::{
         self, ApiDeps, JobsApi,
+        auth::Authenticator,
         http::HttpState,
-        proto::{FILE_DESCRIPTOR_SET, translation_job_service_server::TranslationJobServiceServer},
+        limits::Limits,
+        proto::FILE_DESCRIPTOR_SET,
+        tls::{self, TlsError},
     },
     backlog::Backlog,
     config::Settings,
@@ -54,6 +57,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("cannot serve TLS")]
+    Tls(#[from] TlsError),
 }
 
 /// A service ready to run: listeners bound, clients created (not yet
@@ -65,12 +70,17 @@ pub struct App {
     pool: PgPool,
     queue: RedisQueue,
     metrics: Arc<Metrics>,
+    /// TLS of the gRPC listener, read and checked at build.
+    tls: Option<ServerTlsConfig>,
+    auth: Authenticator,
 }
 
 impl App {
     /// Binds the listeners (port 0 picks a free port; see
     /// [`grpc_addr`](Self::grpc_addr)) and creates the clients.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        let tls = settings.tls.as_ref().map(tls::server_config).transpose()?;
+        let auth = Authenticator::new(&settings.auth);
         let grpc_listener = bind(settings.grpc_addr).await?;
         let http_listener = bind(settings.http_addr).await?;
         let pool = db::pool(&settings.database);
@@ -83,6 +93,8 @@ impl App {
             pool,
             queue,
             metrics: Arc::new(Metrics::default()),
+            tls,
+            auth,
         })
     }
 
@@ -138,15 +150,23 @@ impl App {
             max_subtasks_per_job: self.settings.max_subtasks_per_job,
             max_batch_size: self.settings.max_batch_size,
             call_timeout: self.settings.database.call_timeout(),
+            auth: self.auth.clone(),
+            limits: Limits::new(self.settings.limits),
         });
 
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
-        let grpc = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            server = server.tls_config(tls)?;
+        }
+        let grpc = server
+            // Unary calls only: a stream's response starts at once.
+            .timeout(self.settings.limits.rpc_timeout)
             .add_service(health.service(serving.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TranslationJobServiceServer::new(jobs_api.clone()))
+            .add_service(api::job_service(jobs_api.clone()))
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY, small responses wait for delayed ACKs
                 // (about 40 ms a call).
@@ -156,7 +176,7 @@ impl App {
                 serving.clone().cancelled_owned(),
             );
         let mut grpc_task = tokio::spawn(grpc);
-        tracing::info!(addr = %grpc_addr, "gRPC listening");
+        tracing::info!(addr = %grpc_addr, tls = self.tls.is_some(), "gRPC listening");
 
         let http_token = serving.clone();
         let router = api::http::router(
@@ -272,7 +292,7 @@ fn log_targets(settings: &Settings) {
         "PostgreSQL target"
     );
     tracing::info!(
-        url = %crate::telemetry::redact_url(&settings.redis.url),
+        url = %crate::redact::redact_url(&settings.redis.url),
         queue = %settings.queue,
         "Redis target"
     );

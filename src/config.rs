@@ -7,6 +7,14 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::{
+    api::{
+        auth::{AuthSettings, MIN_HS256_SECRET_LEN, PublicKey},
+        limits::{
+            DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_WATCH_STREAMS,
+            DEFAULT_RPC_TIMEOUT, LimitSettings,
+        },
+        tls::TlsSettings,
+    },
     db::{DatabaseSettings, IDLE_IN_TRANSACTION_TIMEOUT},
     jobs::RescuePolicy,
     outbox::RelaySettings,
@@ -53,6 +61,10 @@ pub const DEFAULT_MAX_JOB_ATTEMPTS: i32 = 3;
 pub const REAPER_BATCH_SIZE: i64 = 500;
 /// Most jobs in one BatchCreateTranslationJobs call.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
+/// Bounds of `GRPC_MAX_MESSAGE_SIZE`: a create of `MAX_SUBTASKS_PER_JOB`
+/// subtasks needs some room; beyond 1 GiB a message is no longer a request.
+pub const MIN_MAX_MESSAGE_SIZE: usize = 1024;
+pub const MAX_MAX_MESSAGE_SIZE: usize = 1024 * 1024 * 1024;
 
 /// A setting that could not be used. Names the variable; never echoes a
 /// connection string.
@@ -94,6 +106,12 @@ pub struct Settings {
     /// How long shutdown waits for calls and background tasks to finish.
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// Bearer-token checking; off (the service runs open) without keys.
+    pub auth: AuthSettings,
+    /// TLS on the gRPC listener; plaintext when `None`.
+    pub tls: Option<TlsSettings>,
+    /// Message size, deadline, calls in flight, watch streams.
+    pub limits: LimitSettings,
 }
 
 impl Settings {
@@ -244,7 +262,116 @@ impl Settings {
                 Some("json") => LogFormat::Json,
                 Some(_) => return Err(ConfigError::new("LOG_FORMAT", "must be text or json")),
             },
+            auth: auth_settings(&get)?,
+            tls: tls_settings(&get)?,
+            limits: LimitSettings {
+                max_message_size: number(
+                    &get,
+                    "GRPC_MAX_MESSAGE_SIZE",
+                    DEFAULT_MAX_MESSAGE_SIZE,
+                    MIN_MAX_MESSAGE_SIZE,
+                    MAX_MAX_MESSAGE_SIZE,
+                )?,
+                rpc_timeout: duration(&get, "RPC_TIMEOUT", DEFAULT_RPC_TIMEOUT)?,
+                max_concurrent_requests: number(
+                    &get,
+                    "MAX_CONCURRENT_REQUESTS",
+                    DEFAULT_MAX_CONCURRENT_REQUESTS,
+                    1,
+                    1_000_000,
+                )?,
+                max_watch_streams: number(
+                    &get,
+                    "MAX_WATCH_STREAMS",
+                    DEFAULT_MAX_WATCH_STREAMS,
+                    1,
+                    1_000_000,
+                )?,
+            },
         })
+    }
+}
+
+/// `AUTH_JWT_SECRET`, `AUTH_JWT_PUBLIC_KEY`, `AUTH_JWT_ISSUER`,
+/// `AUTH_JWT_AUDIENCE`. No error quotes the secret or the key.
+fn auth_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AuthSettings, ConfigError> {
+    let hs256_secret = match get("AUTH_JWT_SECRET") {
+        None => None,
+        Some(secret) if secret.len() < MIN_HS256_SECRET_LEN => {
+            return Err(ConfigError::new(
+                "AUTH_JWT_SECRET",
+                format!(
+                    "must be at least {MIN_HS256_SECRET_LEN} bytes (256 bits) for HS256, got {}",
+                    secret.len()
+                ),
+            ));
+        }
+        Some(secret) => Some(secret.into_bytes()),
+    };
+    let public_key = match get("AUTH_JWT_PUBLIC_KEY") {
+        None => None,
+        Some(raw) => {
+            let pem = if raw.contains("-----BEGIN") {
+                // A PEM in the variable; some secret stores keep its line
+                // breaks as literal "\n".
+                if raw.contains('\n') {
+                    raw
+                } else {
+                    raw.replace("\\n", "\n")
+                }
+            } else {
+                let path = raw.trim();
+                std::fs::read_to_string(path).map_err(|error| {
+                    ConfigError::new(
+                        "AUTH_JWT_PUBLIC_KEY",
+                        format!(
+                            "holds no PEM (no -----BEGIN line), so it is taken as a file path, \
+                             and that file cannot be read: {error}"
+                        ),
+                    )
+                })?
+            };
+            Some(
+                PublicKey::from_pem(&pem)
+                    .map_err(|reason| ConfigError::new("AUTH_JWT_PUBLIC_KEY", reason))?,
+            )
+        }
+    };
+    Ok(AuthSettings {
+        hs256_secret,
+        public_key,
+        issuer: get("AUTH_JWT_ISSUER").map(|s| s.trim().to_owned()),
+        audience: get("AUTH_JWT_AUDIENCE").map(|s| s.trim().to_owned()),
+    })
+}
+
+/// `GRPC_TLS_CERT` and `GRPC_TLS_KEY` together, `GRPC_TLS_CLIENT_CA` only
+/// with them. The files are read when the service starts.
+fn tls_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsSettings>, ConfigError> {
+    let path = |name: &str| get(name).map(|p| std::path::PathBuf::from(p.trim()));
+    match (
+        path("GRPC_TLS_CERT"),
+        path("GRPC_TLS_KEY"),
+        path("GRPC_TLS_CLIENT_CA"),
+    ) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), client_ca) => Ok(Some(TlsSettings {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None, Some(_)) => Err(ConfigError::new(
+            "GRPC_TLS_CLIENT_CA",
+            "needs GRPC_TLS_CERT and GRPC_TLS_KEY (the server's own certificate)",
+        )),
+        (Some(_), None, _) => Err(ConfigError::new(
+            "GRPC_TLS_KEY",
+            "must be set with GRPC_TLS_CERT (the certificate's private key, a PEM file)",
+        )),
+        (None, Some(_), _) => Err(ConfigError::new(
+            "GRPC_TLS_CERT",
+            "must be set with GRPC_TLS_KEY (the certificate chain, a PEM file)",
+        )),
     }
 }
 
@@ -440,6 +567,78 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(error.name, "RELAY_POLL_INTERVAL");
+    }
+
+    #[test]
+    fn security_and_limit_settings_default_sensibly_and_name_bad_values() {
+        let base = ("DATABASE_URL", "postgres://db/jobs");
+        let s = settings(&[base]).unwrap();
+        assert!(!s.auth.enabled());
+        assert!(s.tls.is_none());
+        assert_eq!(s.limits, LimitSettings::default());
+        assert_eq!(s.limits.max_message_size, 4 * 1024 * 1024);
+
+        let secret = "a-secret-of-at-least-32-bytes-0123";
+        let s = settings(&[
+            base,
+            ("AUTH_JWT_SECRET", secret),
+            ("AUTH_JWT_AUDIENCE", " translation-jobs "),
+            ("GRPC_TLS_CERT", "/tls/tls.crt"),
+            ("GRPC_TLS_KEY", "/tls/tls.key"),
+            ("RPC_TIMEOUT", "5s"),
+        ])
+        .unwrap();
+        assert!(s.auth.enabled());
+        assert_eq!(s.auth.audience.as_deref(), Some("translation-jobs"));
+        assert_eq!(s.tls.unwrap().client_ca, None);
+        assert_eq!(s.limits.rpc_timeout, Duration::from_secs(5));
+
+        let cases = [
+            ("AUTH_JWT_SECRET", "short"),
+            ("AUTH_JWT_PUBLIC_KEY", "/no/such/key.pem"),
+            (
+                "AUTH_JWT_PUBLIC_KEY",
+                "-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----",
+            ),
+            ("GRPC_TLS_KEY", "/tls/only-a-key"),
+            ("GRPC_TLS_CLIENT_CA", "/tls/ca.crt"),
+            ("GRPC_MAX_MESSAGE_SIZE", "10"),
+            ("GRPC_MAX_MESSAGE_SIZE", "4MiB"),
+            ("RPC_TIMEOUT", "soon"),
+            ("MAX_CONCURRENT_REQUESTS", "0"),
+            ("MAX_WATCH_STREAMS", "-1"),
+        ];
+        for (name, value) in cases {
+            let error = settings(&[base, (name, value)]).err().unwrap();
+            let expected = if name == "GRPC_TLS_KEY" {
+                "GRPC_TLS_CERT"
+            } else {
+                name
+            };
+            assert_eq!(error.name, expected, "{name}={value}");
+            assert!(!error.to_string().contains("short"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_public_key_is_read_from_the_variable_or_from_a_file() {
+        let pem = "-----BEGIN PUBLIC KEY-----\n\
+            MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEkpsAPNQqfa48sYFHijbknPNUdr0Z\n\
+            iG+OF7q2tm+EZ91SyhAPnSW0fkHDdkc6sIqKFQn6Q6OQdxpnEuAB5YIWTA==\n\
+            -----END PUBLIC KEY-----\n";
+        let base = ("DATABASE_URL", "postgres://db/jobs");
+        let inline = settings(&[base, ("AUTH_JWT_PUBLIC_KEY", pem)]).unwrap();
+        assert!(inline.auth.enabled());
+        let escaped = pem.replace('\n', "\\n");
+        assert!(settings(&[base, ("AUTH_JWT_PUBLIC_KEY", &escaped)]).is_ok());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), pem).unwrap();
+        let path = file.path().display().to_string();
+        let from_file = settings(&[base, ("AUTH_JWT_PUBLIC_KEY", &path)]).unwrap();
+        assert_eq!(
+            from_file.auth.public_key.unwrap().algorithm(),
+            jsonwebtoken::Algorithm::ES256
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - [`db`]: the PostgreSQL pool, migrations, and the time limit on every
 //!   call.
 //! - [`api`]: gRPC and HTTP handlers: requests into domain types, errors into
-//!   statuses.
+//!   statuses; bearer-token auth, TLS and the limits of the job service.
 //! - [`jobs`]: the domain: job and subtask types, the create statement
 //!   (job + subtasks + outbox row), queries.
 //! - [`outbox`]: the relay that moves committed outbox rows to Redis, and
@@ -27,7 +27,8 @@
 //! - [`supervise`]: restarts background loops that fail; their heartbeats.
 //! - [`wake`]: wakes a background loop early.
 //! - [`metrics`]: counters rendered for Prometheus.
-//! - [`telemetry`]: logging set-up and URL redaction.
+//! - [`telemetry`]: logging set-up.
+//! - [`redact`]: connection strings with their passwords masked, for logs.
 //!
 //! Data flows one way: `api -> jobs -> outbox -> queue`.
 
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod queue;
 pub mod reaper;
+pub mod redact;
 pub mod supervise;
 pub mod telemetry;
 pub mod wake;

@@ -1,13 +1,12 @@
 //! Requests into domain types and domain types into responses.
 
 use chrono::{DateTime, Utc};
-use tonic::metadata::MetadataMap;
 
-use super::proto;
+use super::{auth::Principal, proto};
 use uuid::Uuid;
 
 use crate::jobs::{
-    Job, JobStatus, ListQuery, NewJob, Priority,
+    Job, JobStatus, JobView, ListQuery, NewJob, Priority, Scope, SubtaskCounts,
     fields::{
         FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, TraceParent,
         UserId, parse_uuid,
@@ -54,11 +53,27 @@ pub fn list_query(request: &proto::ListTranslationJobsRequest) -> Result<ListQue
         novel_id,
         before: None,
         limit,
+        view: job_view(request.view, JobView::Basic)?,
     };
     if !request.page_token.is_empty() {
         query.before = Some(parse_page_token(&request.page_token, &query)?);
     }
     Ok(query)
+}
+
+/// The view a request asks for (field `view`); `default` when unspecified.
+pub fn job_view(raw: i32, default: JobView) -> Result<JobView, FieldError> {
+    match proto::TranslationJobView::try_from(raw) {
+        Ok(proto::TranslationJobView::Unspecified) => Ok(default),
+        Ok(proto::TranslationJobView::Basic) => Ok(JobView::Basic),
+        Ok(proto::TranslationJobView::Full) => Ok(JobView::Full),
+        Err(_) => Err(FieldError::new(
+            "view",
+            format!(
+                "unknown value {raw}; use TRANSLATION_JOB_VIEW_BASIC or TRANSLATION_JOB_VIEW_FULL"
+            ),
+        )),
+    }
 }
 
 /// The opaque token of the page after the one ending with `last`: the id
@@ -98,23 +113,33 @@ fn filter_fingerprint(query: &ListQuery) -> u32 {
     })
 }
 
-/// Metadata key naming the caller on whose behalf a job is created. Set by
-/// the gateway in front of the service; scopes request_id idempotency.
+/// Metadata key naming the caller on whose behalf a job is created, when
+/// the service runs without authentication (set by the gateway in front of
+/// it); scopes request_id idempotency. With authentication on, the token's
+/// `sub` takes its place and this key is ignored.
 pub const USER_ID_METADATA: &str = "x-user-id";
 
-/// Who is calling, from request headers.
-#[derive(Debug, Clone, Default)]
+/// Who is calling (checked by `auth`), and their trace context.
+#[derive(Debug, Clone)]
 pub struct Caller {
+    /// Stored as the `user_id` of the jobs it creates; scopes request_id.
     pub user_id: UserId,
+    /// Whose jobs the caller sees and changes.
+    pub scope: Scope,
+    /// Whether the caller may call the admin-only RPCs.
+    pub admin: bool,
     pub traceparent: Option<TraceParent>,
 }
 
-/// The caller from gRPC metadata.
-pub fn caller(metadata: &MetadataMap) -> Result<Caller, FieldError> {
-    Ok(Caller {
-        user_id: user_id_from(metadata.get(USER_ID_METADATA).map(|v| v.as_bytes()))?,
-        traceparent: traceparent_from(metadata.get(TRACEPARENT_METADATA).map(|v| v.as_bytes())),
-    })
+impl Caller {
+    pub fn new(principal: Principal, traceparent: Option<TraceParent>) -> Self {
+        Self {
+            user_id: principal.user_id,
+            scope: principal.scope,
+            admin: principal.admin,
+            traceparent,
+        }
+    }
 }
 
 /// Metadata key (and HTTP header) of the caller's W3C trace context.
@@ -275,6 +300,16 @@ pub fn job_to_proto(job: &Job) -> proto::TranslationJob {
         update_time: Some(timestamp(job.updated_at)),
         publish_time: job.published_at.map(timestamp),
     }
+}
+
+/// The response for one job without its subtasks (the BASIC view), with
+/// the counts PostgreSQL made.
+pub fn job_summary_to_proto(job: &Job, counts: SubtaskCounts) -> proto::TranslationJob {
+    let mut summary = job_to_proto(job);
+    summary.subtasks.clear();
+    summary.completed_subtasks = i32::try_from(counts.completed).unwrap_or(i32::MAX);
+    summary.total_subtasks = i32::try_from(counts.total).unwrap_or(i32::MAX);
+    summary
 }
 
 #[cfg(test)]

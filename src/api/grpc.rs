@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{
-    convert,
+    auth::{self, Authenticator, require_admin},
+    convert::{self, Caller},
+    limits::Limits,
     proto::{self, translation_job_service_server::TranslationJobService},
     status::ApiError,
 };
@@ -19,7 +21,7 @@ use crate::{
     backlog::{Backlog, BacklogError},
     db::bounded,
     health::Health,
-    jobs::{self, fields::FieldError, fields::parse_uuid},
+    jobs::{self, JobView, fields::FieldError, fields::parse_uuid},
     metrics::Metrics,
     queue::{Lane, RedisQueue},
     wake::Wake,
@@ -47,6 +49,10 @@ pub struct ApiDeps {
     pub max_batch_size: usize,
     /// Longest any one database call of a handler may take.
     pub call_timeout: Duration,
+    /// Checks every call's bearer token (or, running open, reads x-user-id).
+    pub auth: Authenticator,
+    /// Calls in flight and open watch streams.
+    pub limits: Limits,
 }
 
 /// The job service. Also backs the HTTP JSON endpoints.
@@ -62,6 +68,16 @@ impl JobsApi {
         }
     }
 
+    /// The check of the HTTP routes (the gRPC service has its interceptor).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.deps.auth
+    }
+
+    /// The limits the HTTP routes share with the gRPC service.
+    pub fn limits(&self) -> &Limits {
+        &self.deps.limits
+    }
+
     fn ensure_ready(&self) -> Result<(), ApiError> {
         if self.deps.health.is_ready() {
             Ok(())
@@ -74,7 +90,7 @@ impl JobsApi {
     /// it was an earlier job returned for a reused request_id.
     pub async fn create(
         &self,
-        caller: convert::Caller,
+        caller: Caller,
         request: proto::CreateTranslationJobRequest,
     ) -> Result<(proto::TranslationJob, bool), ApiError> {
         let mut new = convert::new_job(caller.user_id, request, self.deps.max_subtasks_per_job)?;
@@ -96,38 +112,66 @@ impl JobsApi {
         Ok((convert::job_to_proto(&created.job), created.replayed))
     }
 
-    /// The read path shared by gRPC and HTTP.
-    pub async fn get(&self, id: &str) -> Result<proto::TranslationJob, ApiError> {
+    /// The read path shared by gRPC and HTTP. Another caller's job is
+    /// NOT_FOUND.
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        id: &str,
+        view: JobView,
+    ) -> Result<proto::TranslationJob, ApiError> {
         let id = parse_uuid("id", id)?;
         self.ensure_ready()?;
-        let job = bounded(self.deps.call_timeout, jobs::get_job(&self.deps.pool, id)).await?;
-        Ok(convert::job_to_proto(&job))
+        let (pool, scope) = (&self.deps.pool, &caller.scope);
+        Ok(match view {
+            JobView::Full => {
+                let job = bounded(self.deps.call_timeout, jobs::get_job(pool, id, scope)).await?;
+                convert::job_to_proto(&job)
+            }
+            JobView::Basic => {
+                let (job, counts) =
+                    bounded(self.deps.call_timeout, jobs::get_job_basic(pool, id, scope)).await?;
+                convert::job_summary_to_proto(&job, counts)
+            }
+        })
     }
 
     /// Cancel, shared by gRPC and HTTP.
-    pub async fn cancel(&self, id: &str) -> Result<proto::TranslationJob, ApiError> {
+    pub async fn cancel(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<proto::TranslationJob, ApiError> {
         let id = parse_uuid("id", id)?;
         self.ensure_ready()?;
         let job = bounded(
             self.deps.call_timeout,
-            jobs::cancel_job(&self.deps.pool, id),
+            jobs::cancel_job(&self.deps.pool, id, &caller.scope),
         )
         .await?;
         Ok(convert::job_to_proto(&job))
     }
 
     /// Retry, shared by gRPC and HTTP.
-    pub async fn retry(&self, id: &str) -> Result<proto::TranslationJob, ApiError> {
+    pub async fn retry(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<proto::TranslationJob, ApiError> {
         let id = parse_uuid("id", id)?;
         self.ensure_ready()?;
-        let job = bounded(self.deps.call_timeout, jobs::retry_job(&self.deps.pool, id)).await?;
+        let job = bounded(
+            self.deps.call_timeout,
+            jobs::retry_job(&self.deps.pool, id, &caller.scope),
+        )
+        .await?;
         self.deps.wake.wake();
         Ok(convert::job_to_proto(&job))
     }
 
     async fn batch_create(
         &self,
-        caller: convert::Caller,
+        caller: Caller,
         request: proto::BatchCreateTranslationJobsRequest,
     ) -> Result<Vec<proto::TranslationJob>, ApiError> {
         let count = request.requests.len();
@@ -177,7 +221,8 @@ impl JobsApi {
             .collect())
     }
 
-    async fn queue_stats(&self) -> Result<proto::QueueStats, ApiError> {
+    async fn queue_stats(&self, caller: &Caller) -> Result<proto::QueueStats, ApiError> {
+        require_admin(caller, "GetQueueStats")?;
         self.ensure_ready()?;
         let (backlog, oldest): (i64, Option<f64>) = bounded(
             self.deps.call_timeout,
@@ -244,7 +289,7 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::CreateTranslationJobRequest>,
     ) -> Result<Response<proto::TranslationJob>, Status> {
-        let caller = convert::caller(request.metadata()).map_err(ApiError::from)?;
+        let caller = auth::grpc_caller(&request)?;
         let (job, _replayed) = self.create(caller, request.into_inner()).await?;
         Ok(Response::new(job))
     }
@@ -253,7 +298,10 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::GetTranslationJobRequest>,
     ) -> Result<Response<proto::TranslationJob>, Status> {
-        let job = self.get(&request.get_ref().id).await?;
+        let caller = auth::grpc_caller(&request)?;
+        let request = request.get_ref();
+        let view = convert::job_view(request.view, JobView::Full).map_err(ApiError::from)?;
+        let job = self.get(&caller, &request.id, view).await?;
         Ok(Response::new(job))
     }
 
@@ -261,11 +309,12 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::ListTranslationJobsRequest>,
     ) -> Result<Response<proto::ListTranslationJobsResponse>, Status> {
+        let caller = auth::grpc_caller(&request)?;
         let query = convert::list_query(request.get_ref()).map_err(ApiError::from)?;
         self.ensure_ready()?;
         let page = bounded(
             self.deps.call_timeout,
-            jobs::list_jobs(&self.deps.pool, &query),
+            jobs::list_jobs(&self.deps.pool, &query, &caller.scope),
         )
         .await
         .map_err(ApiError::from)?;
@@ -273,8 +322,19 @@ impl TranslationJobService for JobsApi {
             (true, Some(last)) => convert::page_token(last.id, &query),
             _ => String::new(),
         };
+        let jobs = page
+            .jobs
+            .iter()
+            .map(|job| match query.view {
+                JobView::Full => convert::job_to_proto(job),
+                JobView::Basic => convert::job_summary_to_proto(
+                    job,
+                    page.counts.get(&job.id).copied().unwrap_or_default(),
+                ),
+            })
+            .collect();
         Ok(Response::new(proto::ListTranslationJobsResponse {
-            jobs: page.jobs.iter().map(convert::job_to_proto).collect(),
+            jobs,
             next_page_token,
         }))
     }
@@ -283,21 +343,27 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::CancelTranslationJobRequest>,
     ) -> Result<Response<proto::TranslationJob>, Status> {
-        Ok(Response::new(self.cancel(&request.get_ref().id).await?))
+        let caller = auth::grpc_caller(&request)?;
+        Ok(Response::new(
+            self.cancel(&caller, &request.get_ref().id).await?,
+        ))
     }
 
     async fn retry_translation_job(
         &self,
         request: Request<proto::RetryTranslationJobRequest>,
     ) -> Result<Response<proto::TranslationJob>, Status> {
-        Ok(Response::new(self.retry(&request.get_ref().id).await?))
+        let caller = auth::grpc_caller(&request)?;
+        Ok(Response::new(
+            self.retry(&caller, &request.get_ref().id).await?,
+        ))
     }
 
     async fn batch_create_translation_jobs(
         &self,
         request: Request<proto::BatchCreateTranslationJobsRequest>,
     ) -> Result<Response<proto::BatchCreateTranslationJobsResponse>, Status> {
-        let caller = convert::caller(request.metadata()).map_err(ApiError::from)?;
+        let caller = auth::grpc_caller(&request)?;
         let jobs = self.batch_create(caller, request.into_inner()).await?;
         Ok(Response::new(proto::BatchCreateTranslationJobsResponse {
             jobs,
@@ -310,20 +376,23 @@ impl TranslationJobService for JobsApi {
         &self,
         request: Request<proto::WatchTranslationJobRequest>,
     ) -> Result<Response<Self::WatchTranslationJobStream>, Status> {
+        let caller = auth::grpc_caller(&request)?;
         let id: Uuid = parse_uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
         self.ensure_ready()?;
+        // Held until the stream ends.
+        let stream_permit = self.deps.limits.try_watch().map_err(ApiError::from)?;
         // Subscribe first: a change between the read and the subscription
         // would otherwise be missed (and one the read already holds is
         // recognised by its transaction id and skipped).
         let subscription = self.deps.hub.subscribe(id);
         let (job, snapshot) = bounded(
             self.deps.call_timeout,
-            jobs::read_job_with_snapshot(&self.deps.pool, id),
+            jobs::read_job_with_snapshot(&self.deps.pool, id, &caller.scope),
         )
         .await
         .map_err(ApiError::from)?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch::follow(
+        let follow = watch::follow(
             self.deps.pool.clone(),
             subscription,
             job,
@@ -335,14 +404,19 @@ impl TranslationJobService for JobsApi {
                     .map_err(|error| Status::from(ApiError::from(error)))
             },
             self.deps.shutdown.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            follow.await;
+            drop(stream_permit);
+        });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn get_queue_stats(
         &self,
-        _request: Request<proto::GetQueueStatsRequest>,
+        request: Request<proto::GetQueueStatsRequest>,
     ) -> Result<Response<proto::QueueStats>, Status> {
-        Ok(Response::new(self.queue_stats().await?))
+        let caller = auth::grpc_caller(&request)?;
+        Ok(Response::new(self.queue_stats(&caller).await?))
     }
 }

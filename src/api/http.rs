@@ -3,10 +3,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    middleware,
+    response::IntoResponse,
+    routing::get,
+};
 use sqlx::PgPool;
 
-use super::JobsApi;
+use super::{JobsApi, limits::http_guard};
 use crate::{
     health::Health,
     metrics::{Gauges, Metrics},
@@ -26,14 +33,22 @@ pub struct HttpState {
 }
 
 /// `/metrics`, `/healthz` (the process is alive), `/readyz` (it can
-/// serve: PostgreSQL reached and migrated) and `/api/v1/translation-jobs`.
+/// serve: PostgreSQL reached and migrated) and `/api/v1/translation-jobs`
+/// (behind the job service's limits; see `limits`).
 pub fn router(state: HttpState, api: JobsApi) -> Router {
+    let limits = api.limits().clone();
+    let max_body = limits.settings().max_message_size;
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(super::rest::routes().with_state(api))
+        .merge(
+            super::rest::routes()
+                .with_state(api)
+                .layer(middleware::from_fn_with_state(limits, http_guard))
+                .layer(DefaultBodyLimit::max(max_body)),
+        )
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {

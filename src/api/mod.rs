@@ -1,12 +1,36 @@
-//! The edge: gRPC and HTTP handlers, request parsing and the mapping of
+//! The edge: gRPC and HTTP handlers, request parsing, who is calling
+//! (`auth`), TLS and the limits of the listeners, and the mapping of
 //! errors to statuses. Calls into `jobs`; nothing below calls back up.
 
+pub mod auth;
 pub mod convert;
 mod grpc;
 pub mod http;
+pub mod limits;
 pub mod proto;
 mod rest;
 mod status;
+pub mod tls;
 
 pub use grpc::{ApiDeps, JobsApi};
 pub use status::ApiError;
+
+/// The job service as the gRPC server serves it: every call checked by the
+/// auth interceptor, behind the limits (calls in flight, message size).
+pub fn job_service(
+    api: JobsApi,
+) -> limits::Guarded<
+    tonic::codegen::InterceptedService<
+        proto::translation_job_service_server::TranslationJobServiceServer<JobsApi>,
+        auth::AuthInterceptor,
+    >,
+> {
+    let limits = api.limits().clone();
+    let interceptor = auth::AuthInterceptor::new(api.authenticator().clone());
+    let server = proto::translation_job_service_server::TranslationJobServiceServer::new(api)
+        .max_decoding_message_size(limits.settings().max_message_size);
+    limits::Guarded::new(
+        tonic::codegen::InterceptedService::new(server, interceptor),
+        limits,
+    )
+}

@@ -5,7 +5,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderValue, StatusCode, header::WWW_AUTHENTICATE},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -13,13 +13,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 
-use super::{
-    JobsApi,
-    convert::{Caller, TRACEPARENT_METADATA, USER_ID_METADATA, traceparent_from, user_id_from},
-    proto,
-    status::ApiError,
-};
-use crate::jobs::fields::FieldError;
+use super::{JobsApi, convert::Caller, proto, status::ApiError};
+use crate::jobs::{JobView, fields::FieldError};
 
 /// `POST /api/v1/translation-jobs`, `GET /api/v1/translation-jobs/{id}`,
 /// `POST /api/v1/translation-jobs/{id}/cancel` and `.../retry`.
@@ -121,7 +116,7 @@ struct ErrorDetail {
 }
 
 /// An error answered as JSON with the HTTP status matching its gRPC code.
-struct HttpError(tonic::Status);
+pub struct HttpError(pub(super) tonic::Status);
 
 impl From<ApiError> for HttpError {
     fn from(error: ApiError) -> Self {
@@ -155,7 +150,15 @@ impl IntoResponse for HttpError {
                 message: self.0.message().to_owned(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: how to authenticate, and that this token was bad.
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"translation-jobs\""),
+            );
+        }
+        response
     }
 }
 
@@ -169,13 +172,6 @@ fn screaming_snake(camel: &str) -> String {
         out.push(c.to_ascii_uppercase());
     }
     out
-}
-
-fn caller(headers: &HeaderMap) -> Result<Caller, FieldError> {
-    Ok(Caller {
-        user_id: user_id_from(headers.get(USER_ID_METADATA).map(|v| v.as_bytes()))?,
-        traceparent: traceparent_from(headers.get(TRACEPARENT_METADATA).map(|v| v.as_bytes())),
-    })
 }
 
 fn priority(raw: &str) -> Result<proto::Priority, FieldError> {
@@ -193,7 +189,7 @@ fn priority(raw: &str) -> Result<proto::Priority, FieldError> {
 
 async fn create(
     State(api): State<JobsApi>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let body: CreateBody = serde_json::from_slice(&body)
@@ -216,7 +212,7 @@ async fn create(
             .collect(),
         request_id: body.request_id,
     };
-    let (job, replayed) = api.create(caller(&headers)?, request).await?;
+    let (job, replayed) = api.create(caller, request).await?;
     let status = if replayed {
         StatusCode::OK
     } else {
@@ -225,18 +221,30 @@ async fn create(
     Ok((status, Json(job_json(&job))).into_response())
 }
 
-async fn read(State(api): State<JobsApi>, Path(id): Path<String>) -> Result<Response, HttpError> {
-    let job = api.get(&id).await?;
+async fn read(
+    State(api): State<JobsApi>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let job = api.get(&caller, &id, JobView::Full).await?;
     Ok(Json(job_json(&job)).into_response())
 }
 
-async fn cancel(State(api): State<JobsApi>, Path(id): Path<String>) -> Result<Response, HttpError> {
-    let job = api.cancel(&id).await?;
+async fn cancel(
+    State(api): State<JobsApi>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let job = api.cancel(&caller, &id).await?;
     Ok(Json(job_json(&job)).into_response())
 }
 
-async fn retry(State(api): State<JobsApi>, Path(id): Path<String>) -> Result<Response, HttpError> {
-    let job = api.retry(&id).await?;
+async fn retry(
+    State(api): State<JobsApi>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let job = api.retry(&caller, &id).await?;
     Ok(Json(job_json(&job)).into_response())
 }
 

@@ -6,6 +6,7 @@
 
 use tonic::{Code, Status};
 
+use super::{auth::AuthError, limits::LimitError};
 use crate::{
     backlog::BacklogError, jobs::JobError, jobs::fields::FieldError, telemetry::error_chain,
 };
@@ -25,6 +26,12 @@ pub enum ApiError {
     /// Too many jobs wait; the caller should retry later.
     #[error(transparent)]
     Backlog(#[from] BacklogError),
+    /// No valid bearer token, or one without the scope the call needs.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The service is at one of its limits (calls, watch streams).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl From<ApiError> for Status {
@@ -45,6 +52,11 @@ impl From<ApiError> for Status {
             ApiError::Backlog(BacklogError::RecentlyFailed) => {
                 Status::unavailable("PostgreSQL is unavailable; retry shortly")
             }
+            ApiError::Auth(denied @ AuthError::NotAdmin { .. }) => {
+                Status::permission_denied(denied.to_string())
+            }
+            ApiError::Auth(refused) => Status::unauthenticated(refused.to_string()),
+            ApiError::Limit(limit) => Status::resource_exhausted(limit.to_string()),
         }
     }
 }

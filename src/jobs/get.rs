@@ -5,7 +5,10 @@ use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{Job, JobError, JobStatus, Priority, Subtask};
+use super::{
+    Job, JobError, JobStatus, Priority, Subtask,
+    scope::{Scope, SubtaskCounts, subtask_counts},
+};
 
 /// A job with its publish time: the job table `j` joined to `p`.
 pub(crate) const SELECT_JOBS: &str = "SELECT j.id, j.user_id, j.novel_id, j.source_lang, \
@@ -98,22 +101,58 @@ pub(crate) async fn subtasks_of(
     Ok(rows)
 }
 
-/// One job with its subtasks, or `NotFound`.
+/// One job with its subtasks, or `NotFound` (also when the job is outside
+/// `scope`: another caller's job does not exist for this one).
 #[instrument(skip(pool), err(level = "debug"))]
-pub async fn get_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+pub async fn get_job(pool: &PgPool, id: Uuid, scope: &Scope) -> Result<Job, JobError> {
     let mut conn = pool.acquire().await?;
-    read_job(&mut conn, id).await
+    read_job_in(&mut conn, id, scope).await
 }
 
-/// One job with its subtasks on a given connection (or transaction).
-pub(crate) async fn read_job(conn: &mut PgConnection, id: Uuid) -> Result<Job, JobError> {
-    let row = sqlx::query_as::<_, JobRow>(&format!("{SELECT_JOBS} WHERE j.id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
+/// One job without its subtasks (left empty) but with their counts, or
+/// `NotFound` as [`get_job`].
+#[instrument(skip(pool), err(level = "debug"))]
+pub async fn get_job_basic(
+    pool: &PgPool,
+    id: Uuid,
+    scope: &Scope,
+) -> Result<(Job, SubtaskCounts), JobError> {
+    let mut conn = pool.acquire().await?;
+    let row = read_row(&mut conn, id, scope).await?;
+    let counts = subtask_counts(&mut conn, &[id])
         .await?
-        .ok_or(JobError::NotFound(id))?;
+        .remove(&id)
+        .unwrap_or_default();
+    Ok((row.into_job(Vec::new())?, counts))
+}
+
+/// One job with its subtasks on a given connection (or transaction),
+/// whoever created it.
+pub(crate) async fn read_job(conn: &mut PgConnection, id: Uuid) -> Result<Job, JobError> {
+    read_job_in(conn, id, &Scope::All).await
+}
+
+/// One job with its subtasks, when it is inside `scope`.
+pub(crate) async fn read_job_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: &Scope,
+) -> Result<Job, JobError> {
+    let row = read_row(conn, id, scope).await?;
     let subtasks = subtasks_of(conn, id).await?;
     row.into_job(subtasks)
+}
+
+/// The job's row, when it is inside `scope`.
+async fn read_row(conn: &mut PgConnection, id: Uuid, scope: &Scope) -> Result<JobRow, JobError> {
+    sqlx::query_as::<_, JobRow>(&format!(
+        "{SELECT_JOBS} WHERE j.id = $1 AND ($2::text IS NULL OR j.user_id = $2)"
+    ))
+    .bind(id)
+    .bind(scope.owner())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(JobError::NotFound(id))
 }
 
 /// The subtasks of several jobs at once, grouped by job.
@@ -202,10 +241,12 @@ impl TxSnapshot {
 }
 
 /// One job with its subtasks, read consistently (one repeatable-read
-/// transaction), with the snapshot the read saw.
+/// transaction), with the snapshot the read saw; `NotFound` outside
+/// `scope`.
 pub async fn read_job_with_snapshot(
     pool: &PgPool,
     id: Uuid,
+    scope: &Scope,
 ) -> Result<(Job, TxSnapshot), JobError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -214,7 +255,7 @@ pub async fn read_job_with_snapshot(
     let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
         .fetch_one(&mut *tx)
         .await?;
-    let job = read_job(&mut tx, id).await?;
+    let job = read_job_in(&mut tx, id, scope).await?;
     tx.commit().await?;
     let snapshot = TxSnapshot::parse(&snapshot).ok_or_else(|| JobError::Corrupt {
         job_id: id,

@@ -11,14 +11,16 @@ mod list;
 mod model;
 mod requeue;
 mod rescue;
+mod scope;
 mod transitions;
 
 pub use create::{Created, create_job, create_jobs};
 pub use error::JobError;
-pub use get::{TxSnapshot, get_job, read_job_with_snapshot};
+pub use get::{TxSnapshot, get_job, get_job_basic, read_job_with_snapshot};
 pub use list::{ListQuery, Page, list_jobs};
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
 pub use rescue::{
     LostCandidate, RescuePolicy, Rescued, lost_candidates, requeue_lost, rescue_stuck_jobs,
 };
+pub use scope::{JobView, Scope, SubtaskCounts};
 pub use transitions::{cancel_job, retry_job};

@@ -8,15 +8,18 @@ use super::{
     Job, JobError, JobStatus,
     get::read_job,
     requeue::{Reason, forget_messages, hand_out_again, lock_subtasks},
+    scope::Scope,
 };
 
 /// PENDING or IN_PROGRESS becomes CANCELLED, and so do its unfinished
 /// subtasks. A message still in the outbox is dropped; one already in Redis
 /// is refused by the claim (the job is no longer PENDING). A worker inside
 /// the job sees the status before its next subtask and stops.
+/// Outside `scope` the job is `NotFound`, and nothing of it is locked.
 #[instrument(skip(pool), err(level = "debug"))]
-pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+pub async fn cancel_job(pool: &PgPool, id: Uuid, scope: &Scope) -> Result<Job, JobError> {
     let mut tx = pool.begin().await?;
+    ensure_in_scope(&mut tx, id, scope).await?;
     lock_subtasks(&mut tx, &[id]).await?;
     let changed = sqlx::query(
         "UPDATE translation_jobs SET status = 'CANCELLED' \
@@ -48,9 +51,11 @@ pub async fn cancel_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
 /// (completed ones stay done) and a message for the new attempt goes
 /// through the outbox in the same transaction. A worker still inside the
 /// old attempt can no longer update the job.
+/// Outside `scope` the job is `NotFound`, and nothing of it is locked.
 #[instrument(skip(pool), err(level = "debug"))]
-pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+pub async fn retry_job(pool: &PgPool, id: Uuid, scope: &Scope) -> Result<Job, JobError> {
     let mut tx = pool.begin().await?;
+    ensure_in_scope(&mut tx, id, scope).await?;
     lock_subtasks(&mut tx, &[id]).await?;
     let allowed: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM translation_jobs WHERE id = $1 AND status IN ('FAILED', 'CANCELLED') \
@@ -74,6 +79,22 @@ pub async fn retry_job(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     tx.commit().await?;
     tracing::info!(job_id = %id, attempt = job.attempts, "job retried");
     Ok(job)
+}
+
+/// `NotFound` unless the job is inside `scope`. Checked before any lock is
+/// taken, so a caller cannot hold another caller's rows even briefly; a
+/// job's `user_id` never changes, so the check cannot go stale.
+async fn ensure_in_scope(conn: &mut PgConnection, id: Uuid, scope: &Scope) -> Result<(), JobError> {
+    let Some(owner) = scope.owner() else {
+        return Ok(());
+    };
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM translation_jobs WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(conn)
+            .await?;
+    found.map(|_| ()).ok_or(JobError::NotFound(id))
 }
 
 /// Why a conditional update changed nothing: no such job, or a status the

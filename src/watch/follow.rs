@@ -61,7 +61,9 @@ pub async fn follow<T: Send + 'static>(
             Err(RecvError::Closed) => return,
         };
         if !applied {
-            match jobs::read_job_with_snapshot(&pool, job_id).await {
+            // The stream was opened inside the caller's scope, and a job's owner
+            // never changes.
+            match jobs::read_job_with_snapshot(&pool, job_id, &jobs::Scope::All).await {
                 Ok((job, snapshot)) => {
                     current = job;
                     seen = snapshot;

@@ -61,7 +61,10 @@ async fn create_stores_a_pending_job_and_its_message_reaches_redis(
     }
     let read = app
         .client
-        .get_translation_job(GetTranslationJobRequest { id: job.id.clone() })
+        .get_translation_job(GetTranslationJobRequest {
+            id: job.id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -105,7 +108,10 @@ async fn explicit_subtasks_and_options_are_stored_and_sent(
 
     let read = app
         .client
-        .get_translation_job(GetTranslationJobRequest { id: job.id.clone() })
+        .get_translation_job(GetTranslationJobRequest {
+            id: job.id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -228,6 +234,7 @@ async fn get_answers_not_found_for_an_unknown_id_and_invalid_argument_for_a_malf
         .client
         .get_translation_job(GetTranslationJobRequest {
             id: "7d4f6c1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -235,7 +242,10 @@ async fn get_answers_not_found_for_an_unknown_id_and_invalid_argument_for_a_malf
 
     let malformed = app
         .client
-        .get_translation_job(GetTranslationJobRequest { id: "job-1".into() })
+        .get_translation_job(GetTranslationJobRequest {
+            id: "job-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument);

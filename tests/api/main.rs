@@ -6,16 +6,21 @@
 #[allow(dead_code)]
 mod common;
 
+mod auth;
 mod backpressure;
 mod create;
 mod exactly_once;
 mod health;
 mod http_json;
 mod lifecycle;
+mod limits;
 mod outage;
 mod process;
+mod properties;
 mod reaper;
 mod relay;
+mod secrets;
 mod support;
+mod tls;
 mod validation;
 mod watch;

@@ -192,9 +192,13 @@ impl TestApp {
             .await
             .expect("service runs");
         });
-        let client = TranslationJobServiceClient::connect(format!("http://{grpc_addr}"))
-            .await
-            .expect("gRPC client connects");
+        // Lazily: a TLS listener refuses this plaintext client, which its
+        // tests show.
+        let client = TranslationJobServiceClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+                .expect("a valid address")
+                .connect_lazy(),
+        );
         Self {
             grpc_addr,
             http_addr,

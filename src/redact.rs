@@ -1,0 +1,108 @@
+//! Connection strings with their secrets masked, for log lines.
+//!
+//! A Redis URL carries passwords in two places: the userinfo
+//! (`redis://user:password@host`, or `redis://password@host`) and query
+//! parameters (`redis-sentinel://...?sentinelPassword=...`). Both are
+//! replaced by `***`; the rest (scheme, user, hosts, database, service
+//! name) stays, so the line still says where the service connects.
+
+/// Query parameters whose value is masked: any name containing one of
+/// these, in any case (`password`, `sentinelPassword`, `auth_token`, ...).
+const SECRET_PARAMETERS: [&str; 5] = ["pass", "pwd", "secret", "token", "key"];
+
+/// The mask that replaces a secret.
+pub const MASK: &str = "***";
+
+/// `url` with every password masked. Errs on the side of masking: anything
+/// between `://` and the last `@` before the query is userinfo.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL: nothing can be told apart, so nothing is shown.
+        return MASK.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let query_start = url[authority_start..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..authority_start]);
+    let before_query = &url[authority_start..query_start];
+    match before_query.rfind('@') {
+        Some(at) => {
+            let userinfo = &before_query[..at];
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push(':');
+                    out.push_str(MASK);
+                }
+                // A lone userinfo in a Redis URL is the password.
+                None => out.push_str(MASK),
+            }
+            out.push_str(&before_query[at..]);
+        }
+        None => out.push_str(before_query),
+    }
+    let rest = &url[query_start..];
+    if let Some(query) = rest.strip_prefix('?') {
+        let (query, fragment) = match query.find('#') {
+            Some(i) => (&query[..i], &query[i..]),
+            None => (query, ""),
+        };
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret(name) => format!("{name}={MASK}"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+        if !fragment.is_empty() {
+            out.push('#');
+            out.push_str(MASK);
+        }
+    } else if !rest.is_empty() {
+        out.push('#');
+        out.push_str(MASK);
+    }
+    out
+}
+
+fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMETERS.iter().any(|secret| name.contains(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_userinfo_and_query_never_survive() {
+        assert_eq!(
+            redact_url("redis://user:s3cret@cache:6379/0"),
+            "redis://user:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://:s3cret@cache:6380"),
+            "rediss://:***@cache:6380"
+        );
+        assert_eq!(redact_url("redis://s3cret@cache"), "redis://***@cache");
+        assert_eq!(
+            redact_url("redis://localhost:6379/0"),
+            "redis://localhost:6379/0"
+        );
+        assert_eq!(
+            redact_url(
+                "redis-sentinel://:pw1@s1:26379/0?sentinelServiceName=main&sentinelPassword=pw2&node=s2:26379"
+            ),
+            "redis-sentinel://:***@s1:26379/0?sentinelServiceName=main&sentinelPassword=***&node=s2:26379"
+        );
+        assert_eq!(
+            redact_url("redis://:pa/ss@word@cache/0"),
+            "redis://:***@cache/0"
+        );
+        assert_eq!(redact_url("not a url s3cret"), "***");
+    }
+}

@@ -1,0 +1,211 @@
+//! TLS on the gRPC listener, with certificates made in the test (rcgen):
+//! a client trusting the CA gets in, a plaintext client does not; with a
+//! client CA, only clients with a certificate it signed get in.
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use translation_jobs::api::proto::translation_job_service_client::TranslationJobServiceClient;
+
+use crate::support::{SHARED_REDIS_URL, TestApp, create_request, unique_queue};
+
+/// A certificate authority of the test's own.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A leaf certificate and its key, both PEM.
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "translation-jobs test");
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+/// A TLS channel to the service trusting `ca`, with a client identity if
+/// given.
+async fn tls_channel(
+    app: &TestApp,
+    ca: &Ca,
+    identity: Option<(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.pem()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://localhost:{}", app.grpc_addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+/// Whether a create goes through on `channel`.
+async fn create_over(channel: Channel) -> Result<(), tonic::Status> {
+    TranslationJobServiceClient::new(channel)
+        .create_translation_job(create_request())
+        .await
+        .map(drop)
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn tls_clients_that_trust_the_ca_get_in_and_plaintext_clients_do_not(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let cert = write(dir.path(), "server.crt", &cert);
+    let key = write(dir.path(), "server.key", &key);
+    let mut app = TestApp::spawn_with(
+        database,
+        SHARED_REDIS_URL,
+        unique_queue(),
+        &[("GRPC_TLS_CERT", &cert), ("GRPC_TLS_KEY", &key)],
+    )
+    .await;
+    app.wait_ready().await;
+
+    let channel = tls_channel(&app, &ca, None).await.expect("TLS handshake");
+    create_over(channel.clone())
+        .await
+        .expect("a create over TLS");
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+
+    // The test app's own client speaks plaintext HTTP/2.
+    let plaintext = app.client.create_translation_job(create_request()).await;
+    assert!(plaintext.is_err(), "plaintext got in: {plaintext:?}");
+
+    // A client that does not trust the CA refuses the server.
+    let stranger = Ca::new("another CA");
+    assert!(tls_channel(&app, &stranger, None).await.is_err());
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let (cert, key) = server_ca.issue(&["localhost"]);
+    let cert = write(dir.path(), "server.crt", &cert);
+    let key = write(dir.path(), "server.key", &key);
+    let client_ca_path = write(dir.path(), "client-ca.crt", &client_ca.pem());
+    let app = TestApp::spawn_with(
+        database,
+        SHARED_REDIS_URL,
+        unique_queue(),
+        &[
+            ("GRPC_TLS_CERT", &cert),
+            ("GRPC_TLS_KEY", &key),
+            ("GRPC_TLS_CLIENT_CA", &client_ca_path),
+        ],
+    )
+    .await;
+    app.wait_ready().await;
+
+    // No certificate: the handshake or the first call fails.
+    let anonymous = match tls_channel(&app, &server_ca, None).await {
+        Ok(channel) => create_over(channel).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(anonymous, "a client without a certificate got in");
+
+    // A certificate from another CA: refused the same way.
+    let (rogue_cert, rogue_key) = server_ca.issue(&["rogue-client"]);
+    let rogue = match tls_channel(&app, &server_ca, Some((rogue_cert, rogue_key))).await {
+        Ok(channel) => create_over(channel).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(rogue, "a client with a certificate of another CA got in");
+
+    let identity = client_ca.issue(&["billing-service"]);
+    let channel = tls_channel(&app, &server_ca, Some(identity))
+        .await
+        .expect("mutual TLS handshake");
+    create_over(channel)
+        .await
+        .expect("a create over mutual TLS");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unreadable_or_mismatched_certificates_stop_start_up_naming_the_variable() {
+    use translation_jobs::{app::App, config::Settings};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let (cert, _) = ca.issue(&["localhost"]);
+    let (_, other_key) = ca.issue(&["localhost"]);
+    let cert = write(dir.path(), "server.crt", &cert);
+    let other_key = write(dir.path(), "other.key", &other_key);
+    let garbage = write(dir.path(), "garbage.key", "not a key, a secret: hunter2\n");
+    let missing = dir.path().join("missing.crt").display().to_string();
+
+    for (cert, key, expect) in [
+        (missing.as_str(), other_key.as_str(), "GRPC_TLS_CERT"),
+        (cert.as_str(), garbage.as_str(), "GRPC_TLS_KEY"),
+        (cert.as_str(), other_key.as_str(), "GRPC_TLS_KEY"),
+    ] {
+        let vars = [
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+            ("GRPC_ADDR", "127.0.0.1:0"),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("GRPC_TLS_CERT", cert),
+            ("GRPC_TLS_KEY", key),
+        ];
+        let settings = Settings::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let error = match App::build(settings).await {
+            Ok(_) => panic!("started with {cert} and {key}"),
+            Err(error) => translation_jobs::telemetry::error_chain(&error),
+        };
+        assert!(error.contains(expect), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}
