@@ -12,7 +12,7 @@ use fred::{
     types::scripts::Script,
 };
 
-use super::{Lane, QueueName};
+use super::{Lane, QueueName, ReplicaWait};
 
 /// Shortest and longest pause between reconnection attempts, in milliseconds.
 const RECONNECT_MIN_DELAY_MS: u32 = 50;
@@ -40,6 +40,19 @@ pub enum QueueError {
     /// A script answered something it never answers.
     #[error("unexpected reply from Redis: {0}")]
     Reply(String),
+    /// Fewer replicas than `REDIS_WAIT_REPLICAS` confirmed a push in time: a
+    /// failover could still lose it, so it does not count (see
+    /// `queue::replicas`).
+    #[error(
+        "{acknowledged} of the {required} replicas REDIS_WAIT_REPLICAS asks for confirmed the push in time"
+    )]
+    NotReplicated { acknowledged: i64, required: u32 },
+    /// The client reconnected between a push and its `WAIT`, so the `WAIT`
+    /// cannot speak for the push.
+    #[error(
+        "the Redis connection was re-established during a push; its replication is unconfirmed"
+    )]
+    Reconnected,
 }
 
 /// How to reach Redis.
@@ -61,6 +74,8 @@ pub struct RedisQueue {
     pub(super) snapshot: Script,
     pub(super) start_generation: Script,
     move_lane: Script,
+    /// Replicas that must confirm a push (`queue::replicas`); off by default.
+    pub(super) wait: ReplicaWait,
 }
 
 impl RedisQueue {
@@ -111,6 +126,7 @@ impl RedisQueue {
             snapshot: Script::from_lua(include_str!("snapshot.lua")),
             start_generation: Script::from_lua(include_str!("start_generation.lua")),
             move_lane: Script::from_lua(include_str!("move_lane.lua")),
+            wait: ReplicaWait::OFF,
         })
     }
 

@@ -54,7 +54,8 @@ pub enum PushOutcome {
 impl RedisQueue {
     /// Pushes messages onto their lanes, each lane in the given order, each
     /// message at most once per (outbox id, token) within `marker_ttl`, and
-    /// only while Redis holds `generation`.
+    /// only while Redis holds `generation`. With a [`ReplicaWait`](super::ReplicaWait)
+    /// set, done only once enough replicas hold the push.
     #[instrument(skip_all, fields(count = messages.len()), err)]
     pub async fn push(
         &self,
@@ -62,6 +63,7 @@ impl RedisQueue {
         marker_ttl: Duration,
         messages: &[OutboxMessage<'_>],
     ) -> Result<PushOutcome, QueueError> {
+        let watch = self.watch_connection();
         let mut placements = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(MAX_MESSAGES_PER_SCRIPT) {
             let (keys, args) = self.push_arguments(generation, marker_ttl, chunk);
@@ -73,6 +75,9 @@ impl RedisQueue {
                 PushOutcome::Done(done) => placements.extend(done),
                 stale @ PushOutcome::StaleGeneration { .. } => return Ok(stale),
             }
+        }
+        if let Some(watch) = watch {
+            self.confirm_replicated(watch).await?;
         }
         Ok(PushOutcome::Done(placements))
     }

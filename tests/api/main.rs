@@ -3,6 +3,7 @@
 //! or a redis-server of the test's own when it must be stopped).
 
 mod backpressure;
+mod cluster;
 mod create;
 mod exactly_once;
 mod health;
@@ -13,6 +14,9 @@ mod process;
 mod proxy;
 mod reaper;
 mod relay;
+mod replicas;
+mod sentinel;
 mod support;
+mod topology;
 mod validation;
 mod watch;
