@@ -65,10 +65,15 @@ pub struct RedisSettings {
 }
 
 /// A handle on the queue's Redis keys. Cheap to clone; all clones share one
-/// multiplexed connection (per cluster node) that reconnects by itself.
+/// multiplexed connection (per cluster node) that reconnects by itself, and
+/// a second one for the relay's pushes when they wait for replicas.
 #[derive(Clone)]
 pub struct RedisQueue {
     pub(super) client: Client,
+    /// Where pushes go: `client` itself, or with a [`ReplicaWait`] a
+    /// connection of their own, so that a `WAIT` (which holds its
+    /// connection until the replicas answer) never delays other commands.
+    pub(super) pusher: Client,
     pub(super) queue: QueueName,
     pub(super) push: Script,
     pub(super) snapshot: Script,
@@ -120,6 +125,7 @@ impl RedisQueue {
         // The connection task runs until `quit`; its handle is not needed.
         let _connection = client.connect();
         Ok(Self {
+            pusher: client.clone(),
             client,
             queue,
             push: Script::from_lua(include_str!("push.lua")),
@@ -209,8 +215,11 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Closes the connection.
+    /// Closes the connections.
     pub async fn quit(&self) {
+        if !self.wait.is_off() {
+            let _ = self.pusher.quit().await;
+        }
         let _ = self.client.quit().await;
     }
 }

@@ -63,13 +63,13 @@ impl RedisQueue {
         marker_ttl: Duration,
         messages: &[OutboxMessage<'_>],
     ) -> Result<PushOutcome, QueueError> {
-        let watch = self.watch_connection();
+        let watch = self.watch_connection().await;
         let mut placements = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(MAX_MESSAGES_PER_SCRIPT) {
             let (keys, args) = self.push_arguments(generation, marker_ttl, chunk);
             let reply: Vec<Value> = self
                 .push
-                .evalsha_with_reload(&self.client, keys, args)
+                .evalsha_with_reload(&self.pusher, keys, args)
                 .await?;
             match parse_push_reply(reply, chunk.len())? {
                 PushOutcome::Done(done) => placements.extend(done),

@@ -9,10 +9,12 @@
 //! markers travel with the lanes).
 //!
 //! `WAIT` counts the writes of the connection it is sent on. Three things
-//! keep that honest: it goes to the node serving the queue's hash slot (the
-//! connection the push used, also on a cluster); it is never re-sent on a
+//! keep that honest: it goes to the node serving the queue's hash slot on
+//! the pushes' own connection (also on a cluster); it is never re-sent on a
 //! new connection; and a reconnection between the push and the `WAIT`
-//! makes the push unconfirmed. The push script always writes (it renews its
+//! makes the push unconfirmed. `WAIT` holds its connection until it
+//! answers, so pushes that wait use a connection of their own and the
+//! API's reads (lane lengths, stats) never queue behind one. The push script always writes (it renews its
 //! markers' lifetimes), so `WAIT` also covers what an earlier, unconfirmed
 //! attempt of the same batch wrote.
 
@@ -59,8 +61,17 @@ impl ConnectionWatch {
 }
 
 impl RedisQueue {
-    /// Pushes count only once `wait.replicas` replicas confirm them.
+    /// Pushes count only once `wait.replicas` replicas confirm them. They
+    /// then go through a connection of their own (connecting in the
+    /// background), as `WAIT` holds its connection until it answers. Call
+    /// once, right after [`connect`](Self::connect).
     pub fn with_replica_wait(mut self, wait: ReplicaWait) -> Self {
+        if !wait.is_off() && self.wait.is_off() {
+            let pusher = self.client.clone_new();
+            // The connection task runs until `quit`.
+            let _connection = pusher.connect();
+            self.pusher = pusher;
+        }
         self.wait = wait;
         self
     }
@@ -73,8 +84,14 @@ impl RedisQueue {
     /// will check; `None` when no confirmation is asked for.
     ///
     /// [`confirm_replicated`]: Self::confirm_replicated
-    pub(super) fn watch_connection(&self) -> Option<ConnectionWatch> {
-        (!self.wait.is_off()).then(|| ConnectionWatch(self.client.reconnect_rx()))
+    pub(super) async fn watch_connection(&self) -> Option<ConnectionWatch> {
+        if self.wait.is_off() {
+            return None;
+        }
+        // A first connection made after the subscription would look like a
+        // reconnection: let a connection that is coming up finish first.
+        let _ = tokio::time::timeout(self.wait.timeout, self.pusher.wait_for_connect()).await;
+        Some(ConnectionWatch(self.pusher.reconnect_rx()))
     }
 
     /// Sends `WAIT` on the connection the write used and fails unless
@@ -93,7 +110,7 @@ impl RedisQueue {
         };
         let timeout_ms = i64::try_from(self.wait.timeout.as_millis()).unwrap_or(i64::MAX);
         let acknowledged: i64 = self
-            .client
+            .pusher
             .with_options(&once)
             .custom(
                 CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), true),
