@@ -56,7 +56,10 @@ impl RedisQueue {
     /// message at most once per (outbox id, token) within `marker_ttl`, and
     /// only while Redis holds `generation`. With a [`ReplicaWait`](super::ReplicaWait)
     /// set, done only once enough replicas hold the push.
-    #[instrument(skip_all, fields(count = messages.len()), err)]
+    // Debug: the relay logs failed drains itself, throttled; a push that
+    // keeps failing (no replica confirms while one is down) would otherwise
+    // log an error on every retry.
+    #[instrument(skip_all, fields(count = messages.len()), err(level = "debug"))]
     pub async fn push(
         &self,
         generation: i64,

@@ -157,9 +157,10 @@ pub fn free_cluster_port() -> u16 {
 /// A Redis Cluster of masters without replicas (`--cluster-replicas 0`),
 /// plus replicas a test adds.
 pub struct RedisCluster {
-    dir: tempfile::TempDir,
+    // Fields drop in order: the servers stop before their directory goes.
     pub masters: Vec<RedisProcess>,
     pub replicas: Vec<RedisProcess>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
@@ -310,12 +311,13 @@ pub const SENTINEL_SERVICE: &str = "jobs-primary";
 /// A master and a replica, both with a password, watched by one sentinel
 /// with a password of its own.
 pub struct SentinelSet {
-    _dir: tempfile::TempDir,
     /// The two servers, stopped when the set is dropped.
     _servers: Vec<RedisProcess>,
     pub sentinel: RedisProcess,
     pub redis_password: String,
     pub sentinel_password: String,
+    // Last: the servers stop before their directory goes.
+    _dir: tempfile::TempDir,
 }
 
 impl SentinelSet {
