@@ -2,7 +2,11 @@
 # Outage recovery: steady load (open loop), Redis killed for a while and
 # started again. Reports the largest outbox backlog, the time from Redis's
 # return until the outbox is empty, and lost and duplicated jobs (both must
-# be 0), from the load generator's own consumer.
+# be 0). The load generator's consumer moves messages into a processing list
+# instead of popping them and counts from that list at the end, so a reply
+# lost when Redis is killed mid-command is not counted as a lost job
+# (recovered_from_processing says how many such replies were lost); the
+# database is checked too: no row left in the outbox, every job published.
 #
 #   bench/outage.sh [--rate 1200] [--before 10] [--down 30] [--after 20]
 set -euo pipefail
@@ -58,6 +62,11 @@ wait "$load"
 
 missing=$(awk -F'[= ]' '/^visible=/ {print $4}' "$BENCH_TMP/loadgen.out")
 duplicates=$(awk -F'[= ]' '/^visible=/ {print $6}' "$BENCH_TMP/loadgen.out")
+recovered=$(awk -F'[= ]' '/^visible=/ {print $8}' "$BENCH_TMP/loadgen.out")
+# The service's side: nothing left in the outbox, every job published.
+left=$(outbox_count $db)
+unpublished=$(psql "$BASE_URL/$db" -qtAc "SELECT count(*) FROM translation_jobs j
+  WHERE NOT EXISTS (SELECT 1 FROM job_publications p WHERE p.job_id = j.id)")
 cat "$BENCH_TMP/loadgen.out"
-echo "rate=$rate/s outage=${down}s peak_backlog=$peak recovered_ms=$recovered_ms lost=$missing duplicated=$duplicates"
+echo "rate=$rate/s outage=${down}s peak_backlog=$peak recovered_ms=$recovered_ms outbox_left=$left unpublished=$unpublished consumer_replies_lost=${recovered:-0} lost=$missing duplicated=$duplicates"
 [ "$missing" = 0 ] && [ "$duplicates" = 0 ] || { echo "lost or duplicated jobs" >&2; exit 1; }

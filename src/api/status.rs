@@ -86,10 +86,16 @@ fn internal(error: &JobError) -> Status {
 /// caller should retry), everything unexpected is INTERNAL.
 fn database_code(error: &sqlx::Error) -> Code {
     match error {
+        // A protocol error is a connection that broke mid-conversation: a
+        // path that accepts and closes at once (a TCP proxy or load
+        // balancer whose backend is down) fails the TLS or start-up
+        // exchange this way. The connection is discarded; a retry gets a
+        // fresh one.
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => Code::Unavailable,
         sqlx::Error::Database(database) => match database.code().as_deref() {
             // 08: connection exceptions; 53: insufficient resources (too
@@ -201,8 +207,18 @@ mod tests {
     }
 
     #[test]
-    fn internal_errors_do_not_leak_their_cause() {
+    fn a_connection_closed_during_its_start_up_exchange_is_unavailable() {
+        // What sqlx reports when a proxy accepts and closes at once.
         let status: Status = ApiError::from(JobError::Database(sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00".into(),
+        )))
+        .into();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let status: Status = ApiError::from(JobError::Database(sqlx::Error::ColumnNotFound(
             "secret detail".into(),
         )))
         .into();

@@ -415,6 +415,11 @@ impl Relay {
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     self.metrics.relay_failed();
+                    if let RelayError::Queue(queue_error)
+                    | RelayError::Generation(GenerationError::Queue(queue_error)) = &error
+                    {
+                        self.queue.reconnect_after_timeout(queue_error).await;
+                    }
                     let delay = backoff(failures, self.settings.max_backoff);
                     // Log the first failure and then one in fifty, not every retry.
                     if failures == 1 || failures.is_multiple_of(50) {

@@ -81,6 +81,8 @@ pub struct RedisQueue {
     move_lane: Script,
     /// Replicas that must confirm a push (`queue::replicas`); off by default.
     pub(super) wait: ReplicaWait,
+    /// Limit of one command (`REDIS_COMMAND_TIMEOUT`).
+    command_timeout: Duration,
 }
 
 impl RedisQueue {
@@ -133,6 +135,7 @@ impl RedisQueue {
             start_generation: Script::from_lua(include_str!("start_generation.lua")),
             move_lane: Script::from_lua(include_str!("move_lane.lua")),
             wait: ReplicaWait::OFF,
+            command_timeout: timeout,
         })
     }
 
@@ -213,6 +216,36 @@ impl RedisQueue {
     pub async fn delete(&self, keys: Vec<String>) -> Result<(), QueueError> {
         let _: i64 = self.client.del(keys).await?;
         Ok(())
+    }
+
+    /// Opens a new connection when `error` is a command that timed out,
+    /// and tells whether it did.
+    ///
+    /// fred closes a connection as unresponsive only when nothing was
+    /// written to it for `unresponsive.max_timeout` while an answer is
+    /// due; under steady traffic (the relay's retries, the backlog's
+    /// samples) there is always a recent write, so a connection that stops
+    /// answering for good (a black-holed path, a proxy that lost its
+    /// upstream, a NAT that forgot the flow) would be kept, and every
+    /// command on it would time out, until the traffic paused. A timed-out
+    /// command is the sign: start over on a fresh connection. Commands in
+    /// flight are retried there; a push sent twice is harmless (the
+    /// push-once markers).
+    pub async fn reconnect_after_timeout(&self, error: &QueueError) -> bool {
+        let QueueError::Command(error) = error else {
+            return false;
+        };
+        if *error.kind() != fred::error::ErrorKind::Timeout {
+            return false;
+        }
+        tracing::warn!("a Redis command timed out; reconnecting");
+        let limit = self.command_timeout;
+        let _ = tokio::time::timeout(limit, self.client.force_reconnection()).await;
+        if !self.wait.is_off() {
+            // The pushes' own connection (see `queue::replicas`) too.
+            let _ = tokio::time::timeout(limit, self.pusher.force_reconnection()).await;
+        }
+        true
     }
 
     /// Closes the connections.

@@ -16,7 +16,7 @@ use tonic_health::pb::{
 use translation_jobs::api::proto::GetQueueStatsRequest;
 
 use crate::{
-    proxy::{Mode, Proxy},
+    common::proxy::{Mode, Proxy},
     support::{PATIENCE, TestApp, TestRedis, create_request, free_port, unique_queue},
 };
 

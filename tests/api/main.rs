@@ -2,6 +2,10 @@
 //! made by `#[sqlx::test]`) and a real Redis (unique queue names per test,
 //! or a redis-server of the test's own when it must be stopped).
 
+#[path = "../common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
 mod backpressure;
 mod cluster;
 mod create;
@@ -11,7 +15,6 @@ mod http_json;
 mod lifecycle;
 mod outage;
 mod process;
-mod proxy;
 mod reaper;
 mod relay;
 mod replicas;

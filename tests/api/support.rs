@@ -3,9 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, TcpListener as StdListener},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -31,6 +29,12 @@ use translation_jobs::{
     wake::Wake,
 };
 use uuid::Uuid;
+
+pub use crate::common::{
+    free_port,
+    http::{http_get, http_request},
+    redis::TestRedis,
+};
 
 /// The Redis every test may use; each test works on its own queue names.
 pub const SHARED_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -256,42 +260,6 @@ impl TestApp {
     }
 }
 
-/// A minimal HTTP/1.1 GET over a raw socket: (status, body).
-pub async fn http_get(url: &str) -> Option<(u16, String)> {
-    http_request("GET", url, None, &[]).await
-}
-
-/// A minimal HTTP/1.1 request over a raw socket: (status, body).
-pub async fn http_request(
-    method: &str,
-    url: &str,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-    let mut request = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if let Some(body) = body {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        request.push_str("\r\n");
-    }
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
 /// A request for a job with default settings.
 pub fn create_request() -> CreateTranslationJobRequest {
     CreateTranslationJobRequest {
@@ -366,97 +334,4 @@ pub async fn counts(pool: &PgPool) -> (i64, i64, i64) {
     .fetch_one(pool)
     .await
     .expect("counts")
-}
-
-/// A free TCP port on loopback (free when asked; good enough for tests).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A redis-server of the test's own, on a free port, with an append-only
-/// file fsynced on every write so that stopping and starting it keeps the
-/// lists. Stopped when dropped.
-pub struct TestRedis {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    /// Extra `redis-server` arguments (`--maxmemory-policy allkeys-lru`).
-    args: Vec<String>,
-}
-
-impl TestRedis {
-    /// A server not started yet: its URL is known, nothing listens there.
-    pub fn stopped() -> Self {
-        Self {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-            args: Vec::new(),
-        }
-    }
-
-    /// A server started with extra `redis-server` arguments.
-    pub async fn started_with(args: &[&str]) -> Self {
-        let mut redis = Self::stopped();
-        redis.args = args.iter().map(|a| (*a).to_owned()).collect();
-        redis.start().await;
-        redis
-    }
-
-    pub async fn started() -> Self {
-        let mut redis = Self::stopped();
-        redis.start().await;
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-
-    pub async fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "yes"])
-            .args(["--appendfsync", "always"])
-            .arg("--dir")
-            .arg(self.dir())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts (is it installed?)");
-        self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Kills the server at once, as a crash would.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

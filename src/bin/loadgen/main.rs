@@ -1,7 +1,8 @@
 //! Load generator: drives CreateTranslationJob over gRPC and reports the
 //! achieved rate, latency percentiles and errors by status code; with
-//! `--consume`, an embedded consumer BLPOPs the lanes and reports how long a
-//! job took from its create answer to being visible in Redis.
+//! `--consume`, an embedded consumer moves messages off the lanes and
+//! reports how long a job took from its create answer to being visible in
+//! Redis.
 //!
 //! ```text
 //! loadgen [--addr http://127.0.0.1:50051] [--concurrency 32] [--duration 10s]
@@ -18,6 +19,13 @@
 //! The create answer is sent after the commit, so "answer received" is a
 //! slightly late stand-in for the commit and "popped" a slightly late one
 //! for the push: the figure is commit-to-visible plus a little client time.
+//!
+//! The consumer never pops: it moves messages into a processing list
+//! (`{queue}:loadgen:processing`, one atomic script, see `move.lua`), and at
+//! the end counts from that list. A reply lost on the way (Redis killed
+//! mid-command) leaves the message in the list, where the final count finds
+//! it, so the consumer's own losses are never counted as the service's:
+//! `missing` is an acknowledged job with no message anywhere in Redis.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -26,7 +34,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::prelude::{Builder, ClientLike, Config, ListInterface, ReconnectPolicy};
+use fred::{
+    prelude::{Builder, Client, ClientLike, Config, KeysInterface, ListInterface, ReconnectPolicy},
+    types::{lists::LMoveDirection, scripts::Script},
+};
 use tonic::transport::{Channel, Endpoint};
 use translation_jobs::{
     api::proto::{
@@ -40,6 +51,11 @@ use translation_jobs::{
 const CALLERS_PER_CONNECTION: usize = 8;
 /// How long the consumer keeps popping after the load stops.
 const CONSUMER_GRACE: Duration = Duration::from_secs(10);
+/// Most messages one move takes.
+const MOVE_BATCH: usize = 1000;
+/// How long one blocking move waits on the normal lane when all lanes were
+/// empty (a message on another lane waits at most this long to be seen).
+const MOVE_WAIT_SECS: f64 = 0.01;
 
 struct Options {
     addr: String,
@@ -166,6 +182,9 @@ struct Tally {
     visible: Vec<Duration>,
     seen: HashSet<String>,
     duplicates: u64,
+    /// Messages found only in the processing list at the end (their move's
+    /// reply was lost).
+    recovered: u64,
 }
 
 fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
@@ -207,65 +226,122 @@ async fn one_call(
     }
 }
 
-/// Pops every lane until `stop` and records when each job became visible.
-/// Keeps going through Redis outages (it is used to measure them).
+/// The consumer's processing list: where every moved message stays.
+fn processing_key(queue: &QueueName) -> String {
+    queue.tagged("loadgen:processing")
+}
+
+/// Records moved messages (the first as seen at `first_at`, the rest at
+/// `rest_at`).
+fn record(tally: &Mutex<Tally>, payloads: Vec<String>, first_at: Instant, rest_at: Instant) {
+    let mut tally = lock(tally);
+    for (index, payload) in payloads.into_iter().enumerate() {
+        let now = if index == 0 { first_at } else { rest_at };
+        let Ok(message) = serde_json::from_str::<JobMessage>(&payload) else {
+            continue;
+        };
+        if !tally.seen.insert(message.job_id.clone()) {
+            tally.duplicates += 1;
+            continue;
+        }
+        match tally.answered.remove(&message.job_id) {
+            Some(answered) => tally.visible.push(now.saturating_duration_since(answered)),
+            None => {
+                tally.popped_early.insert(message.job_id, now);
+            }
+        }
+    }
+}
+
+/// Moves messages off every lane until `stop` and records when each job
+/// became visible. Keeps going through Redis outages (it is used to
+/// measure them).
 async fn consume(options: &Options, tally: Arc<Mutex<Tally>>, stop: Instant) -> Result<(), String> {
     let queue = QueueName::parse(&options.queue).map_err(|e| format!("--queue: {e}"))?;
-    let mut config =
-        Config::from_url(&options.redis_url).map_err(|e| format!("--redis-url: {e}"))?;
+    let client = consumer_client(&options.redis_url)?;
+    let processing = processing_key(&queue);
+    // A list left by an earlier run would count its jobs as this run's.
+    let _: Result<i64, _> = client.del(&processing).await;
+    let script = Script::from_lua(include_str!("move.lua"));
+    let mut keys: Vec<String> = Lane::WAITING.iter().map(|lane| queue.key(*lane)).collect();
+    keys.push(processing.clone());
+    while Instant::now() < stop {
+        let moved: Result<Vec<String>, _> = script
+            .evalsha_with_reload(&client, keys.clone(), vec![MOVE_BATCH.to_string()])
+            .await;
+        match moved {
+            Ok(payloads) if !payloads.is_empty() => {
+                let now = Instant::now();
+                record(&tally, payloads, now, now);
+            }
+            Ok(_) => {
+                // All empty: block on the normal lane for a moment.
+                let waited: Result<Option<String>, _> = client
+                    .blmove(
+                        queue.key(Lane::Normal),
+                        processing.as_str(),
+                        LMoveDirection::Left,
+                        LMoveDirection::Right,
+                        MOVE_WAIT_SECS,
+                    )
+                    .await;
+                if let Ok(Some(payload)) = waited {
+                    let now = Instant::now();
+                    record(&tally, vec![payload], now, now);
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let _ = client.quit().await;
+    Ok(())
+}
+
+fn consumer_client(url: &str) -> Result<Client, String> {
+    let mut config = Config::from_url(url).map_err(|e| format!("--redis-url: {e}"))?;
     config.fail_fast = false;
     let client = Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
         .set_policy(ReconnectPolicy::new_constant(0, 50))
         .build()
         .map_err(|e| e.to_string())?;
     let _connection = client.connect();
-    let keys: Vec<String> = [Lane::High, Lane::Normal, Lane::Low]
-        .iter()
-        .map(|lane| queue.key(*lane))
-        .collect();
-    while Instant::now() < stop {
-        let popped: Result<Option<(String, String)>, _> = client.blpop(keys.clone(), 0.5).await;
-        let first = match popped {
-            Ok(Some((_, payload))) => payload,
-            Ok(None) => continue,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let popped_first = Instant::now();
-        let mut payloads = vec![first];
-        // Whatever else is waiting, in as few round trips as possible.
-        for key in &keys {
-            let more: Result<Option<Vec<String>>, _> = client.lpop(key.as_str(), Some(1000)).await;
-            if let Ok(Some(more)) = more {
-                payloads.extend(more);
-            }
-        }
-        // The rest count as seen when the last pop returned: an upper bound.
-        let popped_rest = Instant::now();
-        let mut tally = lock(&tally);
-        for (index, payload) in payloads.into_iter().enumerate() {
-            let now = if index == 0 {
-                popped_first
-            } else {
-                popped_rest
-            };
-            let Ok(message) = serde_json::from_str::<JobMessage>(&payload) else {
+    Ok(client)
+}
+
+/// The final count: everything the processing list holds (a message whose
+/// move reply was lost is there too). Counts duplicates from the list
+/// itself, by (job_id, attempt), and deletes the list.
+async fn settle(options: &Options, tally: &Mutex<Tally>) -> Result<(), String> {
+    let queue = QueueName::parse(&options.queue).map_err(|e| format!("--queue: {e}"))?;
+    let client = consumer_client(&options.redis_url)?;
+    client
+        .wait_for_connect()
+        .await
+        .map_err(|e| format!("Redis for the final count: {e}"))?;
+    let processing = processing_key(&queue);
+    let held: Vec<String> = client
+        .lrange(&processing, 0, -1)
+        .await
+        .map_err(|e| format!("LRANGE {processing}: {e}"))?;
+    let mut copies: HashMap<(String, i32), u64> = HashMap::new();
+    {
+        let mut tally = lock(tally);
+        for payload in &held {
+            let Ok(message) = serde_json::from_str::<JobMessage>(payload) else {
                 continue;
             };
-            if !tally.seen.insert(message.job_id.clone()) {
-                tally.duplicates += 1;
-                continue;
-            }
-            match tally.answered.remove(&message.job_id) {
-                Some(answered) => tally.visible.push(now.saturating_duration_since(answered)),
-                None => {
-                    tally.popped_early.insert(message.job_id, now);
-                }
+            *copies
+                .entry((message.job_id.clone(), message.attempt))
+                .or_default() += 1;
+            if tally.seen.insert(message.job_id.clone()) {
+                tally.recovered += 1;
+                tally.answered.remove(&message.job_id);
             }
         }
+        tally.duplicates = copies.values().map(|n| n - 1).sum();
     }
+    let _: Result<i64, _> = client.del(&processing).await;
     let _ = client.quit().await;
     Ok(())
 }
@@ -438,6 +514,12 @@ async fn main() -> ExitCode {
         if let Ok(Ok(Err(error))) = tokio::time::timeout(Duration::from_secs(1), consumer).await {
             eprintln!("loadgen: consumer: {error}");
         }
+        let settled = tokio::time::timeout(CONSUMER_GRACE, settle(&options, &tally)).await;
+        match settled {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("loadgen: final count: {error}"),
+            Err(_) => eprintln!("loadgen: final count: Redis did not answer"),
+        }
     }
 
     let tally = lock(&tally);
@@ -465,10 +547,11 @@ async fn main() -> ExitCode {
     }
     if options.consume {
         println!(
-            "visible={} missing={} duplicates={}",
+            "visible={} missing={} duplicates={} recovered_from_processing={}",
             tally.visible.len(),
             tally.answered.len(),
-            tally.duplicates
+            tally.duplicates,
+            tally.recovered
         );
         print_latencies("commit_to_redis_ms", tally.visible.clone());
     }

@@ -1,9 +1,18 @@
 //! A TCP proxy between the service and PostgreSQL or Redis that a test can
 //! turn into a bad network: pass traffic, hold it (a black hole: accepted,
 //! never answered; held bytes flow again when the path is back), add
-//! latency, or cut every connection.
+//! latency, cut every connection, or strand the open connections (they stay
+//! open and never carry another byte, as when a NAT or firewall forgets
+//! them, while new connections pass).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -19,7 +28,6 @@ pub enum Mode {
     /// Accept, read, forward nothing until the mode changes.
     BlackHole,
     /// Forward each chunk after this delay.
-    #[allow(dead_code)]
     Latency(Duration),
     /// Close every connection, refuse new ones until the mode changes.
     Cut,
@@ -28,6 +36,8 @@ pub enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    /// Connections opened in an earlier epoch than this are stranded.
+    epoch: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -37,6 +47,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let (mode, watching) = watch::channel(Mode::Pass);
+        let epoch = Arc::new(AtomicU64::new(0));
+        let current = epoch.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -46,10 +58,25 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                tokio::spawn(connection(client, upstream, watching.clone()));
+                let stranded = Stranded {
+                    opened_in: current.load(Ordering::SeqCst),
+                    epoch: current.clone(),
+                };
+                tokio::spawn(connection(client, upstream, watching.clone(), stranded));
             }
         });
-        Self { addr, mode, task }
+        Self {
+            addr,
+            mode,
+            epoch,
+            task,
+        }
+    }
+
+    /// Every connection open now stays open and never carries another byte
+    /// (whatever the mode, until a `Cut` closes it); new ones are unaffected.
+    pub fn strand_open_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn port(&self) -> u16 {
@@ -68,7 +95,25 @@ impl Drop for Proxy {
     }
 }
 
-async fn connection(client: TcpStream, upstream: SocketAddr, mode: watch::Receiver<Mode>) {
+/// Tells whether a connection was stranded after it opened.
+#[derive(Clone)]
+struct Stranded {
+    opened_in: u64,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Stranded {
+    fn now(&self) -> bool {
+        self.epoch.load(Ordering::SeqCst) > self.opened_in
+    }
+}
+
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    stranded: Stranded,
+) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -77,8 +122,8 @@ async fn connection(client: TcpStream, upstream: SocketAddr, mode: watch::Receiv
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::select! {
-        () = pump(client_read, server_write, mode.clone()) => {}
-        () = pump(server_read, client_write, mode) => {}
+        () = pump(client_read, server_write, mode.clone(), stranded.clone()) => {}
+        () = pump(server_read, client_write, mode, stranded) => {}
     }
 }
 
@@ -87,6 +132,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    stranded: Stranded,
 ) {
     let mut buffer = vec![0_u8; 16 * 1024];
     loop {
@@ -97,6 +143,10 @@ async fn pump(
         let Ok(count @ 1..) = read else {
             return;
         };
+        if stranded.now() {
+            // Swallowed: the peer waits for an answer that never comes.
+            continue;
+        }
         loop {
             let current = *mode.borrow_and_update();
             match current {
@@ -112,6 +162,9 @@ async fn pump(
                     }
                 }
             }
+        }
+        if stranded.now() {
+            continue;
         }
         if to.write_all(&buffer[..count]).await.is_err() {
             return;
