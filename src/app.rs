@@ -84,7 +84,8 @@ impl App {
         let grpc_listener = bind(settings.grpc_addr).await?;
         let http_listener = bind(settings.http_addr).await?;
         let pool = db::pool(&settings.database);
-        let queue = RedisQueue::connect(&settings.redis, settings.queue.clone())?;
+        let queue = RedisQueue::connect(&settings.redis, settings.queue.clone())?
+            .with_replica_wait(settings.redis_wait);
         log_targets(&settings);
         Ok(Self {
             settings,

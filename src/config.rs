@@ -18,7 +18,7 @@ use crate::{
     db::{DatabaseSettings, IDLE_IN_TRANSACTION_TIMEOUT},
     jobs::RescuePolicy,
     outbox::RelaySettings,
-    queue::{QueueName, RedisSettings},
+    queue::{QueueName, RedisSettings, ReplicaWait},
     reaper::ReaperSettings,
     telemetry::LogFormat,
 };
@@ -37,6 +37,13 @@ pub const DEFAULT_DATABASE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DATABASE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit for one Redis command, including waiting for a reconnection.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Replicas that must confirm each relay push before it counts; 0: none
+/// (Redis replicates asynchronously, see `queue::replicas`).
+pub const DEFAULT_REDIS_WAIT_REPLICAS: u32 = 0;
+/// How long a push waits for those replicas before it counts as failed.
+pub const DEFAULT_REDIS_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most replicas `REDIS_WAIT_REPLICAS` may ask for.
+pub const MAX_REDIS_WAIT_REPLICAS: u32 = 100;
 pub const DEFAULT_RELAY_BATCH_SIZE: u32 = 500;
 /// Largest batch accepted; bigger batches only hold locks longer.
 pub const MAX_RELAY_BATCH_SIZE: u32 = 10_000;
@@ -89,6 +96,8 @@ impl ConfigError {
 pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
+    /// Replicas that must confirm the relay's pushes (`REDIS_WAIT_REPLICAS`).
+    pub redis_wait: ReplicaWait,
     pub queue: QueueName,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -146,14 +155,23 @@ impl Settings {
             "redis://",
             "rediss://",
             "redis-cluster://",
+            "rediss-cluster://",
             "redis-sentinel://",
+            "rediss-sentinel://",
         ]
         .iter()
         .any(|scheme| redis_url.starts_with(scheme));
         if !known_scheme {
             return Err(ConfigError::new(
                 "REDIS_URL",
-                "must start with redis://, rediss://, redis-cluster:// or redis-sentinel://",
+                "must start with redis://, rediss://, redis-cluster://, rediss-cluster://, \
+                 redis-sentinel:// or rediss-sentinel://",
+            ));
+        }
+        if redis_url.contains("-sentinel://") && !redis_url.contains("sentinelServiceName=") {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "a redis-sentinel:// URL needs ?sentinelServiceName=<the monitored master's name>",
             ));
         }
 
@@ -185,6 +203,25 @@ impl Settings {
 
         let redis_command_timeout =
             duration(&get, "REDIS_COMMAND_TIMEOUT", DEFAULT_REDIS_COMMAND_TIMEOUT)?;
+        let redis_wait = ReplicaWait {
+            replicas: number(
+                &get,
+                "REDIS_WAIT_REPLICAS",
+                DEFAULT_REDIS_WAIT_REPLICAS,
+                0,
+                MAX_REDIS_WAIT_REPLICAS,
+            )?,
+            timeout: duration(&get, "REDIS_WAIT_TIMEOUT", DEFAULT_REDIS_WAIT_TIMEOUT)?,
+        };
+        if !redis_wait.is_off() && redis_wait.timeout >= redis_command_timeout {
+            return Err(ConfigError::new(
+                "REDIS_WAIT_TIMEOUT",
+                format!(
+                    "must be shorter than REDIS_COMMAND_TIMEOUT ({})",
+                    humantime::format_duration(redis_command_timeout)
+                ),
+            ));
+        }
         let marker_ttl = duration(&get, "RELAY_MARKER_TTL", DEFAULT_RELAY_MARKER_TTL)?;
         let shortest_ttl = (IDLE_IN_TRANSACTION_TIMEOUT + redis_command_timeout) * 2;
         if marker_ttl < shortest_ttl {
@@ -203,6 +240,7 @@ impl Settings {
                 url: redis_url,
                 command_timeout: redis_command_timeout,
             },
+            redis_wait,
             queue,
             grpc_addr: address(&get, "GRPC_ADDR", DEFAULT_GRPC_ADDR)?,
             http_addr: address(&get, "HTTP_ADDR", DEFAULT_HTTP_ADDR)?,
@@ -531,6 +569,8 @@ mod tests {
             ("MAX_JOB_ATTEMPTS", "0"),
             ("STUCK_JOB_TIMEOUT", "an hour"),
             ("QUEUE_MAX_BACKLOG", "-1"),
+            ("REDIS_WAIT_REPLICAS", "-1"),
+            ("REDIS_WAIT_TIMEOUT", "soon"),
         ];
         for (name, value) in cases {
             let error = settings(&[base, (name, value)]).err().unwrap();
@@ -651,5 +691,51 @@ mod tests {
         assert_eq!(s.database.statement_timeout, Duration::from_secs(10));
         assert!(s.relay.call_timeout > Duration::from_secs(10));
         assert_eq!(s.relay.call_timeout, s.reaper.call_timeout);
+    }
+
+    #[test]
+    fn every_redis_topology_url_form_is_accepted() {
+        for url in [
+            "redis://:pw@cache:6379/0",
+            "rediss://cache:6380/0",
+            "redis-cluster://a:6379?node=b:6379&node=c:6379",
+            "rediss-cluster://:pw@a:6379?node=b:6379",
+            "redis-sentinel://:pw@s1:26379/0?sentinelServiceName=jobs&node=s2:26379",
+            "rediss-sentinel://s1:26379/0?sentinelServiceName=jobs&sentinelPassword=x",
+        ] {
+            let s = settings(&[("DATABASE_URL", "postgres://db/jobs"), ("REDIS_URL", url)]);
+            assert!(s.is_ok(), "{url}");
+        }
+        let error = settings(&[
+            ("DATABASE_URL", "postgres://db/jobs"),
+            ("REDIS_URL", "redis-sentinel://s1:26379/0?node=s2:26379"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(error.name, "REDIS_URL");
+        assert!(error.reason.contains("sentinelServiceName"));
+    }
+
+    #[test]
+    fn waiting_for_replicas_is_off_by_default_and_bounded_by_the_command_timeout() {
+        let s = settings(&[("DATABASE_URL", "postgres://db/jobs")]).unwrap();
+        assert!(s.redis_wait.is_off());
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://db/jobs"),
+            ("REDIS_WAIT_REPLICAS", "1"),
+            ("REDIS_WAIT_TIMEOUT", "250ms"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis_wait.replicas, 1);
+        assert_eq!(s.redis_wait.timeout, Duration::from_millis(250));
+        let error = settings(&[
+            ("DATABASE_URL", "postgres://db/jobs"),
+            ("REDIS_WAIT_REPLICAS", "1"),
+            ("REDIS_WAIT_TIMEOUT", "5s"),
+            ("REDIS_COMMAND_TIMEOUT", "5s"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(error.name, "REDIS_WAIT_TIMEOUT");
     }
 }

@@ -43,18 +43,20 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A URL with its password replaced by `***`, for log lines.
+/// A URL with its passwords (userinfo and a Sentinel URL's
+/// `sentinelPassword`) replaced by `***`, for log lines.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
     let authority_start = scheme_end + 3;
     let authority_end = url[authority_start..]
-        .find('/')
+        .find(['/', '?'])
         .map_or(url.len(), |i| authority_start + i);
+    let rest = redact_query_password(&url[authority_end..]);
     let authority = &url[authority_start..authority_end];
     let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+        return format!("{}{rest}", &url[..authority_end]);
     };
     let userinfo = &authority[..at];
     let user = userinfo.split(':').next().unwrap_or("");
@@ -69,8 +71,25 @@ pub fn redact_url(url: &str) -> String {
         &url[..authority_start],
         shown_user,
         &authority[at + 1..],
-        &url[authority_end..]
+        rest
     )
+}
+
+/// The path and query of a URL with the value of `sentinelPassword=` masked.
+fn redact_query_password(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("sentinelPassword") => {
+                format!("{name}=***")
+            }
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -93,5 +112,19 @@ mod tests {
             "redis://localhost:6379/0"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url(
+                "redis-sentinel://:s3cret@s1:26379/0?sentinelServiceName=jobs&sentinelPassword=p@ss&node=s2:26379"
+            ),
+            "redis-sentinel://:***@s1:26379/0?sentinelServiceName=jobs&sentinelPassword=***&node=s2:26379"
+        );
+        assert_eq!(
+            redact_url("redis-cluster://:s3cret@a:6379?node=b:6379"),
+            "redis-cluster://:***@a:6379?node=b:6379"
+        );
+        assert_eq!(
+            redact_url("redis-sentinel://s1:26379?sentinelServiceName=jobs&sentinelPassword=x"),
+            "redis-sentinel://s1:26379?sentinelServiceName=jobs&sentinelPassword=***"
+        );
     }
 }

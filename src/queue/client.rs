@@ -12,7 +12,7 @@ use fred::{
     types::scripts::Script,
 };
 
-use super::{Lane, QueueName};
+use super::{Lane, QueueName, ReplicaWait};
 
 /// Shortest and longest pause between reconnection attempts, in milliseconds.
 const RECONNECT_MIN_DELAY_MS: u32 = 50;
@@ -40,6 +40,19 @@ pub enum QueueError {
     /// A script answered something it never answers.
     #[error("unexpected reply from Redis: {0}")]
     Reply(String),
+    /// Fewer replicas than `REDIS_WAIT_REPLICAS` confirmed a push in time: a
+    /// failover could still lose it, so it does not count (see
+    /// `queue::replicas`).
+    #[error(
+        "{acknowledged} of the {required} replicas REDIS_WAIT_REPLICAS asks for confirmed the push in time"
+    )]
+    NotReplicated { acknowledged: i64, required: u32 },
+    /// The client reconnected between a push and its `WAIT`, so the `WAIT`
+    /// cannot speak for the push.
+    #[error(
+        "the Redis connection was re-established during a push; its replication is unconfirmed"
+    )]
+    Reconnected,
 }
 
 /// How to reach Redis.
@@ -52,15 +65,22 @@ pub struct RedisSettings {
 }
 
 /// A handle on the queue's Redis keys. Cheap to clone; all clones share one
-/// multiplexed connection (per cluster node) that reconnects by itself.
+/// multiplexed connection (per cluster node) that reconnects by itself, and
+/// a second one for the relay's pushes when they wait for replicas.
 #[derive(Clone)]
 pub struct RedisQueue {
     pub(super) client: Client,
+    /// Where pushes go: `client` itself, or with a [`ReplicaWait`] a
+    /// connection of their own, so that a `WAIT` (which holds its
+    /// connection until the replicas answer) never delays other commands.
+    pub(super) pusher: Client,
     pub(super) queue: QueueName,
     pub(super) push: Script,
     pub(super) snapshot: Script,
     pub(super) start_generation: Script,
     move_lane: Script,
+    /// Replicas that must confirm a push (`queue::replicas`); off by default.
+    pub(super) wait: ReplicaWait,
     /// Limit of one command (`REDIS_COMMAND_TIMEOUT`).
     command_timeout: Duration,
 }
@@ -107,12 +127,14 @@ impl RedisQueue {
         // The connection task runs until `quit`; its handle is not needed.
         let _connection = client.connect();
         Ok(Self {
+            pusher: client.clone(),
             client,
             queue,
             push: Script::from_lua(include_str!("push.lua")),
             snapshot: Script::from_lua(include_str!("snapshot.lua")),
             start_generation: Script::from_lua(include_str!("start_generation.lua")),
             move_lane: Script::from_lua(include_str!("move_lane.lua")),
+            wait: ReplicaWait::OFF,
             command_timeout: timeout,
         })
     }
@@ -219,11 +241,18 @@ impl RedisQueue {
         tracing::warn!("a Redis command timed out; reconnecting");
         let limit = self.command_timeout;
         let _ = tokio::time::timeout(limit, self.client.force_reconnection()).await;
+        if !self.wait.is_off() {
+            // The pushes' own connection (see `queue::replicas`) too.
+            let _ = tokio::time::timeout(limit, self.pusher.force_reconnection()).await;
+        }
         true
     }
 
-    /// Closes the connection.
+    /// Closes the connections.
     pub async fn quit(&self) {
+        if !self.wait.is_off() {
+            let _ = self.pusher.quit().await;
+        }
         let _ = self.client.quit().await;
     }
 }

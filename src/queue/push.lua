@@ -88,7 +88,11 @@ for m = 1, count do
     result[m + 1] = -1 - totals[lane]
   end
 end
-for marker in pairs(touched) do
-  redis.call('EXPIRE', marker, ttl)
+-- Every marker of the batch gets a full lifetime again, those of skipped
+-- messages too: a retried batch stays remembered, and the script always
+-- writes something, so a WAIT after it covers everything this server holds
+-- (the retry of a batch whose push reached Redis otherwise writes nothing).
+for k = lanes + 2, #KEYS do
+  redis.call('EXPIRE', KEYS[k], ttl)
 end
 return result

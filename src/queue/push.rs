@@ -54,25 +54,33 @@ pub enum PushOutcome {
 impl RedisQueue {
     /// Pushes messages onto their lanes, each lane in the given order, each
     /// message at most once per (outbox id, token) within `marker_ttl`, and
-    /// only while Redis holds `generation`.
-    #[instrument(skip_all, fields(count = messages.len()), err)]
+    /// only while Redis holds `generation`. With a [`ReplicaWait`](super::ReplicaWait)
+    /// set, done only once enough replicas hold the push.
+    // Debug: the relay logs failed drains itself, throttled; a push that
+    // keeps failing (no replica confirms while one is down) would otherwise
+    // log an error on every retry.
+    #[instrument(skip_all, fields(count = messages.len()), err(level = "debug"))]
     pub async fn push(
         &self,
         generation: i64,
         marker_ttl: Duration,
         messages: &[OutboxMessage<'_>],
     ) -> Result<PushOutcome, QueueError> {
+        let watch = self.watch_connection().await;
         let mut placements = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(MAX_MESSAGES_PER_SCRIPT) {
             let (keys, args) = self.push_arguments(generation, marker_ttl, chunk);
             let reply: Vec<Value> = self
                 .push
-                .evalsha_with_reload(&self.client, keys, args)
+                .evalsha_with_reload(&self.pusher, keys, args)
                 .await?;
             match parse_push_reply(reply, chunk.len())? {
                 PushOutcome::Done(done) => placements.extend(done),
                 stale @ PushOutcome::StaleGeneration { .. } => return Ok(stale),
             }
+        }
+        if let Some(watch) = watch {
+            self.confirm_replicated(watch).await?;
         }
         Ok(PushOutcome::Done(placements))
     }

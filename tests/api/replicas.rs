@@ -1,0 +1,210 @@
+//! Replicas: three processes of the real binary on one database and one
+//! Redis queue, each running API, relay and reaper, one of them killed
+//! (SIGKILL) while jobs pour in.
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tonic::transport::Channel;
+use translation_jobs::{
+    api::proto::translation_job_service_client::TranslationJobServiceClient,
+    queue::{Lane, QueueName},
+};
+
+use crate::support::{
+    PATIENCE, SHARED_REDIS_URL, cleanup, counts, create_request, free_port, http_get, messages,
+    redis_client, unique_queue,
+};
+
+/// Jobs acknowledged before the kill, and after it.
+const BEFORE_KILL: usize = 300;
+const AFTER_KILL: usize = 300;
+
+/// One process of the binary, killed when dropped.
+struct Replica {
+    child: Child,
+    grpc_port: u16,
+    http_port: u16,
+}
+
+impl Replica {
+    fn start(database: &PgConnectOptions, queue: &QueueName) -> Self {
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let database_url = format!(
+            "postgres://{}@{}:{}/{}",
+            database.get_username(),
+            database.get_host(),
+            database.get_port(),
+            database.get_database().unwrap_or("postgres")
+        );
+        let child = Command::new(env!("CARGO_BIN_EXE_translation-jobs"))
+            .env("DATABASE_URL", database_url)
+            .env("DATABASE_POOL_SIZE", "4")
+            .env("REDIS_URL", SHARED_REDIS_URL)
+            .env("TRANSLATION_QUEUE", queue.as_str())
+            .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            // Small batches: a kill is likely to find one claimed and pushed
+            // but not committed.
+            .env("RELAY_BATCH_SIZE", "10")
+            .env("RELAY_POLL_INTERVAL", "200ms")
+            .env("QUEUE_MAX_BACKLOG", "0")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        Self {
+            child,
+            grpc_port,
+            http_port,
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        let deadline = Instant::now() + PATIENCE;
+        while http_get(&url).await.is_none_or(|(status, _)| status != 200) {
+            assert!(Instant::now() < deadline, "a replica never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn client(&self) -> TranslationJobServiceClient<Channel> {
+        TranslationJobServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc_port))
+            .await
+            .expect("gRPC client connects")
+    }
+
+    /// SIGKILL: no shutdown, no last commit.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn until(acknowledged: &AtomicUsize, count: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while acknowledged.load(Ordering::Relaxed) < count {
+        assert!(Instant::now() < deadline, "creates stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn three_replicas_deliver_every_acknowledged_job_exactly_once_when_one_is_killed(
+    pool_options: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let queue = unique_queue();
+    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&database, &queue)).collect();
+    for replica in &replicas {
+        replica.wait_ready().await;
+    }
+    let pool: PgPool = pool_options.connect_with(database).await.unwrap();
+
+    // Two callers per replica. A caller of the replica that gets killed
+    // moves on to the next one when a call fails: that call's job may or
+    // may not have been committed, so it is not counted as acknowledged.
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        clients.push(replica.client().await);
+    }
+    let callers: Vec<_> = (0..6)
+        .map(|caller| {
+            let clients = clients.clone();
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut target = caller % clients.len();
+                let mut ids = Vec::new();
+                let mut failed = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut client = clients[target].clone();
+                    match client.create_translation_job(create_request()).await {
+                        Ok(job) => {
+                            ids.push(job.into_inner().id);
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failed += 1;
+                            target = (target + 1) % clients.len();
+                        }
+                    }
+                }
+                (ids, failed)
+            })
+        })
+        .collect();
+
+    until(&acknowledged, BEFORE_KILL).await;
+    replicas[1].kill();
+    until(
+        &acknowledged,
+        acknowledged.load(Ordering::Relaxed) + AFTER_KILL,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut created = Vec::new();
+    let mut failed = 0;
+    for caller in callers {
+        let (ids, failures) = caller.await.unwrap();
+        created.extend(ids);
+        failed += failures;
+    }
+
+    // The dead process's claimed rows come back when PostgreSQL notices its
+    // closed connections; the survivors publish them.
+    let deadline = Instant::now() + PATIENCE;
+    while counts(&pool).await.2 != 0 {
+        assert!(Instant::now() < deadline, "the outbox never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let mut found: HashMap<(String, i32), usize> = HashMap::new();
+    for message in messages(&redis, &queue, Lane::Normal).await {
+        *found.entry((message.job_id, message.attempt)).or_default() += 1;
+    }
+    let duplicated: Vec<_> = found.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+    assert!(found.keys().all(|(_, attempt)| *attempt == 0));
+    let delivered: HashSet<&String> = found.keys().map(|(id, _)| id).collect();
+    let acknowledged: HashSet<&String> = created.iter().collect();
+    assert_eq!(acknowledged.len(), created.len(), "distinct jobs");
+    let lost: Vec<_> = acknowledged.difference(&delivered).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged jobs lost: {lost:?}",
+        lost.len()
+    );
+    // Every committed job (also one whose create the kill interrupted after
+    // its commit) is delivered; nothing else is.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id::text FROM translation_jobs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let stored: HashSet<&String> = stored.iter().collect();
+    assert_eq!(delivered, stored);
+    assert!(stored.len() <= created.len() + failed);
+
+    cleanup(&redis, &queue).await;
+}
