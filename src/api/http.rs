@@ -1,9 +1,15 @@
-//! The HTTP side on `HTTP_ADDR`: Prometheus metrics, plain health checks,
-//! and the JSON job endpoints of `rest`.
+//! The HTTP side on `HTTP_ADDR`: the dashboard page, Prometheus metrics,
+//! plain health checks, and the JSON endpoints of `rest`.
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    response::{Html, IntoResponse},
+    routing::get,
+};
 use sqlx::PgPool;
 
 use super::JobsApi;
@@ -25,15 +31,39 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
 }
 
-/// `/metrics`, `/healthz` (the process is alive), `/readyz` (it can
-/// serve: PostgreSQL reached and migrated) and `/api/v1/translation-jobs`.
+/// The dashboard: one self-contained page (inline CSS and JavaScript, no
+/// build step, nothing fetched from elsewhere) that polls `/api/v1/stats`
+/// and `/api/v1/translation-jobs`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `/` (the dashboard), `/metrics`, `/healthz` (the process is alive),
+/// `/readyz` (it can serve: PostgreSQL reached and migrated) and `/api/v1/...`.
+/// Unknown paths and methods get the API's JSON error body.
 pub fn router(state: HttpState, api: JobsApi) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(super::rest::routes().with_state(api))
+        .fallback(super::rest::not_found)
+        .method_not_allowed_fallback(super::rest::method_not_allowed)
+}
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            ("cache-control", "no-cache"),
+            // The page loads nothing from elsewhere; the browser enforces it.
+            (
+                "content-security-policy",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        Html(DASHBOARD),
+    )
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {

@@ -1,9 +1,11 @@
 //! The edge: gRPC and HTTP handlers, request parsing and the mapping of
 //! errors to statuses. Calls into `jobs`; nothing below calls back up.
 
+pub mod body;
 pub mod convert;
 mod grpc;
 pub mod http;
+pub mod json;
 pub mod proto;
 mod rest;
 mod status;

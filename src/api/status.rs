@@ -7,7 +7,10 @@
 use tonic::{Code, Status};
 
 use crate::{
-    backlog::BacklogError, jobs::JobError, jobs::fields::FieldError, telemetry::error_chain,
+    backlog::BacklogError,
+    jobs::{JobError, RedriveError, fields::FieldError},
+    queue::QueueError,
+    telemetry::error_chain,
 };
 
 /// Everything a handler can fail with.
@@ -25,6 +28,18 @@ pub enum ApiError {
     /// Too many jobs wait; the caller should retry later.
     #[error(transparent)]
     Backlog(#[from] BacklogError),
+    /// Redis failed or is unreachable, for a call that needs it (a redrive).
+    #[error("Redis is not reachable")]
+    Queue(#[from] QueueError),
+}
+
+impl From<RedriveError> for ApiError {
+    fn from(error: RedriveError) -> Self {
+        match error {
+            RedriveError::Queue(queue) => ApiError::Queue(queue),
+            RedriveError::Job(job) => ApiError::Job(job),
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -44,6 +59,14 @@ impl From<ApiError> for Status {
             }
             ApiError::Backlog(BacklogError::RecentlyFailed) => {
                 Status::unavailable("PostgreSQL is unavailable; retry shortly")
+            }
+            ApiError::Queue(QueueError::InvalidUrl(_) | QueueError::Reply(_)) => {
+                tracing::error!(error = %error_chain(&error), "internal error");
+                Status::internal("internal error")
+            }
+            ApiError::Queue(ref queue) => {
+                tracing::warn!(error = %error_chain(queue), "Redis unavailable");
+                Status::unavailable("Redis is unavailable; retry shortly")
             }
         }
     }

@@ -3,6 +3,7 @@
 //! or a redis-server of the test's own when it must be stopped).
 
 mod backpressure;
+mod cli;
 mod create;
 mod exactly_once;
 mod health;
@@ -12,6 +13,7 @@ mod outage;
 mod process;
 mod proxy;
 mod reaper;
+mod redrive;
 mod relay;
 mod support;
 mod validation;
