@@ -2,17 +2,41 @@
 # Starts the service on this machine with everything it needs: PostgreSQL
 # and Redis (installed and started when missing), a database for the jobs,
 # then the service itself on GRPC_ADDR (default 0.0.0.0:50051) and
-# HTTP_ADDR (default 0.0.0.0:8000). PROFILE=release for a release build.
+# HTTP_ADDR (default 0.0.0.0:8000, the dashboard at /). Arguments go to the
+# binary (`scripts/run.sh stats`, `scripts/run.sh redrive-dead`).
+#
+# Environment: DATABASE_URL (default: the database TRANSLATION_JOBS_DB,
+# default translation_jobs, on the server scripts/services.sh starts),
+# REDIS_URL (default redis://127.0.0.1:6379/0), PROFILE (dev, the default,
+# or release), and every variable of the README's configuration table.
+#
+# The dev build is the very build scripts/test.sh makes (`cargo build
+# --all-targets` resolves the same features as `cargo test --all-targets`),
+# so running after testing compiles nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 server_url=$(scripts/services.sh | tail -n 1)
-database=${TRANSLATION_JOBS_DB:-translation_jobs}
-if ! psql "$server_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1; then
-  psql "$server_url" -qc "CREATE DATABASE $database"
+if [ -z "${DATABASE_URL:-}" ]; then
+  database=${TRANSLATION_JOBS_DB:-translation_jobs}
+  if ! psql "$server_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1; then
+    psql "$server_url" -qc "CREATE DATABASE \"$database\""
+  fi
+  export DATABASE_URL=${server_url%/*}/$database
 fi
-export DATABASE_URL=${DATABASE_URL:-${server_url%/*}/$database}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 
-profile=${PROFILE:-dev}
-exec cargo run --locked --profile "$profile" --bin translation-jobs
+case "${PROFILE:-dev}" in
+  dev)
+    cargo build --locked --all-targets
+    exec target/debug/translation-jobs "$@"
+    ;;
+  release)
+    cargo build --locked --release --bin translation-jobs
+    exec target/release/translation-jobs "$@"
+    ;;
+  *)
+    echo "run.sh: PROFILE must be dev or release, got ${PROFILE}" >&2
+    exit 2
+    ;;
+esac

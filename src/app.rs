@@ -20,7 +20,7 @@ use crate::{
         tls::{self, TlsError},
     },
     backlog::Backlog,
-    config::Settings,
+    config::{ListenAddr, Settings},
     db,
     health::{self, Health},
     metrics::Metrics,
@@ -47,7 +47,7 @@ const LIVENESS_SLACK: Duration = Duration::from_secs(60);
 pub enum AppError {
     #[error("cannot listen on {addr}")]
     Bind {
-        addr: SocketAddr,
+        addr: ListenAddr,
         #[source]
         source: std::io::Error,
     },
@@ -81,8 +81,8 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         let tls = settings.tls.as_ref().map(tls::server_config).transpose()?;
         let auth = Authenticator::new(&settings.auth);
-        let grpc_listener = bind(settings.grpc_addr).await?;
-        let http_listener = bind(settings.http_addr).await?;
+        let grpc_listener = bind(&settings.grpc_addr).await?;
+        let http_listener = bind(&settings.http_addr).await?;
         let pool = db::pool(&settings.database);
         let queue = RedisQueue::connect(&settings.redis, settings.queue.clone())?
             .with_replica_wait(settings.redis_wait);
@@ -100,15 +100,17 @@ impl App {
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener
-            .local_addr()
-            .unwrap_or(self.settings.grpc_addr)
+        self.grpc_listener.local_addr().unwrap_or(SocketAddr::from((
+            [0, 0, 0, 0],
+            self.settings.grpc_addr.port(),
+        )))
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_listener
-            .local_addr()
-            .unwrap_or(self.settings.http_addr)
+        self.http_listener.local_addr().unwrap_or(SocketAddr::from((
+            [0, 0, 0, 0],
+            self.settings.http_addr.port(),
+        )))
     }
 
     /// Serves until `shutdown` resolves, then drains: readiness goes
@@ -277,10 +279,14 @@ async fn drain(tasks: &mut JoinSet<()>, deadline: tokio::time::Instant) {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr)
+/// Binds to the first address the host resolves to that accepts.
+async fn bind(addr: &ListenAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind((addr.host(), addr.port()))
         .await
-        .map_err(|source| AppError::Bind { addr, source })
+        .map_err(|source| AppError::Bind {
+            addr: addr.clone(),
+            source,
+        })
 }
 
 /// Where the service connects, without credentials.
@@ -356,6 +362,13 @@ async fn run_background(background: Background) {
     health.set_migrated();
     tracing::info!("database ready");
     loops.spawn(check_eviction_policy(queue.clone(), token.clone()));
+    loops.spawn(finish_interrupted_redrive(
+        pool.clone(),
+        queue.clone(),
+        call_timeout,
+        relay_wake.clone(),
+        token.clone(),
+    ));
 
     let listener_beat = liveness.register("listener", IDLE_PING + LIVENESS_SLACK);
     loops.spawn(supervise(token.clone(), listener_beat.clone(), {
@@ -485,6 +498,44 @@ async fn run_relay(
         }
     };
     relay.run(token, wake, beat).await;
+}
+
+/// Finishes, once Redis answers, a dead-letter redrive that died between
+/// taking dead letters and removing them (see `jobs::redrive`); retries
+/// until it succeeds or shutdown.
+async fn finish_interrupted_redrive(
+    pool: PgPool,
+    queue: RedisQueue,
+    call_timeout: Duration,
+    wake: Wake,
+    token: CancellationToken,
+) {
+    loop {
+        if queue.is_connected() {
+            match crate::jobs::finish_interrupted_redrive(&pool, &queue, call_timeout).await {
+                Ok(done) => {
+                    if !done.jobs.is_empty() || done.stale > 0 || done.unreadable > 0 {
+                        wake.wake();
+                        tracing::info!(
+                            redriven = done.jobs.len(),
+                            stale = done.stale,
+                            unreadable = done.unreadable,
+                            "finished an interrupted dead-letter redrive"
+                        );
+                    }
+                    return;
+                }
+                Err(error) => tracing::warn!(
+                    error = %error_chain(&error),
+                    "cannot finish an interrupted dead-letter redrive yet; retrying"
+                ),
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(CONNECT_RETRY_MAX) => {}
+        }
+    }
 }
 
 /// Warns once Redis answers if its eviction policy can drop the queue's

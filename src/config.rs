@@ -2,7 +2,7 @@
 //! constants. Connection strings carry passwords: they are never printed,
 //! and `Settings` has no `Debug` that would show them.
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, str::FromStr, time::Duration};
 
 use sqlx::postgres::PgConnectOptions;
 
@@ -99,8 +99,8 @@ pub struct Settings {
     /// Replicas that must confirm the relay's pushes (`REDIS_WAIT_REPLICAS`).
     pub redis_wait: ReplicaWait,
     pub queue: QueueName,
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    pub grpc_addr: ListenAddr,
+    pub http_addr: ListenAddr,
     /// Whether this process runs the relay; API-only replicas can turn it off.
     pub relay_enabled: bool,
     pub relay: RelaySettings,
@@ -139,7 +139,9 @@ impl Settings {
             (None, None) => {
                 return Err(ConfigError::new(
                     "DATABASE_URL",
-                    "must be set (a postgres:// URL; DATABASE_DSN is accepted too)",
+                    "must be set: the postgres:// URL of the jobs' own database, e.g. \
+                     postgres://postgres@127.0.0.1:5432/translation_jobs (scripts/run.sh creates \
+                     one and sets it; DATABASE_DSN is accepted too)",
                 ));
             }
         };
@@ -473,16 +475,63 @@ where
     }
 }
 
+/// Where a listener binds: `host:port`, the host an IP address (`0.0.0.0`,
+/// `[::1]`) or a name resolved when the listener binds (`localhost`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr {
+    host: String,
+    port: u16,
+}
+
+impl ListenAddr {
+    /// Parses `host:port`; an IPv6 host in brackets.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (host, port) = raw.trim().rsplit_once(':')?;
+        let port = port.parse().ok()?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']')?,
+            None if host.contains(':') => return None,
+            None => host,
+        };
+        let valid = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '%'));
+        valid.then(|| Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 fn address(
     get: &impl Fn(&str) -> Option<String>,
     name: &'static str,
     default: &str,
-) -> Result<SocketAddr, ConfigError> {
+) -> Result<ListenAddr, ConfigError> {
     let raw = get(name).unwrap_or_else(|| default.to_owned());
-    raw.trim().parse().map_err(|_| {
+    ListenAddr::parse(&raw).ok_or_else(|| {
         ConfigError::new(
             name,
-            format!("must be host:port such as 0.0.0.0:50051, got {raw:?}"),
+            format!("must be host:port such as 0.0.0.0:50051 or localhost:50051, got {raw:?}"),
         )
     })
 }
@@ -531,6 +580,32 @@ mod tests {
         assert_eq!(s.reaper.policy.stuck_after, Duration::from_secs(3600));
         assert_eq!(s.reaper.policy.max_attempts, 3);
         assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn listen_addresses_accept_ips_and_host_names() {
+        for (raw, shown) in [
+            ("localhost:50051", "localhost:50051"),
+            ("0.0.0.0:8000", "0.0.0.0:8000"),
+            ("[::1]:8000", "[::1]:8000"),
+            ("[::]:0", "[::]:0"),
+            (" my-host.internal:80 ", "my-host.internal:80"),
+        ] {
+            let addr = ListenAddr::parse(raw).unwrap_or_else(|| panic!("{raw}"));
+            assert_eq!(addr.to_string(), shown);
+        }
+        assert_eq!(ListenAddr::parse("[::1]:8000").unwrap().host(), "::1");
+        for bad in [
+            "localhost",
+            ":80",
+            "host:port",
+            "::1:80",
+            "a b:80",
+            "h:70000",
+            "[::1:80",
+        ] {
+            assert_eq!(ListenAddr::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -22,6 +22,10 @@
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
 //! - [`backlog`]: backpressure on creates.
+//! - [`stats`]: what waits where (lanes, outbox, dead letters), one reading
+//!   shared by the API, the dashboard and the CLI.
+//! - [`cli`]: the command line: `serve` and the admin commands that work on
+//!   PostgreSQL and Redis directly.
 //! - [`health`]: liveness and readiness, the database probe, the gRPC
 //!   health service.
 //! - [`supervise`]: restarts background loops that fail; their heartbeats.
@@ -37,6 +41,7 @@
 pub mod api;
 pub mod app;
 pub mod backlog;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod health;
@@ -46,6 +51,7 @@ pub mod outbox;
 pub mod queue;
 pub mod reaper;
 pub mod redact;
+pub mod stats;
 pub mod supervise;
 pub mod telemetry;
 pub mod wake;

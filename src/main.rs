@@ -1,16 +1,27 @@
-//! Wiring only: settings, logging, build, run until SIGTERM or SIGINT.
+//! Wiring only: the command line, then for `serve` (the default) settings,
+//! logging, build, run until SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use translation_jobs::{
     app::App,
+    cli::{self, Cli, Command},
     config::Settings,
     telemetry::{self, error_chain},
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Command::Serve) => serve().await,
+        Some(command) => cli::run(command, cli.json).await,
+    }
+}
+
+async fn serve() -> ExitCode {
     // Installed first, so a SIGTERM during start-up also shuts down cleanly.
     let mut terminate = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
     let mut interrupt = signal(SignalKind::interrupt()).expect("install the SIGINT handler");

@@ -1,6 +1,8 @@
 //! Logging: human-readable by default, one JSON object per line with
 //! `LOG_FORMAT=json`; the filter comes from `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Log output format (`LOG_FORMAT`).
@@ -20,7 +22,11 @@ const DEFAULT_FILTER: &str = "info,sqlx=warn,fred=warn,h2=warn,tower=warn";
 pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    // Colours only for a person at a terminal, never into files or pipes.
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

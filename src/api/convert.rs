@@ -6,12 +6,13 @@ use super::{auth::Principal, proto};
 use uuid::Uuid;
 
 use crate::jobs::{
-    Job, JobStatus, JobView, ListQuery, NewJob, Priority, Scope, SubtaskCounts,
+    Job, JobStatus, JobView, ListQuery, NewJob, Priority, Redriven, Scope, SubtaskCounts,
     fields::{
         FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, TraceParent,
         UserId, parse_uuid,
     },
 };
+use crate::stats::QueueStats;
 
 /// Page size when the caller gives none.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -310,6 +311,49 @@ pub fn job_summary_to_proto(job: &Job, counts: SubtaskCounts) -> proto::Translat
     summary.completed_subtasks = i32::try_from(counts.completed).unwrap_or(i32::MAX);
     summary.total_subtasks = i32::try_from(counts.total).unwrap_or(i32::MAX);
     summary
+}
+
+/// A duration as protobuf's `Duration`.
+fn duration(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        // Always below 1e9, so the cast cannot wrap.
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
+/// The response of GetQueueStats.
+pub fn stats_to_proto(stats: &QueueStats) -> proto::QueueStats {
+    proto::QueueStats {
+        lanes: stats
+            .lanes
+            .iter()
+            .map(|lane| proto::LaneStats {
+                lane: lane.lane.as_str().to_owned(),
+                key: lane.key.clone(),
+                length: lane.length,
+                pushed_count: lane.pushed,
+            })
+            .collect(),
+        outbox_backlog: stats.outbox_backlog,
+        oldest_unpublished_age: stats.oldest_unpublished_age.map(duration),
+        dead_letters: stats.dead_letters,
+        redis_reachable: stats.redis_reachable,
+        backlog: stats.backlog,
+        backlog_limit: i64::try_from(stats.backlog_limit).unwrap_or(i64::MAX),
+        redis_maxmemory_policy: stats.redis_maxmemory_policy.clone(),
+        queue: stats.queue.as_str().to_owned(),
+    }
+}
+
+/// The response of RedriveDeadLetters.
+pub fn redriven_to_proto(redriven: &Redriven) -> proto::RedriveDeadLettersResponse {
+    proto::RedriveDeadLettersResponse {
+        jobs: redriven.jobs.iter().map(job_to_proto).collect(),
+        stale_count: count(redriven.stale),
+        unreadable_count: count(redriven.unreadable),
+        dead_letters_remaining: i64::try_from(redriven.remaining).unwrap_or(i64::MAX),
+    }
 }
 
 #[cfg(test)]

@@ -18,20 +18,19 @@ use super::{
     status::ApiError,
 };
 use crate::{
-    backlog::{Backlog, BacklogError},
+    backlog::Backlog,
     db::bounded,
     health::Health,
     jobs::{self, JobView, fields::FieldError, fields::parse_uuid},
     metrics::Metrics,
-    queue::{Lane, RedisQueue},
+    queue::RedisQueue,
+    stats,
     wake::Wake,
     watch::{self, WatchHub},
 };
 
 /// Messages buffered per watch stream before the sender waits for the client.
 const WATCH_BUFFER: usize = 4;
-/// Longest GetQueueStats waits for Redis before reporting it unreachable.
-const STATS_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -221,65 +220,76 @@ impl JobsApi {
             .collect())
     }
 
-    async fn queue_stats(&self, caller: &Caller) -> Result<proto::QueueStats, ApiError> {
+    /// Queue statistics, shared by gRPC and HTTP. Admins only.
+    pub async fn queue_stats(&self, caller: &Caller) -> Result<stats::QueueStats, ApiError> {
         require_admin(caller, "GetQueueStats")?;
         self.ensure_ready()?;
-        let (backlog, oldest): (i64, Option<f64>) = bounded(
+        stats::read_stats(
+            &self.deps.pool,
+            &self.deps.queue,
+            self.deps.backlog.limit(),
             self.deps.call_timeout,
-            sqlx::query_as(
-                "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
-            )
-            .fetch_one(&self.deps.pool),
         )
         .await
-        .map_err(|error| ApiError::Backlog(BacklogError::Database(error)))?;
+        .map_err(|error| ApiError::Job(jobs::JobError::Database(error)))
+    }
 
-        let mut stats = proto::QueueStats {
-            outbox_backlog: backlog,
-            oldest_unpublished_age: oldest.map(|secs| prost_types::Duration {
-                seconds: secs.trunc() as i64,
-                nanos: (secs.fract() * 1e9) as i32,
-            }),
-            backlog_limit: i64::try_from(self.deps.backlog.limit()).unwrap_or(i64::MAX),
-            ..Default::default()
+    /// One page of the caller's jobs (all jobs for an admin), shared by
+    /// gRPC and HTTP.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        request: &proto::ListTranslationJobsRequest,
+    ) -> Result<proto::ListTranslationJobsResponse, ApiError> {
+        let query = convert::list_query(request)?;
+        self.ensure_ready()?;
+        let page = bounded(
+            self.deps.call_timeout,
+            jobs::list_jobs(&self.deps.pool, &query, &caller.scope),
+        )
+        .await?;
+        let next_page_token = match (page.more, page.jobs.last()) {
+            (true, Some(last)) => convert::page_token(last.id, &query),
+            _ => String::new(),
         };
-        let queue = &self.deps.queue;
-        let lanes = async {
-            let mut lanes = Vec::new();
-            for lane in Lane::ALL {
-                lanes.push((lane, queue.queue_length(lane).await?));
-            }
-            let policy = queue.maxmemory_policy().await.unwrap_or_default();
-            Ok::<_, crate::queue::QueueError>((lanes, policy))
-        };
-        let waiting_in_redis = if queue.is_connected() {
-            match tokio::time::timeout(STATS_REDIS_TIMEOUT, lanes).await {
-                Ok(Ok((lanes, policy))) => {
-                    stats.redis_reachable = true;
-                    stats.redis_maxmemory_policy = policy;
-                    let mut waiting = 0;
-                    for (lane, length) in lanes {
-                        let length = i64::try_from(length).unwrap_or(i64::MAX);
-                        if lane == Lane::Dead {
-                            stats.dead_letters = length;
-                        } else {
-                            waiting += length;
-                        }
-                        stats.lanes.push(proto::LaneStats {
-                            lane: lane.as_str().to_owned(),
-                            key: queue.queue().key(lane),
-                            length,
-                        });
-                    }
-                    waiting
-                }
-                _ => 0,
-            }
-        } else {
-            0
-        };
-        stats.backlog = waiting_in_redis + backlog;
-        Ok(stats)
+        let jobs = page
+            .jobs
+            .iter()
+            .map(|job| match query.view {
+                JobView::Full => convert::job_to_proto(job),
+                JobView::Basic => convert::job_summary_to_proto(
+                    job,
+                    page.counts.get(&job.id).copied().unwrap_or_default(),
+                ),
+            })
+            .collect();
+        Ok(proto::ListTranslationJobsResponse {
+            jobs,
+            next_page_token,
+        })
+    }
+
+    /// Dead-letter redrive, shared by gRPC and HTTP. Admins only.
+    pub async fn redrive(
+        &self,
+        caller: &Caller,
+        request: &proto::RedriveDeadLettersRequest,
+    ) -> Result<proto::RedriveDeadLettersResponse, ApiError> {
+        require_admin(caller, "RedriveDeadLetters")?;
+        let limit = usize::try_from(request.limit)
+            .map_err(|_| FieldError::new("limit", "must not be negative"))?;
+        self.ensure_ready()?;
+        let redriven = jobs::redrive_dead_letters(
+            &self.deps.pool,
+            &self.deps.queue,
+            limit,
+            self.deps.call_timeout,
+        )
+        .await?;
+        if !redriven.jobs.is_empty() {
+            self.deps.wake.wake();
+        }
+        Ok(convert::redriven_to_proto(&redriven))
     }
 }
 
@@ -310,33 +320,7 @@ impl TranslationJobService for JobsApi {
         request: Request<proto::ListTranslationJobsRequest>,
     ) -> Result<Response<proto::ListTranslationJobsResponse>, Status> {
         let caller = auth::grpc_caller(&request)?;
-        let query = convert::list_query(request.get_ref()).map_err(ApiError::from)?;
-        self.ensure_ready()?;
-        let page = bounded(
-            self.deps.call_timeout,
-            jobs::list_jobs(&self.deps.pool, &query, &caller.scope),
-        )
-        .await
-        .map_err(ApiError::from)?;
-        let next_page_token = match (page.more, page.jobs.last()) {
-            (true, Some(last)) => convert::page_token(last.id, &query),
-            _ => String::new(),
-        };
-        let jobs = page
-            .jobs
-            .iter()
-            .map(|job| match query.view {
-                JobView::Full => convert::job_to_proto(job),
-                JobView::Basic => convert::job_summary_to_proto(
-                    job,
-                    page.counts.get(&job.id).copied().unwrap_or_default(),
-                ),
-            })
-            .collect();
-        Ok(Response::new(proto::ListTranslationJobsResponse {
-            jobs,
-            next_page_token,
-        }))
+        Ok(Response::new(self.list(&caller, request.get_ref()).await?))
     }
 
     async fn cancel_translation_job(
@@ -417,6 +401,17 @@ impl TranslationJobService for JobsApi {
         request: Request<proto::GetQueueStatsRequest>,
     ) -> Result<Response<proto::QueueStats>, Status> {
         let caller = auth::grpc_caller(&request)?;
-        Ok(Response::new(self.queue_stats(&caller).await?))
+        let stats = self.queue_stats(&caller).await?;
+        Ok(Response::new(convert::stats_to_proto(&stats)))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<proto::RedriveDeadLettersRequest>,
+    ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
+        let caller = auth::grpc_caller(&request)?;
+        Ok(Response::new(
+            self.redrive(&caller, request.get_ref()).await?,
+        ))
     }
 }

@@ -1,5 +1,5 @@
-//! The HTTP side on `HTTP_ADDR`: Prometheus metrics, plain health checks,
-//! and the JSON job endpoints of `rest`.
+//! The HTTP side on `HTTP_ADDR`: the dashboard page, Prometheus metrics,
+//! plain health checks, and the JSON endpoints of `rest`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,7 +8,7 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     http::StatusCode,
     middleware,
-    response::IntoResponse,
+    response::{Html, IntoResponse},
     routing::get,
 };
 use sqlx::PgPool;
@@ -32,13 +32,20 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
 }
 
-/// `/metrics`, `/healthz` (the process is alive), `/readyz` (it can
-/// serve: PostgreSQL reached and migrated) and `/api/v1/translation-jobs`
-/// (behind the job service's limits; see `limits`).
+/// The dashboard: one self-contained page (inline CSS and JavaScript, no
+/// build step, nothing fetched from elsewhere) that polls `/api/v1/stats`
+/// and `/api/v1/translation-jobs`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `/` (the dashboard), `/metrics`, `/healthz` (the process is alive),
+/// `/readyz` (it can serve: PostgreSQL reached and migrated) and
+/// `/api/v1/...` (behind the job service's limits; see `limits`). Unknown
+/// paths and methods get the API's JSON error body.
 pub fn router(state: HttpState, api: JobsApi) -> Router {
     let limits = api.limits().clone();
     let max_body = limits.settings().max_message_size;
     Router::new()
+        .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -49,6 +56,23 @@ pub fn router(state: HttpState, api: JobsApi) -> Router {
                 .layer(middleware::from_fn_with_state(limits, http_guard))
                 .layer(DefaultBodyLimit::max(max_body)),
         )
+        .fallback(super::rest::not_found)
+        .method_not_allowed_fallback(super::rest::method_not_allowed)
+}
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            ("cache-control", "no-cache"),
+            // The page loads nothing from elsewhere; the browser enforces it.
+            (
+                "content-security-policy",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        Html(DASHBOARD),
+    )
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {

@@ -228,12 +228,13 @@ pub async fn http_guard(State(limits): State<Limits>, request: Request, next: Ne
     };
     match tokio::time::timeout(limits.settings.rpc_timeout, next.run(request)).await {
         Ok(response) if response.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let mut response = HttpError(Status::out_of_range(limits.too_large())).into_response();
+            let mut response =
+                HttpError::from(Status::out_of_range(limits.too_large())).into_response();
             *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
             response
         }
         Ok(response) => response,
-        Err(_) => HttpError(Status::deadline_exceeded(format!(
+        Err(_) => HttpError::from(Status::deadline_exceeded(format!(
             "the call did not finish within {} (RPC_TIMEOUT)",
             humantime::format_duration(limits.settings.rpc_timeout)
         )))

@@ -3,9 +3,11 @@
 //! errors to statuses. Calls into `jobs`; nothing below calls back up.
 
 pub mod auth;
+pub mod body;
 pub mod convert;
 mod grpc;
 pub mod http;
+pub mod json;
 pub mod limits;
 pub mod proto;
 mod rest;

@@ -8,7 +8,10 @@ use tonic::{Code, Status};
 
 use super::{auth::AuthError, limits::LimitError};
 use crate::{
-    backlog::BacklogError, jobs::JobError, jobs::fields::FieldError, telemetry::error_chain,
+    backlog::BacklogError,
+    jobs::{JobError, RedriveError, fields::FieldError},
+    queue::QueueError,
+    telemetry::error_chain,
 };
 
 /// Everything a handler can fail with.
@@ -32,6 +35,18 @@ pub enum ApiError {
     /// The service is at one of its limits (calls, watch streams).
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// Redis failed or is unreachable, for a call that needs it (a redrive).
+    #[error("Redis is not reachable")]
+    Queue(#[from] QueueError),
+}
+
+impl From<RedriveError> for ApiError {
+    fn from(error: RedriveError) -> Self {
+        match error {
+            RedriveError::Queue(queue) => ApiError::Queue(queue),
+            RedriveError::Job(job) => ApiError::Job(job),
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -57,6 +72,14 @@ impl From<ApiError> for Status {
             }
             ApiError::Auth(refused) => Status::unauthenticated(refused.to_string()),
             ApiError::Limit(limit) => Status::resource_exhausted(limit.to_string()),
+            ApiError::Queue(QueueError::InvalidUrl(_) | QueueError::Reply(_)) => {
+                tracing::error!(error = %error_chain(&error), "internal error");
+                Status::internal("internal error")
+            }
+            ApiError::Queue(ref queue) => {
+                tracing::warn!(error = %error_chain(queue), "Redis unavailable");
+                Status::unavailable("Redis is unavailable; retry shortly")
+            }
         }
     }
 }

@@ -5,6 +5,8 @@ use std::fmt;
 
 use uuid::Uuid;
 
+use super::subtags;
+
 /// Longest language tag accepted (BCP 47 allows 35 characters for the
 /// common forms).
 pub const MAX_LANGUAGE_TAG_LEN: usize = 35;
@@ -76,11 +78,20 @@ pub fn parse_uuid(field: &str, raw: &str) -> Result<Uuid, FieldError> {
         .map_err(|_| FieldError::new(field, format!("must be a UUID, got {}", shown(raw))))
 }
 
-/// A BCP-47-like language tag: `en`, `pt-BR`, `zh-Hant-TW`.
+/// A BCP 47 language tag in its canonical case (`en`, `pt-BR`,
+/// `zh-Hant-TW`), its language, script and region checked against ISO 639,
+/// ISO 15924, ISO 3166-1 and UN M.49 (see `subtags`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LanguageTag(String);
 
+/// Examples named in error messages.
+const LANGUAGE_TAG_EXAMPLES: &str = "such as \"en\", \"pt-BR\" or \"zh-Hant-TW\"";
+
 impl LanguageTag {
+    /// Parses and canonicalises a tag: `EN` -> `en`, `pt-br` -> `pt-BR`,
+    /// `zh-hant-tw` -> `zh-Hant-TW`, and a three-letter language code that
+    /// has a two-letter one to it (`eng` -> `en`), as BCP 47 asks.
+    /// Variants, extensions and private-use parts are checked for form only.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         if raw.is_empty() {
             return Err(FieldError::new(
@@ -94,23 +105,124 @@ impl LanguageTag {
                 format!("must be at most {MAX_LANGUAGE_TAG_LEN} characters"),
             ));
         }
-        let mut parts = raw.split('-');
-        let primary = parts.next().unwrap_or_default();
-        let primary_ok =
-            (2..=8).contains(&primary.len()) && primary.chars().all(|c| c.is_ascii_alphabetic());
-        let rest_ok = parts.all(|part| {
-            (1..=8).contains(&part.len()) && part.chars().all(|c| c.is_ascii_alphanumeric())
-        });
-        if !primary_ok || !rest_ok {
+        let malformed = || {
+            FieldError::new(
+                field,
+                format!(
+                    "must be a BCP 47 language tag {LANGUAGE_TAG_EXAMPLES}, got {}",
+                    shown(raw)
+                ),
+            )
+        };
+        if raw.contains('_') && !raw.contains('-') {
             return Err(FieldError::new(
                 field,
                 format!(
-                    "must be a BCP-47 language tag such as \"en\" or \"pt-BR\", got {}",
+                    "must separate its parts with '-', not '_' (\"{}\"), got {}",
+                    raw.replace('_', "-"),
                     shown(raw)
                 ),
             ));
         }
-        Ok(Self(raw.to_owned()))
+        let parts: Vec<&str> = raw.split('-').collect();
+        if parts.iter().any(|part| {
+            part.is_empty() || part.len() > 8 || !part.chars().all(|c| c.is_ascii_alphanumeric())
+        }) {
+            return Err(malformed());
+        }
+        let unknown = |part: &str, what: &str| {
+            FieldError::new(field, format!("{part:?} in {} is not {what}", shown(raw)))
+        };
+        let letters = |part: &str| part.chars().all(|c| c.is_ascii_alphabetic());
+        let mut canonical: Vec<String> = Vec::with_capacity(parts.len());
+        let mut rest = parts.iter().copied().peekable();
+
+        // Language: 2 or 3 letters from ISO 639.
+        let language = rest.next().unwrap_or_default().to_ascii_lowercase();
+        if !letters(&language) || language.len() > 3 || language.len() < 2 {
+            return Err(if letters(&language) && language.len() > 3 {
+                FieldError::new(
+                    field,
+                    format!(
+                        "must be a language tag {LANGUAGE_TAG_EXAMPLES} (an ISO 639 language code first), got {}",
+                        shown(raw)
+                    ),
+                )
+            } else {
+                malformed()
+            });
+        }
+        if !subtags::is_language(&language) {
+            return Err(unknown(&language, "an ISO 639 language code"));
+        }
+        canonical.push(subtags::shorter_language(&language).map_or(language, str::to_owned));
+        // Extended language subtags: up to three of 3 letters.
+        for _ in 0..3 {
+            match rest.peek() {
+                Some(part) if part.len() == 3 && letters(part) => {
+                    let extlang = part.to_ascii_lowercase();
+                    if !subtags::is_language(&extlang) {
+                        return Err(unknown(&extlang, "an ISO 639 language code"));
+                    }
+                    canonical.push(extlang);
+                    rest.next();
+                }
+                _ => break,
+            }
+        }
+        // Script: 4 letters from ISO 15924, title case.
+        if let Some(part) = rest.next_if(|part| part.len() == 4 && letters(part)) {
+            let mut script = part.to_ascii_lowercase();
+            script[..1].make_ascii_uppercase();
+            if !subtags::is_script(&script) {
+                return Err(unknown(&script, "an ISO 15924 script code"));
+            }
+            canonical.push(script);
+        }
+        // Region: 2 letters from ISO 3166-1, or 3 digits from UN M.49.
+        if let Some(part) = rest.next_if(|part| {
+            (part.len() == 2 && letters(part))
+                || (part.len() == 3 && part.chars().all(|c| c.is_ascii_digit()))
+        }) {
+            let region = part.to_ascii_uppercase();
+            if !subtags::is_region(&region) {
+                return Err(unknown(
+                    &region,
+                    "an ISO 3166-1 region or UN M.49 area code",
+                ));
+            }
+            canonical.push(region);
+        }
+        // Variants (5-8 characters, or a digit and 3 more), extensions (a
+        // singleton and parts of 2-8) and private use (x and parts of 1-8):
+        // form only, lower case.
+        while let Some(part) = rest.next() {
+            let part = part.to_ascii_lowercase();
+            let variant = part.len() >= 5
+                || (part.len() == 4 && part.starts_with(|c: char| c.is_ascii_digit()));
+            if variant {
+                if canonical.contains(&part) {
+                    return Err(malformed());
+                }
+                canonical.push(part);
+                continue;
+            }
+            if part.len() != 1 {
+                return Err(malformed());
+            }
+            let private = part == "x";
+            canonical.push(part);
+            let min = if private { 1 } else { 2 };
+            let mut count = 0;
+            while let Some(next) = rest.next_if(|next| private || next.len() >= min) {
+                canonical.push(next.to_ascii_lowercase());
+                count += 1;
+            }
+            if count == 0 {
+                return Err(malformed());
+            }
+        }
+        Ok(Self(canonical.join("-")))
     }
 
     /// An optional tag: empty means absent.
@@ -366,9 +478,58 @@ mod tests {
 
     #[test]
     fn language_tags_accept_common_forms() {
-        for tag in ["en", "pt-BR", "zh-Hant-TW", "es-419", "yue"] {
-            assert!(LanguageTag::parse("target_lang", tag).is_ok(), "{tag}");
+        for tag in [
+            "en",
+            "pt-BR",
+            "zh-Hant-TW",
+            "es-419",
+            "yue",
+            "sr-Latn",
+            "de-CH-1901",
+            "en-US-x-twain",
+            "zh-yue-HK",
+            "qaa",
+        ] {
+            assert_eq!(
+                LanguageTag::parse("target_lang", tag).unwrap().as_str(),
+                tag
+            );
         }
+    }
+
+    #[test]
+    fn language_tags_are_canonicalised() {
+        for (raw, canonical) in [
+            ("EN", "en"),
+            ("pt-br", "pt-BR"),
+            ("zh-hant-tw", "zh-Hant-TW"),
+            ("ZH-HANS", "zh-Hans"),
+            ("eng", "en"),
+            ("fre-ca", "fr-CA"),
+            ("EN-us-X-Twain", "en-US-x-twain"),
+        ] {
+            assert_eq!(
+                LanguageTag::parse("target_lang", raw).unwrap().as_str(),
+                canonical,
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn language_tags_must_use_real_subtags() {
+        let reason = |raw: &str| LanguageTag::parse("target_lang", raw).unwrap_err().reason;
+        assert!(
+            reason("English").contains("an ISO 639 language code first"),
+            "{}",
+            reason("English")
+        );
+        assert!(reason("xx").contains("\"xx\" in \"xx\" is not an ISO 639 language code"));
+        assert!(reason("en-Abcd").contains("ISO 15924"));
+        assert!(reason("en-UK").contains("ISO 3166-1"));
+        assert!(reason("en_US").contains("\"en-US\""));
+        assert!(LanguageTag::parse("source_lang", "pt-BR-BR").is_err());
+        assert!(LanguageTag::parse("source_lang", "en-a").is_err());
     }
 
     #[test]

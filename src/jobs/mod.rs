@@ -9,9 +9,11 @@ pub mod fields;
 mod get;
 mod list;
 mod model;
+mod redrive;
 mod requeue;
 mod rescue;
 mod scope;
+mod subtags;
 mod transitions;
 
 pub use create::{Created, create_job, create_jobs};
@@ -19,6 +21,10 @@ pub use error::JobError;
 pub use get::{TxSnapshot, get_job, get_job_basic, read_job_with_snapshot};
 pub use list::{ListQuery, Page, list_jobs};
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
+pub use redrive::{
+    DEFAULT_REDRIVE_LIMIT, MAX_REDRIVE_LIMIT, RedriveError, Redriven, finish_interrupted_redrive,
+    redrive_dead_letters, redrive_limit,
+};
 pub use rescue::{
     LostCandidate, RescuePolicy, Rescued, lost_candidates, requeue_lost, rescue_stuck_jobs,
 };

@@ -3,6 +3,7 @@
 //! PostgreSQL.
 
 mod client;
+mod dead;
 mod lanes;
 mod message;
 mod push;

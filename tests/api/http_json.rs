@@ -72,7 +72,23 @@ async fn errors_are_json_with_matching_http_statuses(_: PgPoolOptions, database:
             "priority: ",
         ),
         ("{not json".to_owned(), 400, "body: "),
-        (r#"{"novel_id": 5}"#.to_owned(), 400, "body: "),
+        (
+            r#"{"novel_id": 5}"#.to_owned(),
+            400,
+            "novel_id: must be a string, got a number",
+        ),
+        (
+            format!(r#"{{"novel_id": "{NOVEL_ID}", "target_lang": "English"}}"#),
+            400,
+            "target_lang: must be a language tag",
+        ),
+        (
+            format!(
+                r#"{{"novel_id": "{NOVEL_ID}", "targetLang": "en", "subtasks": [{{"entityType": 1}}]}}"#
+            ),
+            400,
+            "subtasks[0].entity_type: must be a string",
+        ),
     ];
     for (body, expected, prefix) in cases {
         let (status, answer) = http_request("POST", &base, Some(&body), &[]).await.unwrap();
@@ -97,5 +113,202 @@ async fn errors_are_json_with_matching_http_statuses(_: PgPoolOptions, database:
         .await
         .unwrap();
     assert_eq!(status, 400);
+    app.stop().await;
+}
+
+/// POSTs a body of `length` bytes and reads the answer, which may come
+/// before the body is sent in full (the server stops reading at its limit).
+async fn post_large_body(addr: std::net::SocketAddr, path: &str, length: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < length {
+            let n = chunk.len().min(length - sent);
+            writer.write_all(&chunk[..n]).await?;
+            sent += n;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let answer = tokio::time::timeout(crate::support::PATIENCE, async {
+        loop {
+            let n = reader.read(&mut buffer).await.unwrap_or(0);
+            response.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&response).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length || n == 0 {
+                    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                    return (status, body.to_owned());
+                }
+            }
+            assert!(n > 0, "the connection closed without an answer");
+        }
+    })
+    .await
+    .expect("an answer in time");
+    sending.abort();
+    answer
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn unknown_routes_wrong_methods_and_huge_bodies_get_the_same_json_error(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let app = TestApp::ready(database).await;
+    let base = format!("http://{}", app.http_addr);
+
+    let (status, body) = http_request("GET", &format!("{base}/api/v1/nothing"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["error"]["code"], "NOT_FOUND");
+    let (status, body) = http_request(
+        "DELETE",
+        &format!("{base}/api/v1/translation-jobs"),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 405);
+    assert_eq!(json(&body)["error"]["code"], "UNIMPLEMENTED");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DELETE")
+    );
+    // Over the 4 MiB message limit: the same code and message as gRPC.
+    let (status, body) = post_large_body(app.http_addr, "/api/v1/translation-jobs", 5 << 20).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "OUT_OF_RANGE");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 4194304 bytes")
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn bodies_take_proto_json_names_and_languages_come_back_canonical(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let app = TestApp::ready(database).await;
+    let base = format!("http://{}/api/v1/translation-jobs", app.http_addr);
+    let body = format!(
+        r#"{{"novelId": "{NOVEL_ID}", "targetLang": "pt-br", "sourceLang": "ZH-hant-tw",
+            "enableCodeFilter": true, "priority": "PRIORITY_LOW"}}"#
+    );
+    let (status, created) = http_request("POST", &base, Some(&body), &[]).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let created = json(&created);
+    assert_eq!(created["target_lang"], "pt-BR");
+    assert_eq!(created["source_lang"], "zh-Hant-TW");
+    assert_eq!(created["enable_code_filter"], true);
+    assert_eq!(created["priority"], "LOW");
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn list_and_stats_routes_answer_json_and_the_dashboard_is_served(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::ready(database).await;
+    let first = app.create().await;
+    let second = app.create().await;
+    let base = format!("http://{}", app.http_addr);
+
+    let (status, page) = http_request(
+        "GET",
+        &format!("{base}/api/v1/translation-jobs?page_size=1&status=pending"),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{page}");
+    let page = json(&page);
+    assert_eq!(page["jobs"][0]["id"], second.id.as_str(), "newest first");
+    let token = page["next_page_token"].as_str().unwrap().to_owned();
+    let (_, next) = http_request(
+        "GET",
+        &format!("{base}/api/v1/translation-jobs?pageSize=1&status=PENDING&pageToken={token}"),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&next)["jobs"][0]["id"], first.id.as_str());
+    let (status, bad) = http_request(
+        "GET",
+        &format!("{base}/api/v1/translation-jobs?status=done"),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        json(&bad)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("status: ")
+    );
+
+    let (status, stats) = http_request("GET", &format!("{base}/api/v1/stats"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{stats}");
+    let stats = json(&stats);
+    assert_eq!(stats["queue"], app.queue.as_str());
+    assert_eq!(stats["lanes"].as_array().unwrap().len(), 4);
+    assert!(stats["pushed_total"].as_i64().is_some());
+
+    let (status, page) = http_request("GET", &format!("{base}/"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>translation-jobs</title>"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "nothing from elsewhere"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn listen_addresses_may_be_host_names(_: PgPoolOptions, database: PgConnectOptions) {
+    let mut app = TestApp::spawn_with(
+        database,
+        SHARED_REDIS_URL,
+        crate::support::unique_queue(),
+        &[("GRPC_ADDR", "localhost:0"), ("HTTP_ADDR", "localhost:0")],
+    )
+    .await;
+    app.wait_ready().await;
+    assert!(app.grpc_addr.ip().is_loopback());
+    let _ = app.create().await;
     app.stop().await;
 }

@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod backpressure;
+mod cli;
 mod cluster;
 mod create;
 mod exactly_once;
@@ -19,6 +20,7 @@ mod outage;
 mod process;
 mod properties;
 mod reaper;
+mod redrive;
 mod relay;
 mod replicas;
 mod secrets;

@@ -24,9 +24,13 @@ use translation_jobs::{
 // ---------------------------------------------------------------------------
 // The documented rules (README, "CreateTranslationJobRequest").
 
-/// `en`, `pt-BR`, `zh-Hant-TW`: 2 to 8 letters, then `-` and 1 to 8 letters
-/// or digits, any number of times; at most 35 characters.
-fn language_tag_ok(s: &str) -> bool {
+/// The form every accepted language tag has (`en`, `pt-BR`, `zh-Hant-TW`):
+/// 2 to 8 letters, then `-` and 1 to 8 letters or digits, any number of
+/// times; at most 35 characters. The README adds that the subtags must be
+/// real ISO codes (so `English`, `xx` and `en-UK` are refused too): a tag
+/// without this form is always refused, one with it only when its subtags
+/// are real.
+fn language_tag_form_ok(s: &str) -> bool {
     let mut parts = s.split('-');
     let primary = parts.next().unwrap_or("");
     s.len() <= 35
@@ -64,8 +68,57 @@ fn text_ok(s: &str, max: usize) -> bool {
 // ---------------------------------------------------------------------------
 // Generators: values built from the rules, and anything at all.
 
+/// Real tags in any letter case, with the canonical form the README
+/// documents: the language in lower case (a three-letter code with a
+/// two-letter one becomes it), the script in title case, the region in
+/// upper case.
+fn language_tag_with_canonical() -> impl Strategy<Value = (String, String)> {
+    let language = prop::sample::select(vec![
+        ("en", "en"),
+        ("eng", "en"),
+        ("pt", "pt"),
+        ("zh", "zh"),
+        ("ja", "ja"),
+        ("de", "de"),
+        ("deu", "de"),
+        ("fr", "fr"),
+        ("yue", "yue"),
+        ("es", "es"),
+    ]);
+    let script = option::of(prop::sample::select(vec!["Hant", "Hans", "Latn", "Cyrl"]));
+    let region = option::of(prop::sample::select(vec![
+        "BR", "TW", "US", "GB", "419", "CN",
+    ]));
+    (language, script, region, any::<u64>()).prop_map(|((raw, canonical), script, region, case)| {
+        let mut given = vec![raw.to_owned()];
+        let mut expected = vec![canonical.to_owned()];
+        if let Some(script) = script {
+            given.push(script.to_owned());
+            expected.push(script.to_owned());
+        }
+        if let Some(region) = region {
+            given.push(region.to_owned());
+            expected.push(region.to_owned());
+        }
+        // Scramble the case of the given tag, letter by letter.
+        let scrambled: String = given
+            .join("-")
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if case >> (i % 64) & 1 == 1 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        (scrambled, expected.join("-"))
+    })
+}
+
 fn language_tag() -> impl Strategy<Value = String> {
-    "[a-zA-Z]{2,8}(-[a-zA-Z0-9]{1,8}){0,3}".prop_filter("at most 35", |s| s.len() <= 35)
+    language_tag_with_canonical().prop_map(|(tag, _)| tag)
 }
 
 fn identifier() -> impl Strategy<Value = String> {
@@ -165,11 +218,11 @@ fn breakage() -> impl Strategy<Value = Break> {
             .prop_filter("not a UUID", |s| uuid::Uuid::try_parse(s).is_err())
             .prop_map(Break::NovelId),
         any_text()
-            .prop_filter("invalid", |s| !language_tag_ok(s))
+            .prop_filter("invalid", |s| !language_tag_form_ok(s))
             .prop_map(Break::TargetLang),
         any_text()
             .prop_filter("invalid, not empty", |s| !s.is_empty()
-                && !language_tag_ok(s))
+                && !language_tag_form_ok(s))
             .prop_map(Break::SourceLang),
         any_text()
             .prop_filter("invalid", |s| !identifier_ok(s))
@@ -381,12 +434,31 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn language_tags_are_accepted_exactly_as_documented(
-        raw in prop_oneof![language_tag(), any_text()]
+    fn real_language_tags_are_accepted_in_canonical_form(
+        (raw, canonical) in language_tag_with_canonical()
     ) {
-        prop_assert_eq!(LanguageTag::parse("target_lang", &raw).is_ok(), language_tag_ok(&raw), "{:?}", raw);
-        if let Err(error) = LanguageTag::parse("target_lang", &raw) {
-            prop_assert_eq!(error.field, "target_lang");
+        let parsed = LanguageTag::parse("target_lang", &raw);
+        prop_assert!(parsed.is_ok(), "{:?}: {:?}", raw, parsed.err());
+        prop_assert_eq!(parsed.map(|tag| tag.as_str().to_owned()).unwrap_or_default(), canonical);
+    }
+
+    #[test]
+    fn language_tags_without_the_documented_form_are_refused_naming_the_field(
+        raw in any_text()
+    ) {
+        match LanguageTag::parse("target_lang", &raw) {
+            Ok(tag) => {
+                prop_assert!(language_tag_form_ok(&raw), "accepted {:?}", raw);
+                prop_assert!(language_tag_form_ok(tag.as_str()));
+                // Canonicalising changes case and may shorten the language
+                // code; it never adds, drops or reorders subtags.
+                prop_assert_eq!(tag.as_str().split('-').count(), raw.split('-').count());
+                prop_assert_eq!(
+                    tag.as_str().split('-').skip(1).map(str::to_ascii_lowercase).collect::<Vec<_>>(),
+                    raw.split('-').skip(1).map(str::to_ascii_lowercase).collect::<Vec<_>>()
+                );
+            }
+            Err(error) => prop_assert_eq!(error.field, "target_lang"),
         }
     }
 
@@ -442,7 +514,13 @@ proptest! {
             Err(error) => return Err(TestCaseError::fail(format!("{error} for {request:?}"))),
         };
         prop_assert_eq!(job.novel_id.to_string(), request.novel_id.to_lowercase());
-        prop_assert_eq!(job.target_lang.as_str(), request.target_lang.as_str());
+        // Language tags come back canonical (case, shortest code).
+        prop_assert_eq!(
+            job.target_lang.as_str(),
+            LanguageTag::parse("target_lang", &request.target_lang)
+                .map(|tag| tag.as_str().to_owned())
+                .unwrap_or_default()
+        );
         prop_assert_eq!(job.enable_code_filter, request.enable_code_filter);
         if !request.target_fields.is_empty() {
             prop_assert_eq!(job.target_fields.as_slice(), request.target_fields.as_slice());
