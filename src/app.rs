@@ -14,6 +14,7 @@ use crate::{
     api::{
         self, ApiDeps, JobsApi,
         http::HttpState,
+        observe::GrpcLayer,
         proto::{FILE_DESCRIPTOR_SET, translation_job_service_server::TranslationJobServiceServer},
     },
     backlog::Backlog,
@@ -143,6 +144,7 @@ impl App {
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
         let grpc = Server::builder()
+            .layer(GrpcLayer::new(self.metrics.clone()))
             .add_service(health.service(serving.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -165,6 +167,7 @@ impl App {
                 queue: self.queue.clone(),
                 health: health.clone(),
                 metrics: self.metrics.clone(),
+                hub: hub.clone(),
             },
             jobs_api,
         );
@@ -353,20 +356,19 @@ async fn run_background(background: Background) {
             settings.reaper.interval + call_timeout * 4 + LIVENESS_SLACK,
         );
         loops.spawn(supervise(token.clone(), reaper_beat.clone(), {
-            let (pool, queue, reaper, wake, lost_data, token) = (
+            let (pool, queue, reaper, wake, lost_data, token, metrics) = (
                 pool.clone(),
                 queue.clone(),
                 settings.reaper,
                 relay_wake.clone(),
                 lost_data.clone(),
                 token.clone(),
+                metrics.clone(),
             );
             move || {
-                Reaper::new(pool.clone(), queue.clone(), reaper, wake.clone()).run(
-                    token.clone(),
-                    lost_data.clone(),
-                    reaper_beat.clone(),
-                )
+                Reaper::new(pool.clone(), queue.clone(), reaper, wake.clone())
+                    .with_metrics(metrics.clone())
+                    .run(token.clone(), lost_data.clone(), reaper_beat.clone())
             }
         }));
     } else {

@@ -10,7 +10,7 @@
 //! - [`db`]: the PostgreSQL pool, migrations, and the time limit on every
 //!   call.
 //! - [`api`]: gRPC and HTTP handlers: requests into domain types, errors into
-//!   statuses.
+//!   statuses; the layer that counts, times and traces every call.
 //! - [`jobs`]: the domain: job and subtask types, the create statement
 //!   (job + subtasks + outbox row), queries.
 //! - [`outbox`]: the relay that moves committed outbox rows to Redis, and
@@ -26,8 +26,10 @@
 //!   health service.
 //! - [`supervise`]: restarts background loops that fail; their heartbeats.
 //! - [`wake`]: wakes a background loop early.
-//! - [`metrics`]: counters rendered for Prometheus.
-//! - [`telemetry`]: logging set-up and URL redaction.
+//! - [`metrics`]: counters, gauges and histograms for Prometheus
+//!   (`prometheus-client`).
+//! - [`telemetry`]: logging set-up, OpenTelemetry traces over OTLP, URL
+//!   redaction.
 //!
 //! Data flows one way: `api -> jobs -> outbox -> queue`.
 

@@ -1,7 +1,14 @@
-//! Logging: human-readable by default, one JSON object per line with
-//! `LOG_FORMAT=json`; the filter comes from `RUST_LOG`.
+//! Logs and traces. Logs: human-readable by default, one JSON object per
+//! line with `LOG_FORMAT=json`; the filter comes from `RUST_LOG`. Traces:
+//! exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, see [`traces`]; without it
+//! no span leaves the process and the OpenTelemetry layer is not installed.
 
-use tracing_subscriber::{EnvFilter, fmt};
+pub mod traces;
+
+use tracing_subscriber::{EnvFilter, Layer as _, fmt, layer::SubscriberExt as _};
+
+pub use traces::Telemetry;
 
 /// Log output format (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,22 +20,61 @@ pub enum LogFormat {
 }
 
 /// Filter when `RUST_LOG` is unset.
-const DEFAULT_FILTER: &str = "info,sqlx=warn,fred=warn,h2=warn,tower=warn";
+const DEFAULT_FILTER: &str =
+    "info,sqlx=warn,fred=warn,h2=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";
 
-/// Installs the global subscriber. Safe to call more than once (tests): later
-/// calls do nothing.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: the log layer and, when an OTLP endpoint
+/// is configured, the trace layer. Safe to call more than once (tests):
+/// later calls install nothing and export nothing. Keep the returned value
+/// and call [`Telemetry::shutdown`] before exiting, so buffered spans are
+/// sent.
+pub fn init(format: LogFormat) -> Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = fmt().with_env_filter(filter).with_target(true);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let logs = match format {
+        LogFormat::Text => fmt::layer().with_target(true).boxed(),
+        LogFormat::Json => fmt::layer()
+            .with_target(true)
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
+            .boxed(),
     };
+    // Built before the subscriber is installed, so a failure is logged
+    // through it below.
+    let mut failure = None;
+    let (trace_layer, telemetry, endpoint) = match traces::Exporter::from_env() {
+        Ok(Some(exporter)) => match traces::layer(&exporter) {
+            Ok((layer, telemetry)) => (Some(layer), telemetry, Some(exporter.endpoint)),
+            Err(error) => {
+                failure = Some(error);
+                (None, Telemetry::disabled(), None)
+            }
+        },
+        Ok(None) => (None, Telemetry::disabled(), None),
+        Err(error) => {
+            failure = Some(error);
+            (None, Telemetry::disabled(), None)
+        }
+    };
+    let installed = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry()
+            .with(logs.with_filter(filter))
+            .with(trace_layer),
+    )
+    .is_ok();
+    if !installed {
+        // Another subscriber was first (tests): its spans are not ours to export.
+        return Telemetry::disabled();
+    }
+    if let Some(endpoint) = endpoint {
+        traces::set_enabled();
+        tracing::info!(endpoint = %endpoint, "exporting traces over OTLP");
+    }
+    if let Some(error) = failure {
+        tracing::warn!(error = %error_chain(&error), "cannot export traces; running without them");
+    }
+    telemetry
 }
 
 /// An error followed by its sources, for one log field.

@@ -6,11 +6,12 @@ use std::{sync::Arc, time::Duration};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use sqlx::PgPool;
 
-use super::JobsApi;
+use super::{JobsApi, observe::HttpLayer};
 use crate::{
     health::Health,
-    metrics::{Gauges, Metrics},
+    metrics::{self, Gauges, Metrics},
     queue::{Lane, RedisQueue},
+    watch::WatchHub,
 };
 
 /// Longest a scrape waits for PostgreSQL or Redis before reporting it down.
@@ -23,17 +24,22 @@ pub struct HttpState {
     pub queue: RedisQueue,
     pub health: Health,
     pub metrics: Arc<Metrics>,
+    /// Its open streams are a gauge.
+    pub hub: WatchHub,
 }
 
 /// `/metrics`, `/healthz` (the process is alive), `/readyz` (it can
 /// serve: PostgreSQL reached and migrated) and `/api/v1/translation-jobs`.
+/// Every route is counted and timed (and traced) by its template.
 pub fn router(state: HttpState, api: JobsApi) -> Router {
+    let observe = HttpLayer::new(state.metrics.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(super::rest::routes().with_state(api))
+        .route_layer(observe)
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -55,14 +61,17 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     let gauges = gauges(&state).await;
     (
-        [("content-type", "text/plain; version=0.0.4")],
+        [("content-type", metrics::CONTENT_TYPE)],
         state.metrics.render(&gauges),
     )
 }
 
 /// Reads the outbox backlog and the lane lengths, each bounded in time.
 async fn gauges(state: &HttpState) -> Gauges {
-    let mut gauges = Gauges::default();
+    let mut gauges = Gauges {
+        open_watch_streams: state.hub.open_streams(),
+        ..Gauges::default()
+    };
     let backlog = tokio::time::timeout(
         SCRAPE_TIMEOUT,
         sqlx::query_as::<_, (i64, Option<f64>)>(

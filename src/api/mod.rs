@@ -4,6 +4,7 @@
 pub mod convert;
 mod grpc;
 pub mod http;
+pub mod observe;
 pub mod proto;
 mod rest;
 mod status;

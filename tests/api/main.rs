@@ -8,6 +8,7 @@ mod exactly_once;
 mod health;
 mod http_json;
 mod lifecycle;
+mod metrics;
 mod outage;
 mod process;
 mod proxy;
