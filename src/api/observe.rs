@@ -31,6 +31,11 @@ use crate::{
 /// Label and span name of a gRPC path that no served service declares.
 const UNKNOWN: &str = "unknown";
 
+/// Probed and scraped every few seconds: counted, never traced (a trace per
+/// probe would drown the calls that matter).
+const UNTRACED_GRPC_SERVICE: &str = "grpc.health.v1.Health";
+const UNTRACED_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 /// Observes the calls of the gRPC server (every service on it).
 #[derive(Clone)]
 pub struct GrpcLayer {
@@ -144,7 +149,7 @@ enum CallKind {
 impl Call {
     fn grpc<B>(request: &http::Request<B>) -> Self {
         let method = known_method(request.uri().path());
-        let span = if traces::enabled() {
+        let span = if traces::enabled() && method.service != UNTRACED_GRPC_SERVICE {
             let span = tracing::info_span!(
                 "grpc",
                 otel.name = method.full_name,
@@ -172,7 +177,7 @@ impl Call {
             .extensions()
             .get::<MatchedPath>()
             .map_or_else(|| UNKNOWN.to_owned(), |path| path.as_str().to_owned());
-        let span = if traces::enabled() {
+        let span = if traces::enabled() && !UNTRACED_ROUTES.contains(&route.as_str()) {
             let span = tracing::info_span!(
                 "http",
                 otel.name = format!("{method} {route}"),

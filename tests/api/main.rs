@@ -15,5 +15,6 @@ mod proxy;
 mod reaper;
 mod relay;
 mod support;
+mod traces;
 mod validation;
 mod watch;
