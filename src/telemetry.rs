@@ -69,7 +69,7 @@ pub fn init(format: LogFormat) -> Telemetry {
     }
     if let Some(endpoint) = endpoint {
         traces::set_enabled();
-        tracing::info!(endpoint = %endpoint, "exporting traces over OTLP");
+        tracing::info!(endpoint = %redact_url(&endpoint), "exporting traces over OTLP");
     }
     if let Some(error) = failure {
         tracing::warn!(error = %error_chain(&error), "cannot export traces; running without them");

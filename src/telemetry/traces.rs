@@ -21,7 +21,9 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{SpanContext, TraceContextExt as _, TracerProvider as _},
 };
+use opentelemetry_otlp::WithTonicConfig as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tonic::transport::ClientTlsConfig;
 use tracing::{Level, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{Layer, filter::Targets, registry::LookupSpan};
@@ -115,11 +117,14 @@ impl Exporter {
 
     /// The tracer provider: OTLP over gRPC (tonic) behind the SDK's batch
     /// processor, which exports from a thread of its own. Must be called
-    /// inside the Tokio runtime (the gRPC channel lives on it).
+    /// inside the Tokio runtime (the gRPC channel lives on it). An `https`
+    /// collector is verified against the webpki (Mozilla) roots.
     fn provider(&self) -> Result<SdkTracerProvider, TraceError> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if self.endpoint.trim().starts_with("https://") {
+            exporter = exporter.with_tls_config(ClientTlsConfig::new().with_webpki_roots());
+        }
+        let exporter = exporter.build()?;
         let mut resource = Resource::builder();
         if let Some(name) = self.default_service_name {
             resource = resource.with_service_name(name);
