@@ -14,7 +14,8 @@ use crate::{
     watch::WatchHub,
 };
 
-/// Longest a scrape waits for PostgreSQL or Redis before reporting it down.
+/// Longest a scrape waits for PostgreSQL and Redis (read side by side)
+/// before reporting them down.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// State of the HTTP handlers.
@@ -66,7 +67,9 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// Reads the outbox backlog and the lane lengths, each bounded in time.
+/// Reads the outbox backlog from PostgreSQL and the policy and lane
+/// lengths from Redis, side by side, within [`SCRAPE_TIMEOUT`]: a scrape
+/// never hangs on a dead peer, it reports it down.
 async fn gauges(state: &HttpState) -> Gauges {
     let mut gauges = Gauges {
         open_watch_streams: state.hub.open_streams(),
@@ -78,28 +81,35 @@ async fn gauges(state: &HttpState) -> Gauges {
             "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
         )
         .fetch_one(&state.pool),
-    )
-    .await;
+    );
+    let redis = tokio::time::timeout(SCRAPE_TIMEOUT, redis_readings(&state.queue));
+    let (backlog, redis) = tokio::join!(backlog, redis);
     if let Ok(Ok((count, oldest))) = backlog {
         gauges.database_up = true;
         gauges.outbox_backlog = Some(count);
         gauges.outbox_oldest_age = oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0)));
     }
-    if state.queue.is_connected() {
-        if let Ok(Ok(policy)) =
-            tokio::time::timeout(SCRAPE_TIMEOUT, state.queue.maxmemory_policy()).await
-        {
-            gauges.redis_maxmemory_policy = Some(policy);
-        }
-        for lane in Lane::ALL {
-            match tokio::time::timeout(SCRAPE_TIMEOUT, state.queue.queue_length(lane)).await {
-                Ok(Ok(length)) => {
-                    gauges.redis_up = true;
-                    gauges.lane_lengths.push((lane.as_str(), length));
-                }
-                _ => break,
-            }
-        }
+    if let Ok((policy, lanes)) = redis {
+        gauges.redis_up = !lanes.is_empty();
+        gauges.redis_maxmemory_policy = policy;
+        gauges.lane_lengths = lanes;
     }
     gauges
+}
+
+/// Redis's `maxmemory-policy` (when `CONFIG GET` is allowed) and the length
+/// of each lane, up to the first that cannot be read.
+async fn redis_readings(queue: &RedisQueue) -> (Option<String>, Vec<(&'static str, u64)>) {
+    let mut lanes = Vec::with_capacity(Lane::ALL.len());
+    if !queue.is_connected() {
+        return (None, lanes);
+    }
+    let policy = queue.maxmemory_policy().await.ok();
+    for lane in Lane::ALL {
+        match queue.queue_length(lane).await {
+            Ok(length) => lanes.push((lane.as_str(), length)),
+            Err(_) => break,
+        }
+    }
+    (policy, lanes)
 }

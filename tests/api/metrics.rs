@@ -1,21 +1,36 @@
 //! `/metrics`: scraped over HTTP and parsed with a strict Prometheus text
-//! parser after calls, creates and a relay drain.
+//! parser after calls, creates and a relay drain; the reaper's counters.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use openmetrics_parser::{
     MetricsExposition, PrometheusType, PrometheusValue, prometheus::parse_prometheus,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use tonic::Code;
 use translation_jobs::{
     api::proto::{CreateTranslationJobRequest, Priority, WatchTranslationJobRequest},
+    jobs::RescuePolicy,
+    metrics::{Gauges, Metrics},
     queue::Lane,
+    reaper::{Reaper, ReaperSettings},
+    wake::Wake,
 };
+use uuid::Uuid;
 
-use crate::support::{
-    NOVEL_ID, PATIENCE, SHARED_REDIS_URL, TestApp, cleanup, create_request, http_get, http_request,
-    redis_client, wait_for_messages,
+use crate::{
+    reaper::stuck_since,
+    support::{
+        NOVEL_ID, PATIENCE, SHARED_REDIS_URL, TestApp, TestRedis, cleanup, create_jobs,
+        create_request, http_get, http_request, queue, redis_client, unique_queue,
+        wait_for_messages,
+    },
 };
 
 type Exposition = MetricsExposition<PrometheusType, PrometheusValue>;
@@ -247,5 +262,89 @@ async fn metrics_count_calls_creates_relay_pushes_and_read_lanes_and_streams(
 
     drop(watch);
     cleanup(&redis, &app.queue).await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn the_reaper_counts_what_it_requeues_and_dead_letters(pool: PgPool) {
+    let metrics = Arc::new(Metrics::default());
+    let name = unique_queue();
+    let reaper = Reaper::new(
+        pool.clone(),
+        queue(&name).await,
+        ReaperSettings {
+            interval: Duration::from_secs(3600),
+            policy: RescuePolicy {
+                stuck_after: Duration::from_secs(600),
+                max_attempts: 2,
+                batch_size: 100,
+            },
+            call_timeout: Duration::from_secs(10),
+        },
+        Wake::new(),
+    )
+    .with_metrics(metrics.clone());
+    let ids: Vec<Uuid> = create_jobs(&pool, 2)
+        .await
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    let long_ago = Duration::from_secs(3600);
+
+    for id in &ids {
+        stuck_since(&pool, *id, long_ago).await;
+    }
+    reaper.reap_once().await.unwrap();
+    // The second time the first job is found stuck it has run out of attempts.
+    stuck_since(&pool, ids[0], long_ago).await;
+    reaper.reap_once().await.unwrap();
+
+    let text = metrics.render(&Gauges::default());
+    let parsed = parse_prometheus(&text).unwrap_or_else(|error| panic!("{error:?} in\n{text}"));
+    assert_eq!(
+        value(&parsed, "translation_reaper_requeued_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&parsed, "translation_reaper_dead_lettered_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&parsed, "translation_reaper_republished_total", &[]),
+        Some(0.0)
+    );
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_scrape_with_redis_down_answers_promptly_and_reports_it_down(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let redis = TestRedis::stopped();
+    let mut app = TestApp::spawn_with(database, &redis.url(), unique_queue(), &[]).await;
+    app.wait_ready().await;
+    app.create().await;
+
+    let started = Instant::now();
+    let metrics = scrape(&app).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the scrape waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(value(&metrics, "translation_redis_up", &[]), Some(0.0));
+    assert_eq!(value(&metrics, "translation_database_up", &[]), Some(1.0));
+    assert_eq!(
+        value(&metrics, "translation_outbox_backlog", &[]),
+        Some(1.0)
+    );
+    assert!(!metrics.families.contains_key("translation_queue_length"));
+    assert!(
+        !metrics
+            .families
+            .contains_key("translation_redis_maxmemory_policy_info")
+    );
     app.stop().await;
 }
