@@ -16,6 +16,7 @@ use crate::{
         auth::Authenticator,
         http::HttpState,
         limits::Limits,
+        observe::GrpcLayer,
         proto::FILE_DESCRIPTOR_SET,
         tls::{self, TlsError},
     },
@@ -166,6 +167,7 @@ impl App {
         let grpc = server
             // Unary calls only: a stream's response starts at once.
             .timeout(self.settings.limits.rpc_timeout)
+            .layer(GrpcLayer::new(self.metrics.clone()))
             .add_service(health.service(serving.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -188,6 +190,7 @@ impl App {
                 queue: self.queue.clone(),
                 health: health.clone(),
                 metrics: self.metrics.clone(),
+                hub: hub.clone(),
             },
             jobs_api,
         );
@@ -387,20 +390,19 @@ async fn run_background(background: Background) {
             settings.reaper.interval + call_timeout * 4 + LIVENESS_SLACK,
         );
         loops.spawn(supervise(token.clone(), reaper_beat.clone(), {
-            let (pool, queue, reaper, wake, lost_data, token) = (
+            let (pool, queue, reaper, wake, lost_data, token, metrics) = (
                 pool.clone(),
                 queue.clone(),
                 settings.reaper,
                 relay_wake.clone(),
                 lost_data.clone(),
                 token.clone(),
+                metrics.clone(),
             );
             move || {
-                Reaper::new(pool.clone(), queue.clone(), reaper, wake.clone()).run(
-                    token.clone(),
-                    lost_data.clone(),
-                    reaper_beat.clone(),
-                )
+                Reaper::new(pool.clone(), queue.clone(), reaper, wake.clone())
+                    .with_metrics(metrics.clone())
+                    .run(token.clone(), lost_data.clone(), reaper_beat.clone())
             }
         }));
     } else {

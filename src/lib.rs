@@ -10,7 +10,8 @@
 //! - [`db`]: the PostgreSQL pool, migrations, and the time limit on every
 //!   call.
 //! - [`api`]: gRPC and HTTP handlers: requests into domain types, errors into
-//!   statuses; bearer-token auth, TLS and the limits of the job service.
+//!   statuses; bearer-token auth, TLS and the limits of the job service;
+//!   the layer that counts, times and traces every call.
 //! - [`jobs`]: the domain: job and subtask types, the create statement
 //!   (job + subtasks + outbox row), queries.
 //! - [`outbox`]: the relay that moves committed outbox rows to Redis, and
@@ -30,8 +31,9 @@
 //!   health service.
 //! - [`supervise`]: restarts background loops that fail; their heartbeats.
 //! - [`wake`]: wakes a background loop early.
-//! - [`metrics`]: counters rendered for Prometheus.
-//! - [`telemetry`]: logging set-up.
+//! - [`metrics`]: counters, gauges and histograms for Prometheus
+//!   (`prometheus-client`).
+//! - [`telemetry`]: logging set-up, OpenTelemetry traces over OTLP.
 //! - [`redact`]: connection strings with their passwords masked, for logs.
 //!
 //! Data flows one way: `api -> jobs -> outbox -> queue`.

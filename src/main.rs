@@ -1,5 +1,5 @@
 //! Wiring only: the command line, then for `serve` (the default) settings,
-//! logging, build, run until SIGTERM or SIGINT.
+//! logging and traces, build, run until SIGTERM or SIGINT, flush the traces.
 
 use std::process::ExitCode;
 
@@ -39,20 +39,22 @@ async fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    let telemetry = telemetry::init(settings.log_format);
 
-    let app = match App::build(settings).await {
-        Ok(app) => app,
+    let code = match App::build(settings).await {
+        Ok(app) => match app.run(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "stopped with an error");
+                ExitCode::FAILURE
+            }
+        },
         Err(error) => {
             tracing::error!(error = %error_chain(&error), "cannot start");
-            return ExitCode::FAILURE;
-        }
-    };
-    match app.run(shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = %error_chain(&error), "stopped with an error");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans (those of the shutdown itself included) go out now.
+    telemetry.shutdown().await;
+    code
 }

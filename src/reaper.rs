@@ -4,7 +4,7 @@
 //! whose message is gone (see `jobs::lost_candidates`); then it wakes the
 //! relay to publish them.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     db::bounded,
     jobs::{self, JobError, RescuePolicy, Rescued},
+    metrics::Metrics,
     outbox::generation::{self, GenerationError},
     queue::{QueueError, RedisQueue},
     supervise::Beat,
@@ -54,6 +55,8 @@ pub struct Reaper {
     settings: ReaperSettings,
     relay: Wake,
     owner: OnceCell<String>,
+    /// Counts what is handed out again.
+    metrics: Arc<Metrics>,
 }
 
 impl Reaper {
@@ -64,7 +67,15 @@ impl Reaper {
             settings,
             relay,
             owner: OnceCell::new(),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Counts what this reaper hands out in `metrics` (the app's; by default
+    /// a registry nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One pass: stuck jobs, then lost messages, batch after batch until a
@@ -80,7 +91,7 @@ impl Reaper {
             )
             .await?;
             let more = batch.len() >= full;
-            self.wake_relay(&batch);
+            self.handed_out(&batch);
             all.extend(batch);
             if !more {
                 break;
@@ -94,7 +105,7 @@ impl Reaper {
                     republished: lost,
                     ..Rescued::default()
                 };
-                self.wake_relay(&batch);
+                self.handed_out(&batch);
                 all.extend(batch);
                 if !more {
                     break;
@@ -141,8 +152,14 @@ impl Reaper {
         Ok(lost)
     }
 
-    fn wake_relay(&self, rescued: &Rescued) {
+    /// After each committed batch: count it and let the relay publish it.
+    fn handed_out(&self, rescued: &Rescued) {
         if !rescued.is_empty() {
+            self.metrics.reaper_handed_out(
+                rescued.requeued.len(),
+                rescued.dead.len(),
+                rescued.republished.len(),
+            );
             self.relay.wake();
         }
     }

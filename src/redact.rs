@@ -103,6 +103,10 @@ mod tests {
             redact_url("redis://:pa/ss@word@cache/0"),
             "redis://:***@cache/0"
         );
+        assert_eq!(
+            redact_url("redis-cluster://:s3cret@a:6379?node=b:6379"),
+            "redis-cluster://:***@a:6379?node=b:6379"
+        );
         assert_eq!(redact_url("not a url s3cret"), "***");
     }
 }

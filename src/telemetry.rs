@@ -1,9 +1,18 @@
-//! Logging: human-readable by default, one JSON object per line with
-//! `LOG_FORMAT=json`; the filter comes from `RUST_LOG`.
+//! Logs and traces. Logs: human-readable by default, one JSON object per
+//! line with `LOG_FORMAT=json`; the filter comes from `RUST_LOG`. Traces:
+//! exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, see [`traces`]; without it
+//! no span leaves the process and the OpenTelemetry layer is not installed.
+
+pub mod traces;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::{EnvFilter, Layer as _, fmt, layer::SubscriberExt as _};
+
+pub use traces::Telemetry;
+
+use crate::redact::redact_url;
 
 /// Log output format (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,26 +24,64 @@ pub enum LogFormat {
 }
 
 /// Filter when `RUST_LOG` is unset.
-const DEFAULT_FILTER: &str = "info,sqlx=warn,fred=warn,h2=warn,tower=warn";
+const DEFAULT_FILTER: &str =
+    "info,sqlx=warn,fred=warn,h2=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";
 
-/// Installs the global subscriber. Safe to call more than once (tests): later
-/// calls do nothing.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: the log layer and, when an OTLP endpoint
+/// is configured, the trace layer. Safe to call more than once (tests):
+/// later calls install nothing and export nothing. Keep the returned value
+/// and call [`Telemetry::shutdown`] before exiting, so buffered spans are
+/// sent.
+pub fn init(format: LogFormat) -> Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only for a person at a terminal, never into files or pipes.
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .with_ansi(std::io::stdout().is_terminal());
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let colour = std::io::stdout().is_terminal();
+    let logs = match format {
+        LogFormat::Text => fmt::layer().with_target(true).with_ansi(colour).boxed(),
+        LogFormat::Json => fmt::layer()
+            .with_target(true)
+            .with_ansi(false)
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
+            .boxed(),
     };
+    // Built before the subscriber is installed, so a failure is logged
+    // through it below.
+    let mut failure = None;
+    let (trace_layer, telemetry, endpoint) = match traces::Exporter::from_env() {
+        Ok(Some(exporter)) => match traces::layer(&exporter) {
+            Ok((layer, telemetry)) => (Some(layer), telemetry, Some(exporter.endpoint)),
+            Err(error) => {
+                failure = Some(error);
+                (None, Telemetry::disabled(), None)
+            }
+        },
+        Ok(None) => (None, Telemetry::disabled(), None),
+        Err(error) => {
+            failure = Some(error);
+            (None, Telemetry::disabled(), None)
+        }
+    };
+    let installed = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry()
+            .with(logs.with_filter(filter))
+            .with(trace_layer),
+    )
+    .is_ok();
+    if !installed {
+        // Another subscriber was first (tests): its spans are not ours to export.
+        return Telemetry::disabled();
+    }
+    if let Some(endpoint) = endpoint {
+        traces::set_enabled();
+        tracing::info!(endpoint = %redact_url(&endpoint), "exporting traces over OTLP");
+    }
+    if let Some(error) = failure {
+        tracing::warn!(error = %error_chain(&error), "cannot export traces; running without them");
+    }
+    telemetry
 }
 
 /// An error followed by its sources, for one log field.
@@ -47,90 +94,4 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// A URL with its passwords (userinfo and a Sentinel URL's
-/// `sentinelPassword`) replaced by `***`, for log lines.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let authority_start = scheme_end + 3;
-    let authority_end = url[authority_start..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| authority_start + i);
-    let rest = redact_query_password(&url[authority_end..]);
-    let authority = &url[authority_start..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return format!("{}{rest}", &url[..authority_end]);
-    };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let shown_user = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        // A lone userinfo in a Redis URL is the password.
-        "***".to_owned()
-    };
-    format!(
-        "{}{}@{}{}",
-        &url[..authority_start],
-        shown_user,
-        &authority[at + 1..],
-        rest
-    )
-}
-
-/// The path and query of a URL with the value of `sentinelPassword=` masked.
-fn redact_query_password(path_and_query: &str) -> String {
-    let Some((path, query)) = path_and_query.split_once('?') else {
-        return path_and_query.to_owned();
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((name, _)) if name.eq_ignore_ascii_case("sentinelPassword") => {
-                format!("{name}=***")
-            }
-            _ => param.to_owned(),
-        })
-        .collect();
-    format!("{path}?{}", params.join("&"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_survive_redaction() {
-        assert_eq!(
-            redact_url("redis://user:s3cret@cache:6379/0"),
-            "redis://user:***@cache:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://:s3cret@cache:6380"),
-            "rediss://:***@cache:6380"
-        );
-        assert_eq!(redact_url("redis://s3cret@cache"), "redis://***@cache");
-        assert_eq!(
-            redact_url("redis://localhost:6379/0"),
-            "redis://localhost:6379/0"
-        );
-        assert_eq!(redact_url("not a url"), "not a url");
-        assert_eq!(
-            redact_url(
-                "redis-sentinel://:s3cret@s1:26379/0?sentinelServiceName=jobs&sentinelPassword=p@ss&node=s2:26379"
-            ),
-            "redis-sentinel://:***@s1:26379/0?sentinelServiceName=jobs&sentinelPassword=***&node=s2:26379"
-        );
-        assert_eq!(
-            redact_url("redis-cluster://:s3cret@a:6379?node=b:6379"),
-            "redis-cluster://:***@a:6379?node=b:6379"
-        );
-        assert_eq!(
-            redact_url("redis-sentinel://s1:26379?sentinelServiceName=jobs&sentinelPassword=x"),
-            "redis-sentinel://s1:26379?sentinelServiceName=jobs&sentinelPassword=***"
-        );
-    }
 }

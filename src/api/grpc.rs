@@ -104,7 +104,7 @@ impl JobsApi {
         if created.replayed {
             self.deps.metrics.job_replayed();
         } else {
-            self.deps.metrics.job_created();
+            self.deps.metrics.job_created(created.job.priority.as_str());
             // The row is committed: let this process's relay publish it now.
             self.deps.wake.wake();
         }
@@ -207,9 +207,10 @@ impl JobsApi {
             jobs::create_jobs(&self.deps.pool, &new_jobs),
         )
         .await?;
-        let fresh = created.iter().filter(|c| !c.replayed).count();
-        for _ in 0..fresh {
-            self.deps.metrics.job_created();
+        let mut fresh = 0;
+        for job in created.iter().filter(|c| !c.replayed) {
+            self.deps.metrics.job_created(job.job.priority.as_str());
+            fresh += 1;
         }
         if fresh > 0 {
             self.deps.wake.wake();

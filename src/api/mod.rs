@@ -9,6 +9,7 @@ mod grpc;
 pub mod http;
 pub mod json;
 pub mod limits;
+pub mod observe;
 pub mod proto;
 mod rest;
 mod status;

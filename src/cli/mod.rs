@@ -23,7 +23,8 @@ use crate::{
     db,
     jobs::{JobError, RedriveError, fields::FieldError},
     queue::{QueueError, RedisQueue},
-    telemetry::{error_chain, redact_url},
+    redact::redact_url,
+    telemetry::error_chain,
 };
 
 /// Accepts translation jobs over gRPC and HTTP, stores them in PostgreSQL

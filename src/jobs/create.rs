@@ -68,7 +68,19 @@ pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>,
     Ok(created)
 }
 
-/// The create statement on one connection (or inside a transaction).
+/// The create statement on one connection (or inside a transaction), in a
+/// span of its own: the message's `traceparent` names this span, so a worker
+/// continues the trace under it and the relay's batch links to it.
+#[instrument(
+    skip_all,
+    name = "INSERT translation_jobs",
+    fields(
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = "translation_jobs",
+    )
+)]
 async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> Result<Created, JobError> {
     let id = Uuid::now_v7();
     let subtask_ids: Vec<Uuid> = new.subtasks.iter().map(|_| Uuid::now_v7()).collect();
@@ -82,7 +94,9 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> Result<Created, Jo
     // the timestamps are replaced by the database's below.
     let mut job = job_from_insert(id, new, subtask_ids.clone(), Utc::now());
     let mut message = job.message();
-    message.traceparent = new.traceparent.as_ref().map(|t| t.as_str().to_owned());
+    // With traces exported, this span; otherwise the caller's context as sent.
+    message.traceparent = crate::telemetry::traces::current_traceparent()
+        .or_else(|| new.traceparent.as_ref().map(|t| t.as_str().to_owned()));
 
     let created_at: Option<DateTime<Utc>> = sqlx::query_scalar(INSERT_JOB)
         .bind(id)

@@ -16,13 +16,14 @@ use std::{
         Arc,
         atomic::{AtomicI64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
-use tracing::instrument;
+use tracing::{Instrument as _, instrument};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use super::generation::{self, GenerationError};
@@ -31,7 +32,7 @@ use crate::{
     metrics::Metrics,
     queue::{Lane, OutboxMessage, Placement, PushOutcome, QueueError, RedisQueue},
     supervise::Beat,
-    telemetry::error_chain,
+    telemetry::{error_chain, traces},
     wake::Wake,
 };
 
@@ -96,6 +97,8 @@ pub struct OutboxRow {
 pub struct Claimed {
     tx: Transaction<'static, Postgres>,
     pub rows: Vec<OutboxRow>,
+    /// When the claim began: the batch's latency runs from here to the commit.
+    started: Instant,
 }
 
 /// Where the claimed rows' messages went.
@@ -172,8 +175,43 @@ impl Relay {
         if claimed.rows.is_empty() {
             return Ok(Drained::default());
         }
-        let published = self.publish(&claimed).await?;
-        self.commit(claimed, published).await
+        self.deliver(claimed).await
+    }
+
+    /// Publishes and commits one claimed batch in a span of its own (a root:
+    /// a batch serves many traces), linked to the span that created each
+    /// message, as named by the message's `traceparent`.
+    async fn deliver(&self, claimed: Claimed) -> Result<Drained, RelayError> {
+        let span = tracing::info_span!(
+            parent: None,
+            "relay batch",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "redis",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.queue.queue().as_str(),
+            messaging.batch.message_count = claimed.rows.len(),
+        );
+        if traces::enabled() {
+            for row in &claimed.rows {
+                if let Some(creator) = message_traceparent(&row.payload)
+                    .as_deref()
+                    .and_then(traces::span_context)
+                {
+                    span.add_link(creator);
+                }
+            }
+        }
+        let delivered = async {
+            let published = self.publish(&claimed).await?;
+            self.commit(claimed, published).await
+        }
+        .instrument(span.clone())
+        .await;
+        if delivered.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        delivered
     }
 
     /// Begins a transaction and claims (deletes) the oldest unclaimed rows
@@ -186,6 +224,7 @@ impl Relay {
     /// copies. The outbox rows themselves were written by synchronous
     /// commits.
     pub async fn claim(&self) -> Result<Claimed, RelayError> {
+        let started = Instant::now();
         let limit = self.settings.call_timeout;
         let mut tx = bounded(limit, self.pool.begin()).await?;
         let mut rows = bounded(
@@ -206,7 +245,7 @@ impl Relay {
         .await?;
         // RETURNING does not promise an order.
         rows.sort_unstable_by_key(|row| row.id);
-        Ok(Claimed { tx, rows })
+        Ok(Claimed { tx, rows, started })
     }
 
     /// Pushes the claimed rows, each lane in id order, under the current
@@ -256,7 +295,11 @@ impl Relay {
         claimed: Claimed,
         published: Published,
     ) -> Result<Drained, RelayError> {
-        let Claimed { mut tx, rows } = claimed;
+        let Claimed {
+            mut tx,
+            rows,
+            started,
+        } = claimed;
         let limit = self.settings.call_timeout;
         // A job can have two rows in one batch (a stale attempt's and the
         // new one's): record the newest attempt only, as one upsert may not
@@ -306,7 +349,7 @@ impl Relay {
             claimed: rows.len(),
             pushed: published.pushed(),
         };
-        self.record(&rows, drained);
+        self.record(&rows, drained, started.elapsed());
         Ok(drained)
     }
 
@@ -327,10 +370,10 @@ impl Relay {
         Ok(synced.generation)
     }
 
-    fn record(&self, rows: &[OutboxRow], drained: Drained) {
+    fn record(&self, rows: &[OutboxRow], drained: Drained, took: Duration) {
         let claimed = drained.claimed as u64;
         self.metrics
-            .relay_published(drained.pushed, claimed.saturating_sub(drained.pushed));
+            .relay_published(drained.pushed, claimed.saturating_sub(drained.pushed), took);
         if let Some(oldest) = rows.iter().map(|r| r.created_at).min() {
             let lag = (Utc::now() - oldest).to_std().unwrap_or_default();
             self.metrics.relay_lag(lag);
@@ -363,10 +406,7 @@ impl Relay {
             }
             let size = claimed.rows.len();
             let more = size >= full && !token.is_cancelled();
-            let publish = async {
-                let published = self.publish(&claimed).await?;
-                self.commit(claimed, published).await
-            };
+            let publish = self.deliver(claimed);
             let (drained, next) = if more {
                 let (drained, next) = tokio::join!(publish, self.claim());
                 (drained, Some(next))
@@ -448,6 +488,17 @@ impl Relay {
     }
 }
 
+/// The `traceparent` a message carries, if any. Reads only that key.
+fn message_traceparent(payload: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Traced {
+        traceparent: Option<String>,
+    }
+    serde_json::from_str::<Traced>(payload)
+        .ok()
+        .and_then(|message| message.traceparent)
+}
+
 /// Exponential backoff with full jitter: a random pause up to
 /// `MIN_BACKOFF * 2^(failures-1)`, capped at `max`.
 fn backoff(failures: u32, max: Duration) -> Duration {
@@ -462,6 +513,17 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_traceparent_is_read_from_a_message_when_present() {
+        let traced = r#"{"job_id":"j","target_lang":"en","attempt":0,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#;
+        assert_eq!(
+            message_traceparent(traced).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(message_traceparent(r#"{"job_id":"j"}"#), None);
+        assert_eq!(message_traceparent("not json"), None);
+    }
 
     #[test]
     fn backoff_grows_and_stays_under_the_cap() {

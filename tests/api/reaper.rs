@@ -28,7 +28,7 @@ async fn new_job(pool: &PgPool) -> Uuid {
 
 /// A worker claimed the job and went silent `ago` ago. The timestamp is
 /// written with triggers off, as if the clock had moved on.
-async fn stuck_since(pool: &PgPool, id: Uuid, ago: Duration) {
+pub async fn stuck_since(pool: &PgPool, id: Uuid, ago: Duration) {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SET LOCAL session_replication_role = replica")
         .execute(&mut *tx)
