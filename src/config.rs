@@ -8,7 +8,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::{
     db::{DatabaseSettings, IDLE_IN_TRANSACTION_TIMEOUT},
-    jobs::RescuePolicy,
+    jobs::{GroupCommitSettings, RescuePolicy},
     outbox::RelaySettings,
     queue::{QueueName, RedisSettings},
     reaper::ReaperSettings,
@@ -30,6 +30,8 @@ pub const DEFAULT_DATABASE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30)
 /// Limit for one Redis command, including waiting for a reconnection.
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RELAY_BATCH_SIZE: u32 = 500;
+/// Transactions that claim one round at once while a backlog lasts.
+pub const DEFAULT_RELAY_CLAIMERS: usize = 2;
 /// Largest batch accepted; bigger batches only hold locks longer.
 pub const MAX_RELAY_BATCH_SIZE: u32 = 10_000;
 pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,6 +55,10 @@ pub const DEFAULT_MAX_JOB_ATTEMPTS: i32 = 3;
 pub const REAPER_BATCH_SIZE: i64 = 500;
 /// Most jobs in one BatchCreateTranslationJobs call.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
+/// Most concurrent creates stored by one statement and one commit.
+pub const DEFAULT_CREATE_GROUP_MAX_JOBS: usize = 64;
+/// Group commits running at once; more callers wait for the next group.
+pub const DEFAULT_CREATE_GROUP_COMMITS: usize = 2;
 
 /// A setting that could not be used. Names the variable; never echoes a
 /// connection string.
@@ -86,6 +92,8 @@ pub struct Settings {
     pub max_subtasks_per_job: usize,
     /// Most jobs in one batch create.
     pub max_batch_size: usize,
+    /// How concurrent creates are grouped into commits.
+    pub create_group: GroupCommitSettings,
     /// Backpressure limit (`QUEUE_MAX_BACKLOG`); 0 turns it off.
     pub queue_max_backlog: u64,
     /// Whether this process runs the reaper.
@@ -197,6 +205,7 @@ impl Settings {
                     1,
                     MAX_RELAY_BATCH_SIZE,
                 )?,
+                claimers: number(&get, "RELAY_CLAIMERS", DEFAULT_RELAY_CLAIMERS, 1, 16)?,
                 poll_interval: duration(&get, "RELAY_POLL_INTERVAL", DEFAULT_RELAY_POLL_INTERVAL)?,
                 max_backoff: duration(&get, "RELAY_MAX_BACKOFF", DEFAULT_RELAY_MAX_BACKOFF)?,
                 linger: duration_or_zero(&get, "RELAY_LINGER", DEFAULT_RELAY_LINGER)?,
@@ -211,6 +220,23 @@ impl Settings {
                 100_000,
             )?,
             max_batch_size: number(&get, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, 1, 10_000)?,
+            create_group: GroupCommitSettings {
+                max_jobs: number(
+                    &get,
+                    "CREATE_GROUP_MAX_JOBS",
+                    DEFAULT_CREATE_GROUP_MAX_JOBS,
+                    1,
+                    10_000,
+                )?,
+                max_in_flight: number(
+                    &get,
+                    "CREATE_GROUP_COMMITS",
+                    DEFAULT_CREATE_GROUP_COMMITS,
+                    1,
+                    1000,
+                )?,
+                call_timeout,
+            },
             queue_max_backlog: number(
                 &get,
                 "QUEUE_MAX_BACKLOG",

@@ -14,12 +14,13 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
+use futures_util::future::{join_all, try_join_all};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::instrument;
@@ -42,6 +43,34 @@ const LINGER_FROM_BATCH: usize = 16;
 /// Shortest pause after a failed drain; doubles up to the configured maximum.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Begins a claiming transaction that commits without waiting for the WAL
+/// flush (see [`Relay::claim`]), in one round trip.
+const BEGIN_ASYNC_COMMIT: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
+/// Deletes up to $1 of the oldest rows no other transaction holds. The ids
+/// are locked first (SKIP LOCKED passes over rows other relays hold), then
+/// deleted through the primary key with `= ANY` (cheaper than `IN
+/// (subquery)`, which plans a hash and a join).
+const CLAIM: &str = "DELETE FROM outbox WHERE id = ANY(ARRAY( \
+         SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+     RETURNING id, job_id, lane, payload, created_at, attempt, token";
+
+/// The publications of one claiming transaction, one row per job.
+const INSERT_PUBLICATIONS: &str = "INSERT INTO job_publications \
+         (job_id, published_at, attempt, lane, seq, generation) \
+     SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
+     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq)";
+
+/// The same where a job may already have one: the newer attempt wins.
+const UPSERT_PUBLICATIONS: &str = "INSERT INTO job_publications AS p \
+         (job_id, published_at, attempt, lane, seq, generation) \
+     SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
+     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq) \
+     ON CONFLICT (job_id) DO UPDATE SET \
+         published_at = excluded.published_at, attempt = excluded.attempt, \
+         lane = excluded.lane, seq = excluded.seq, generation = excluded.generation \
+     WHERE excluded.attempt >= p.attempt";
+
 /// Errors of one drain.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -60,8 +89,13 @@ pub enum RelayError {
 /// Tunables of the relay.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// Rows claimed per transaction.
+    /// Rows claimed per round (one script call pushes them all).
     pub batch_size: u32,
+    /// While a backlog lasts (the last round was full), each round's rows
+    /// are claimed by this many transactions at once, each taking its share
+    /// of the batch; PostgreSQL then works on the claim with as many
+    /// backends. 1 claims every round in one transaction.
+    pub claimers: usize,
     /// Drain at least this often even when nothing woke the relay.
     pub poll_interval: Duration,
     /// Longest pause between attempts while Redis or PostgreSQL is down.
@@ -92,10 +126,15 @@ pub struct OutboxRow {
     pub token: i32,
 }
 
-/// Rows taken out of the outbox in a transaction that is still open.
+/// Rows taken out of the outbox by transactions that are still open.
 pub struct Claimed {
-    tx: Transaction<'static, Postgres>,
+    /// The claiming transactions (one per claimer that found rows).
+    parts: Vec<Transaction<'static, Postgres>>,
+    /// Every row claimed, in id order.
     pub rows: Vec<OutboxRow>,
+    /// For each row, the index in `parts` of the transaction that deleted
+    /// it: its publication is recorded in the same transaction.
+    part_of: Vec<usize>,
 }
 
 /// Where the claimed rows' messages went.
@@ -137,6 +176,9 @@ pub struct Relay {
     /// Woken when Redis turned out to have lost data: the reaper then
     /// queues the lost jobs again without waiting for its next pass.
     lost_data: Wake,
+    /// Set when a plain insert of publications met an existing one: the
+    /// next round records with an upsert.
+    upsert_publications: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -157,6 +199,7 @@ impl Relay {
             owner,
             generation: Arc::new(AtomicI64::new(0)),
             lost_data,
+            upsert_publications: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -177,7 +220,7 @@ impl Relay {
     }
 
     /// Begins a transaction and claims (deletes) the oldest unclaimed rows
-    /// in it, in id order.
+    /// in it, up to the batch size, in id order.
     ///
     /// The transaction commits asynchronously (`synchronous_commit = off`,
     /// for this transaction only): the relay's commit need not wait for the
@@ -186,27 +229,64 @@ impl Relay {
     /// copies. The outbox rows themselves were written by synchronous
     /// commits.
     pub async fn claim(&self) -> Result<Claimed, RelayError> {
-        let limit = self.settings.call_timeout;
-        let mut tx = bounded(limit, self.pool.begin()).await?;
+        self.claim_split(1).await
+    }
+
+    /// Claims up to the batch size of the oldest unclaimed rows with
+    /// `claimers` transactions at once, each taking its share (SKIP LOCKED
+    /// lets them pass over each other's rows), and merges them in id order.
+    /// Together they take the oldest rows no other relay holds, as one
+    /// transaction would: a row committed before another is never left to a
+    /// later round while the other goes in this one.
+    pub async fn claim_split(&self, claimers: usize) -> Result<Claimed, RelayError> {
+        let claimers = claimers.max(1);
+        let share = self.settings.batch_size.div_ceil(claimers as u32);
+        let claims = (0..claimers).map(|_| self.claim_part(share));
+        let mut parts = Vec::with_capacity(claimers);
+        let mut rows = Vec::new();
+        let mut part_of = Vec::new();
+        for (tx, claimed) in try_join_all(claims).await? {
+            if claimed.is_empty() {
+                // Nothing to commit: rolled back when dropped.
+                continue;
+            }
+            part_of.extend(std::iter::repeat_n(parts.len(), claimed.len()));
+            rows.extend(claimed);
+            parts.push(tx);
+        }
+        if parts.len() > 1 {
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            order.sort_unstable_by_key(|&i| rows[i].id);
+            let mut taken: Vec<Option<OutboxRow>> = rows.into_iter().map(Some).collect();
+            rows = order.iter().filter_map(|&i| taken[i].take()).collect();
+            part_of = order.iter().map(|&i| part_of[i]).collect();
+        }
+        Ok(Claimed {
+            parts,
+            rows,
+            part_of,
+        })
+    }
+
+    /// One claiming transaction: up to `limit` of the oldest rows no other
+    /// transaction holds, deleted, in id order.
+    async fn claim_part(
+        &self,
+        limit: u32,
+    ) -> Result<(Transaction<'static, Postgres>, Vec<OutboxRow>), RelayError> {
+        let timeout = self.settings.call_timeout;
+        // One round trip: the transaction and its asynchronous commit.
+        let mut tx = bounded(timeout, self.pool.begin_with(BEGIN_ASYNC_COMMIT)).await?;
         let mut rows = bounded(
-            limit,
-            sqlx::query_as::<_, OutboxRow>(
-                "WITH claimed AS ( \
-                     DELETE FROM outbox WHERE id IN ( \
-                         SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                     RETURNING id, job_id, lane, payload, created_at, attempt, token), \
-                 async_commit AS ( \
-                     SELECT set_config('synchronous_commit', 'off', true)) \
-                 SELECT c.id, c.job_id, c.lane, c.payload, c.created_at, c.attempt, c.token \
-                 FROM claimed AS c, async_commit",
-            )
-            .bind(i64::from(self.settings.batch_size))
-            .fetch_all(&mut *tx),
+            timeout,
+            sqlx::query_as::<_, OutboxRow>(CLAIM)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx),
         )
         .await?;
         // RETURNING does not promise an order.
         rows.sort_unstable_by_key(|row| row.id);
-        Ok(Claimed { tx, rows })
+        Ok((tx, rows))
     }
 
     /// Pushes the claimed rows, each lane in id order, under the current
@@ -250,64 +330,100 @@ impl Relay {
     }
 
     /// Records where each message went (the job's publication: time,
-    /// attempt, lane, position, generation) and commits.
+    /// attempt, lane, position, generation) and commits, every claiming
+    /// transaction at once, each recording the rows it deleted.
     pub async fn commit(
         &self,
         claimed: Claimed,
         published: Published,
     ) -> Result<Drained, RelayError> {
-        let Claimed { mut tx, rows } = claimed;
-        let limit = self.settings.call_timeout;
-        // A job can have two rows in one batch (a stale attempt's and the
-        // new one's): record the newest attempt only, as one upsert may not
-        // touch a row twice.
-        let mut latest: HashMap<Uuid, (i32, &str, i64)> = HashMap::with_capacity(rows.len());
-        for (row, placement) in rows.iter().zip(&published.placements) {
-            let entry = latest
-                .entry(row.job_id)
-                .or_insert((row.attempt, &row.lane, placement.seq));
-            if row.attempt >= entry.0 {
-                *entry = (row.attempt, &row.lane, placement.seq);
+        let Claimed {
+            parts,
+            rows,
+            part_of,
+        } = claimed;
+        // A job can have two rows in one round (a stale attempt's and the
+        // new one's): record the newest attempt only, once.
+        let mut latest: HashMap<Uuid, usize> = HashMap::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            let entry = latest.entry(row.job_id).or_insert(index);
+            if row.attempt >= rows[*entry].attempt {
+                *entry = index;
             }
         }
-        let mut job_ids = Vec::with_capacity(latest.len());
-        let mut attempts = Vec::with_capacity(latest.len());
-        let mut lanes = Vec::with_capacity(latest.len());
-        let mut seqs = Vec::with_capacity(latest.len());
-        for (job_id, (attempt, lane, seq)) in latest {
-            job_ids.push(job_id);
-            attempts.push(attempt);
-            lanes.push(lane);
-            seqs.push(seq);
+        let mut records: Vec<Records> = (0..parts.len()).map(|_| Records::default()).collect();
+        for index in latest.into_values() {
+            let (row, placement) = (&rows[index], &published.placements[index]);
+            let record = &mut records[part_of[index]];
+            record.job_ids.push(row.job_id);
+            record.attempts.push(row.attempt);
+            record.lanes.push(&row.lane);
+            record.seqs.push(placement.seq);
         }
-        bounded(
-            limit,
-            sqlx::query(
-                "INSERT INTO job_publications AS p \
-                     (job_id, published_at, attempt, lane, seq, generation) \
-                 SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
-                 FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) \
-                     AS u (job_id, attempt, lane, seq) \
-                 ON CONFLICT (job_id) DO UPDATE SET \
-                     published_at = excluded.published_at, attempt = excluded.attempt, \
-                     lane = excluded.lane, seq = excluded.seq, generation = excluded.generation \
-                 WHERE excluded.attempt >= p.attempt",
-            )
-            .bind(&job_ids)
-            .bind(&attempts)
-            .bind(&lanes)
-            .bind(&seqs)
-            .bind(published.generation)
-            .execute(&mut *tx),
-        )
-        .await?;
-        bounded(limit, tx.commit()).await?;
+        let commits = parts
+            .into_iter()
+            .zip(&records)
+            .map(|(tx, record)| self.record_and_commit(tx, record, published.generation));
+        let outcomes = join_all(commits).await;
+        // Parts that committed are done; a failed one's rows come back and
+        // their push is skipped by the markers.
+        outcomes.into_iter().collect::<Result<(), _>>()?;
         let drained = Drained {
             claimed: rows.len(),
             pushed: published.pushed(),
         };
         self.record(&rows, drained);
         Ok(drained)
+    }
+
+    /// Inserts the publications of one claiming transaction and commits it.
+    ///
+    /// A plain insert: a job has no publication row when its message is
+    /// queued (queueing it again deletes the old one, see
+    /// `jobs::forget_messages`), so the upsert's conflict check is work for
+    /// nothing in the normal case. Should a row exist anyway (an outbox row
+    /// written by hand for a job already published), the insert fails, the
+    /// round rolls back, and the retry records with an upsert.
+    async fn record_and_commit(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        records: &Records<'_>,
+        generation: i64,
+    ) -> Result<(), RelayError> {
+        let timeout = self.settings.call_timeout;
+        if !records.job_ids.is_empty() {
+            let upsert = self.upsert_publications.load(Ordering::Acquire);
+            let inserted = bounded(
+                timeout,
+                sqlx::query(if upsert {
+                    UPSERT_PUBLICATIONS
+                } else {
+                    INSERT_PUBLICATIONS
+                })
+                .bind(&records.job_ids)
+                .bind(&records.attempts)
+                .bind(&records.lanes)
+                .bind(&records.seqs)
+                .bind(generation)
+                .execute(&mut *tx),
+            )
+            .await;
+            match inserted {
+                Ok(_) if upsert => self.upsert_publications.store(false, Ordering::Release),
+                Ok(_) => {}
+                Err(error) => {
+                    if is_unique_violation(&error) {
+                        tracing::info!(
+                            "a published job already had a publication; recording with an upsert on retry"
+                        );
+                        self.upsert_publications.store(true, Ordering::Release);
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
+        bounded(timeout, tx.commit()).await?;
+        Ok(())
     }
 
     /// Settles the generation with PostgreSQL and Redis (see
@@ -340,12 +456,14 @@ impl Relay {
         }
     }
 
-    /// Drains until a batch comes back short; returns the size of the last.
+    /// Drains until a round comes back short; returns the size of the last.
     ///
-    /// A pipeline of the three steps: while one batch is being pushed and
-    /// committed, the next is claimed on a second connection (SKIP LOCKED
-    /// hands it the following rows). Pushes still happen one batch after the
-    /// other, each after the previous batch committed, so order is kept.
+    /// A pipeline of the three steps: while one round is being pushed and
+    /// committed, the next is claimed on other connections (SKIP LOCKED
+    /// hands it the following rows). Pushes still happen one round after
+    /// the other, each after the previous round committed, so order is
+    /// kept. The first round is claimed by one transaction; while rounds
+    /// come back full (a backlog), by `claimers` transactions at once.
     async fn drain_until_idle(
         &self,
         token: &CancellationToken,
@@ -368,13 +486,14 @@ impl Relay {
                 self.commit(claimed, published).await
             };
             let (drained, next) = if more {
-                let (drained, next) = tokio::join!(publish, self.claim());
+                let (drained, next) =
+                    tokio::join!(publish, self.claim_split(self.settings.claimers));
                 (drained, Some(next))
             } else {
                 (publish.await, None)
             };
-            // On any error both transactions roll back when dropped; their
-            // rows are claimed again later and pushed at most once more.
+            // On any error the open transactions roll back when dropped;
+            // their rows are claimed again later and pushed at most once more.
             drained?;
             match next {
                 None => return Ok(size),
@@ -441,6 +560,19 @@ impl Relay {
         }
         tracing::info!("relay stopped");
     }
+}
+
+/// The publications one claiming transaction records.
+#[derive(Default)]
+struct Records<'a> {
+    job_ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    lanes: Vec<&'a str>,
+    seqs: Vec<i64>,
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.code().as_deref() == Some("23505"))
 }
 
 /// Exponential backoff with full jitter: a random pause up to

@@ -5,6 +5,7 @@
 mod backpressure;
 mod create;
 mod exactly_once;
+mod group_commit;
 mod health;
 mod http_json;
 mod lifecycle;
@@ -13,6 +14,7 @@ mod process;
 mod proxy;
 mod reaper;
 mod relay;
+mod relay_rounds;
 mod support;
 mod validation;
 mod watch;
