@@ -50,7 +50,8 @@ stop_redis() {
   REDIS_PID=
 }
 
-# start_service DB QUEUE REDIS_URL [VAR=VALUE ...]: the service on free ports,
+# start_service DB QUEUE REDIS_URL [VAR=VALUE ...]: the service ($SERVICE_BIN, by
+# default the build being measured) on free ports,
 # waiting until it is ready. Sets GRPC_PORT, HTTP_PORT, SERVICE_PID.
 start_service() {
   local db=$1 queue=$2 redis_url=$3; shift 3
@@ -58,7 +59,7 @@ start_service() {
   env DATABASE_URL="$BASE_URL/$db" REDIS_URL="$redis_url" TRANSLATION_QUEUE="$queue" \
     GRPC_ADDR="127.0.0.1:$GRPC_PORT" HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
     QUEUE_MAX_BACKLOG=0 LOG_FORMAT=json RUST_LOG=warn "$@" \
-    "$BIN_DIR/translation-jobs" >>"$BENCH_TMP/service.log" 2>&1 &
+    "${SERVICE_BIN:-$BIN_DIR/translation-jobs}" >>"$BENCH_TMP/service.log" 2>&1 &
   SERVICE_PID=$!
   for _ in $(seq 1 200); do
     curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1 && return

@@ -31,7 +31,7 @@ pub const DEFAULT_DATABASE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30)
 pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RELAY_BATCH_SIZE: u32 = 500;
 /// Transactions that claim one round at once while a backlog lasts.
-pub const DEFAULT_RELAY_CLAIMERS: usize = 2;
+pub const DEFAULT_RELAY_CLAIMERS: usize = 1;
 /// Largest batch accepted; bigger batches only hold locks longer.
 pub const MAX_RELAY_BATCH_SIZE: u32 = 10_000;
 pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);

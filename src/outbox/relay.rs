@@ -1,14 +1,15 @@
 //! The relay: moves committed outbox rows to the Redis lanes.
 //!
-//! One drain is three steps, each a public method so that tests can stop
-//! between them (a crash between the push and the commit is the case that
-//! matters): [`Relay::claim`] takes the oldest rows with `FOR UPDATE SKIP
-//! LOCKED` (so any number of replicas can drain one outbox) and deletes them
-//! in a transaction; [`Relay::publish`] pushes them with one script call,
-//! every lane at once, each row at most once (see `queue::push`);
-//! [`Relay::commit`] records where each message went and commits. A relay
-//! that dies before the commit leaves the rows to the next attempt, whose
-//! push skips what already reached Redis.
+//! One drain (a round) is three steps, each a public method so that tests
+//! can stop between them (a crash between the push and the commit is the
+//! case that matters): [`Relay::claim`] takes the oldest rows with `FOR
+//! UPDATE SKIP LOCKED` (so any number of replicas can drain one outbox) and
+//! deletes them in a transaction ([`Relay::claim_split`]: in several
+//! transactions at once, each taking a share); [`Relay::publish`] pushes
+//! them with one script call, every lane at once, each row at most once
+//! (see `queue::push`); [`Relay::commit`] records where each message went
+//! and commits. A relay that dies before the commit leaves the rows to the
+//! next attempt, whose push skips what already reached Redis.
 
 use std::{
     collections::HashMap,
@@ -124,6 +125,23 @@ pub struct OutboxRow {
     pub attempt: i32,
     /// Random, non-zero: tells this row from an earlier one with the same id.
     pub token: i32,
+}
+
+/// The columns [`CLAIM`] returns, in order.
+type ClaimedColumns = (i64, Uuid, String, String, DateTime<Utc>, i32, i32);
+
+impl From<ClaimedColumns> for OutboxRow {
+    fn from((id, job_id, lane, payload, created_at, attempt, token): ClaimedColumns) -> Self {
+        Self {
+            id,
+            job_id,
+            lane,
+            payload,
+            created_at,
+            attempt,
+            token,
+        }
+    }
 }
 
 /// Rows taken out of the outbox by transactions that are still open.
@@ -277,13 +295,18 @@ impl Relay {
         let timeout = self.settings.call_timeout;
         // One round trip: the transaction and its asynchronous commit.
         let mut tx = bounded(timeout, self.pool.begin_with(BEGIN_ASYNC_COMMIT)).await?;
-        let mut rows = bounded(
+        // Decoded by position: by name, every value of every row costs a
+        // hash lookup of its column.
+        let mut rows: Vec<OutboxRow> = bounded(
             timeout,
-            sqlx::query_as::<_, OutboxRow>(CLAIM)
+            sqlx::query_as::<_, ClaimedColumns>(CLAIM)
                 .bind(i64::from(limit))
                 .fetch_all(&mut *tx),
         )
-        .await?;
+        .await?
+        .into_iter()
+        .map(OutboxRow::from)
+        .collect();
         // RETURNING does not promise an order.
         rows.sort_unstable_by_key(|row| row.id);
         Ok((tx, rows))
