@@ -86,5 +86,5 @@ for round in $(seq 1 "$rounds"); do
     "$(ratio "$o_rate" "$r_rate"), $(ratio "$o_p99" "$r_p99")" "1, 1" "$o_err"
 done
 echo "rounds=$rounds duration=$duration concurrency=$concurrency subtasks=$subtasks profile=$PROFILE (ratios: rate, p99)"
-echo "service outbox left: $(outbox_count $db); old design's jobs never queued (it publishes after commit, no outbox)"
+echo "service outbox left after the run: $(outbox_count $db)"
 redis_forget "$queue"
