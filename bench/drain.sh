@@ -58,14 +58,34 @@ for pid in $(pg_pids); do pg_before[$pid]=$(cpu_ns "$pid"); done
 start_redis "$redis_port" everysec
 s_before=$(cpu_ns "$SERVICE_PID") r_before=$(cpu_ns "$REDIS_PID")
 started=$(now_ms)
-first=
-while :; do
-  left=$(outbox_count $db)
-  if [ -z "$first" ] && [ "$left" -lt "$jobs" ]; then first=$(now_ms); fi
-  [ "$left" -eq 0 ] && break
-  sleep 0.02
-done
-done_at=$(now_ms)
+# One light process watches the list's length every 5 ms over one Redis
+# connection (counting the outbox with psql that often would load the very
+# database being measured): when the first message arrives and when the
+# last one does. Then the outbox must be empty too (the last round's commit
+# follows its push within a round trip).
+read -r first done_at < <(python3 - "$redis_port" "$queue" "$jobs" <<'PY'
+import socket, sys, time
+port, key, total = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+sock = socket.create_connection(("127.0.0.1", port))
+command = b"*2\r\n$4\r\nLLEN\r\n$%d\r\n%s\r\n" % (len(key), key)
+first = None
+while True:
+    sock.sendall(command)
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        reply += sock.recv(64)
+    length = int(reply[1:].strip())
+    now = int(time.time() * 1000)
+    if first is None and length > 0:
+        first = now
+    if length >= total:
+        print(first, now)
+        break
+    time.sleep(0.005)
+PY
+)
+for _ in $(seq 1 500); do [ "$(outbox_count $db)" -eq 0 ] && break; sleep 0.02; done
+[ "$(outbox_count $db)" -eq 0 ] || { echo "the outbox did not empty" >&2; exit 1; }
 service_cpu=$(( $(cpu_ns "$SERVICE_PID") - s_before )) redis_cpu=$(( $(cpu_ns "$REDIS_PID") - r_before ))
 pg_cpu=0
 for pid in $(pg_pids); do pg_cpu=$(( pg_cpu + $(cpu_ns "$pid") - ${pg_before[$pid]:-0} )); done

@@ -23,7 +23,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures_util::future::{join_all, try_join_all};
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -81,6 +81,10 @@ pub enum RelayError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Generation(#[from] GenerationError),
+    /// A round's commit task panicked or was cancelled; its transactions
+    /// rolled back.
+    #[error("the commit of a relay round did not finish: {0}")]
+    CommitTask(String),
     /// Redis no longer holds the generation this relay pushes under; nothing
     /// was pushed. The next drain settles the generation first.
     #[error("Redis does not hold generation {expected} of the queue (found {found:?})")]
@@ -481,12 +485,17 @@ impl Relay {
 
     /// Drains until a round comes back short; returns the size of the last.
     ///
-    /// A pipeline of the three steps: while one round is being pushed and
-    /// committed, the next is claimed on other connections (SKIP LOCKED
-    /// hands it the following rows). Pushes still happen one round after
-    /// the other, each after the previous round committed, so order is
-    /// kept. The first round is claimed by one transaction; while rounds
-    /// come back full (a backlog), by `claimers` transactions at once.
+    /// A pipeline over consecutive rounds: round n is pushed while round n+1
+    /// is claimed on other connections (SKIP LOCKED hands it the following
+    /// rows), and as soon as round n is pushed, its publications are
+    /// recorded and committed on a task of their own, while round n+1 is
+    /// pushed. Pushes happen one round after the other, in claim order, so
+    /// order is kept; a round whose commit fails comes back and its second
+    /// push is skipped by the markers, as after any failed commit. Commits
+    /// hold their own connections and never wait for a claim, so a claim
+    /// waiting for a free connection always gets one. The first round is
+    /// claimed by one transaction; while rounds come back full (a backlog),
+    /// by `claimers` transactions at once.
     async fn drain_until_idle(
         &self,
         token: &CancellationToken,
@@ -497,30 +506,61 @@ impl Relay {
         }
         let full = self.settings.batch_size as usize;
         let mut claimed = self.claim().await?;
+        // The previous round's record and commit, still running.
+        let mut committing: Option<Committing> = None;
         loop {
             beat.beat();
             if claimed.rows.is_empty() {
+                if let Some(previous) = committing.take() {
+                    joined(previous.await)?;
+                }
                 return Ok(0);
             }
             let size = claimed.rows.len();
             let more = size >= full && !token.is_cancelled();
-            let publish = async {
-                let published = self.publish(&claimed).await?;
-                self.commit(claimed, published).await
+            let previous = committing.take();
+            let previous = async move {
+                match previous {
+                    Some(previous) => joined(previous.await).map(Some),
+                    None => Ok(None),
+                }
             };
-            let (drained, next) = if more {
-                let (drained, next) =
-                    tokio::join!(publish, self.claim_split(self.settings.claimers));
-                (drained, Some(next))
-            } else {
-                (publish.await, None)
+            let round = async move {
+                let published = self.publish(&claimed).await?;
+                let relay = self.clone();
+                Ok::<_, RelayError>(AbortOnDropHandle::new(tokio::spawn(async move {
+                    relay.commit(claimed, published).await
+                })))
             };
             // On any error the open transactions roll back when dropped;
             // their rows are claimed again later and pushed at most once more.
-            drained?;
+            let (committed, this_round, next) = if more {
+                let (committed, this_round, next) =
+                    tokio::join!(previous, round, self.claim_split(self.settings.claimers));
+                (committed, this_round, Some(next))
+            } else {
+                let (committed, this_round) = tokio::join!(previous, round);
+                (committed, this_round, None)
+            };
+            let this_round = this_round?;
+            if let Err(error) = committed {
+                // This round was pushed: let it commit before giving up.
+                joined(this_round.await)?;
+                return Err(error);
+            }
             match next {
-                None => return Ok(size),
-                Some(next) => claimed = next?,
+                None => {
+                    joined(this_round.await)?;
+                    return Ok(size);
+                }
+                Some(Ok(next)) => {
+                    committing = Some(this_round);
+                    claimed = next;
+                }
+                Some(Err(error)) => {
+                    joined(this_round.await)?;
+                    return Err(error);
+                }
             }
         }
     }
@@ -583,6 +623,16 @@ impl Relay {
         }
         tracing::info!("relay stopped");
     }
+}
+
+/// A round's record and commit, running while the next round is pushed.
+type Committing = AbortOnDropHandle<Result<Drained, RelayError>>;
+
+/// The outcome of a round's commit task.
+fn joined(
+    outcome: Result<Result<Drained, RelayError>, tokio::task::JoinError>,
+) -> Result<Drained, RelayError> {
+    outcome.map_err(|error| RelayError::CommitTask(error.to_string()))?
 }
 
 /// The publications one claiming transaction records.
