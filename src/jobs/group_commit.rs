@@ -117,9 +117,7 @@ impl GroupCommit {
             Err(_) => Err(timed_out(self.call_timeout * 2).into()),
         }
     }
-}
 
-impl GroupCommit {
     /// Jobs handed over and not yet taken into a group.
     pub fn waiting(&self) -> usize {
         self.queue
