@@ -4,16 +4,17 @@
 # the raw limits measured in the same run (pgbench claiming and deleting
 # outbox batches on one connection; redis-benchmark RPUSH pipelined).
 #
-#   bench/drain.sh [--jobs 100000] [--batch 500]
+#   bench/drain.sh [--jobs 100000] [--batch 500] [VAR=VALUE ...]   # extra settings for the service
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-jobs=100000 batch=500
+jobs=100000 batch=500 service_env=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --jobs) jobs=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
+    *=*) service_env+=("$1"); shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
@@ -24,7 +25,7 @@ fresh_db $db
 redis_port=$(free_port)
 redis_url=redis://127.0.0.1:$redis_port/0
 # Redis is not running: the service starts anyway and jobs wait in the outbox.
-start_service $db $queue "$redis_url" RELAY_BATCH_SIZE="$batch"
+start_service $db $queue "$redis_url" RELAY_BATCH_SIZE="$batch" "${service_env[@]}"
 
 # The backlog: jobs and their outbox rows written as the create statement
 # writes them, in bulk (creating 100,000 through gRPC would only add minutes).
@@ -47,16 +48,47 @@ fill_outbox() {
 fill_outbox
 [ "$(outbox_count $db)" -eq "$jobs" ] || { echo "backlog not written" >&2; exit 1; }
 
+# CPU time (ns) of a process, and of the database's server processes that
+# serve this benchmark's database (the service's pool).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+pg_pids() { psql "$BASE_URL/$db" -qtAc "SELECT pid FROM pg_stat_activity WHERE datname = '$db' AND pid <> pg_backend_pid()"; }
+declare -A pg_before
+for pid in $(pg_pids); do pg_before[$pid]=$(cpu_ns "$pid"); done
+
 start_redis "$redis_port" everysec
+s_before=$(cpu_ns "$SERVICE_PID") r_before=$(cpu_ns "$REDIS_PID")
 started=$(now_ms)
-first=
-while :; do
-  left=$(outbox_count $db)
-  if [ -z "$first" ] && [ "$left" -lt "$jobs" ]; then first=$(now_ms); fi
-  [ "$left" -eq 0 ] && break
-  sleep 0.02
-done
-done_at=$(now_ms)
+# One light process watches the list's length every 5 ms over one Redis
+# connection (counting the outbox with psql that often would load the very
+# database being measured): when the first message arrives and when the
+# last one does. Then the outbox must be empty too (the last round's commit
+# follows its push within a round trip).
+read -r first done_at < <(python3 - "$redis_port" "$queue" "$jobs" <<'PY'
+import socket, sys, time
+port, key, total = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+sock = socket.create_connection(("127.0.0.1", port))
+command = b"*2\r\n$4\r\nLLEN\r\n$%d\r\n%s\r\n" % (len(key), key)
+first = None
+while True:
+    sock.sendall(command)
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        reply += sock.recv(64)
+    length = int(reply[1:].strip())
+    now = int(time.time() * 1000)
+    if first is None and length > 0:
+        first = now
+    if length >= total:
+        print(first, now)
+        break
+    time.sleep(0.005)
+PY
+)
+for _ in $(seq 1 500); do [ "$(outbox_count $db)" -eq 0 ] && break; sleep 0.02; done
+[ "$(outbox_count $db)" -eq 0 ] || { echo "the outbox did not empty" >&2; exit 1; }
+service_cpu=$(( $(cpu_ns "$SERVICE_PID") - s_before )) redis_cpu=$(( $(cpu_ns "$REDIS_PID") - r_before ))
+pg_cpu=0
+for pid in $(pg_pids); do pg_cpu=$(( pg_cpu + $(cpu_ns "$pid") - ${pg_before[$pid]:-0} )); done
 length=$(redis-cli -p "$redis_port" llen "$queue")
 # Redis memory of the push-once markers this drain left (4 bytes per message
 # plus one key per 1024 outbox ids, each living RELAY_MARKER_TTL).
@@ -89,5 +121,11 @@ echo "jobs=$jobs batch=$batch pushed=$length"
 echo "drain_ms=$drain_ms (from Redis start) steady_ms=$steady_ms (from the first push) rate=$rate/s"
 echo "raw_claim_delete=$claim_rate/s raw_rpush_pipelined=$push_rate/s limit=$limit/s"
 echo "ratio drain/limit=$ratio"
+# CPU per message over the whole drain (from Redis start): the figures that
+# do not depend on how busy the machine is.
+awk -v s="$service_cpu" -v p="$pg_cpu" -v r="$redis_cpu" -v n="$jobs" -v ms="$drain_ms" 'BEGIN {
+  printf "cpu_us_per_message service=%.2f postgres=%.2f redis=%.2f total=%.2f (cores over the drain: %.2f)\n",
+    s / n / 1000, p / n / 1000, r / n / 1000, (s + p + r) / n / 1000, (s + p + r) / (ms * 1e6)
+}'
 echo "push_markers bytes=$marker_bytes per_message=$(awk -v b="$marker_bytes" -v n="$jobs" 'BEGIN {printf "%.2f", b / n}')"
 [ "$length" -eq "$jobs" ] || { echo "expected $jobs messages, found $length" >&2; exit 1; }

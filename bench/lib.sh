@@ -50,7 +50,8 @@ stop_redis() {
   REDIS_PID=
 }
 
-# start_service DB QUEUE REDIS_URL [VAR=VALUE ...]: the service on free ports,
+# start_service DB QUEUE REDIS_URL [VAR=VALUE ...]: the service ($SERVICE_BIN, by
+# default the build being measured) on free ports,
 # waiting until it is ready. Sets GRPC_PORT, HTTP_PORT, SERVICE_PID.
 start_service() {
   local db=$1 queue=$2 redis_url=$3; shift 3
@@ -58,7 +59,7 @@ start_service() {
   env DATABASE_URL="$BASE_URL/$db" REDIS_URL="$redis_url" TRANSLATION_QUEUE="$queue" \
     GRPC_ADDR="127.0.0.1:$GRPC_PORT" HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
     QUEUE_MAX_BACKLOG=0 LOG_FORMAT=json RUST_LOG=warn "$@" \
-    "$BIN_DIR/translation-jobs" >>"$BENCH_TMP/service.log" 2>&1 &
+    "${SERVICE_BIN:-$BIN_DIR/translation-jobs}" >>"$BENCH_TMP/service.log" 2>&1 &
   SERVICE_PID=$!
   for _ in $(seq 1 200); do
     curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1 && return
@@ -88,3 +89,76 @@ redis_forget() {
   redis-cli "$@" del "$queue" >/dev/null
   redis-cli "$@" --scan --pattern "{$queue}:*" | xargs -r redis-cli "$@" del >/dev/null
 }
+
+# ensure_wrk: the HTTP load generator, installed from Debian when missing.
+ensure_wrk() {
+  command -v wrk >/dev/null && return
+  echo "installing wrk (apt-get install wrk)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2 \
+    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >&2; }
+}
+
+# entity_ids_array N: the pgbench array parameter of N chapters.
+entity_ids_array() { echo "{$(seq -s, -f 'chapter-%g' 0 $(($1 - 1)))}"; }
+
+# wrk_script N FILE: a wrk script posting the old service's create body with
+# N subtasks (the body both the service and the old design accept).
+wrk_script() {
+  cat >"$2" <<LUA
+local subs = {}
+for i = 0, $(($1 - 1)) do subs[#subs + 1] = string.format('{"entity_type":"chapter","entity_id":"chapter-%d"}', i) end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"novel_id":"0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e","target_lang":"en","source_lang":"ja","subtasks":[' .. table.concat(subs, ",") .. ']}'
+LUA
+}
+
+# pgbench_round DB CLIENTS DURATION SUBTASKS: the one-statement reference
+# (bench/create_job.sql); prints "tps p99_ms".
+pgbench_round() {
+  local db=$1 clients=$2 duration=$3 subtasks=$4 tps p99
+  # Same planner setting as the service's pool (see src/db.rs).
+  PGOPTIONS='-c enable_seqscan=off' pgbench "$BASE_URL/$db" -n -M prepared -c "$clients" \
+    -j "$(( clients < 2 ? 1 : 2 ))" -T "${duration%s}" -D entity_ids="$(entity_ids_array "$subtasks")" \
+    -f bench/create_job.sql -l --log-prefix "$BENCH_TMP/pgbench" >"$BENCH_TMP/pgbench.out" 2>&1
+  tps=$(awk '/^tps/ {print $3; exit}' "$BENCH_TMP/pgbench.out")
+  # Per-transaction log: the third column is the latency in microseconds.
+  p99=$(cat "$BENCH_TMP"/pgbench.[0-9]* | awk '{print $3}' | sort -n \
+        | awk '{v[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", v[i]/1000}')
+  rm -f "$BENCH_TMP"/pgbench.[0-9]*
+  echo "${tps%.*} $p99"
+}
+
+# grpc_round PORT CONCURRENCY DURATION WARMUP SUBTASKS [LOADGEN FLAGS...]: the
+# service over gRPC (loadgen); prints "rate p99_ms errors", errors being
+# "errors=0" or the codes and counts without spaces. The whole output stays
+# in $BENCH_TMP/loadgen.out.
+grpc_round() {
+  local port=$1 concurrency=$2 duration=$3 warmup=$4 subtasks=$5; shift 5
+  "$BIN_DIR/loadgen" --addr "http://127.0.0.1:$port" --concurrency "$concurrency" \
+    --subtasks "$subtasks" --duration "$duration" --warmup "$warmup" "$@" >"$BENCH_TMP/loadgen.out"
+  local rate p99 errors
+  rate=$(awk -F'[= /]' '/^ok=/ {print $4; exit}' "$BENCH_TMP/loadgen.out")
+  p99=$(awk '/^latency_ms/ {for (i=1;i<=NF;i++) if ($i ~ /^p99=/) {sub("p99=","",$i); print $i}}' "$BENCH_TMP/loadgen.out")
+  errors=$(grep '^errors' "$BENCH_TMP/loadgen.out" | tr -d ' ' | tr '\n' ',' | sed 's/,$//')
+  echo "$rate $p99 $errors"
+}
+
+# http_round PORT CONNECTIONS DURATION SCRIPT: wrk against the create
+# endpoint after a 2 s warm-up; prints "rate p99_ms non2xx".
+http_round() {
+  local port=$1 connections=$2 duration=$3 script=$4 threads
+  threads=$(( connections < 2 ? 1 : 2 ))
+  wrk -t"$threads" -c"$connections" -d2s -s "$script" "http://127.0.0.1:$port/api/v1/translation-jobs" >/dev/null 2>&1 || true
+  wrk -t"$threads" -c"$connections" -d"${duration%s}s" --latency -s "$script" \
+    "http://127.0.0.1:$port/api/v1/translation-jobs" >"$BENCH_TMP/wrk.out" 2>&1
+  awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /^Requests\/sec/ {rate = $2}
+    $1 == "99%" {p99 = ms($2)}
+    /Non-2xx/ {bad = $NF}
+    END {printf "%d %.2f non2xx=%d\n", rate, p99, bad}' "$BENCH_TMP/wrk.out"
+}
+
+# ratio A B: A / B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }

@@ -18,4 +18,6 @@ check '^ratio' bench/drain.sh --jobs 2000 --batch 500
 check 'lost=0 duplicated=0' bench/outage.sh --rate 100 --before 2 --down 2 --after 3
 check 'with_50_watch_streams' bench/memory.sh --watchers 50 --duration 2s
 check '^commit_to_redis_ms' bench/latency.sh --rate 100 --duration 2s
-echo "benchmark smoke run ok: 5 scripts"
+check '^1 +grpc' bench/side_by_side.sh --rounds 1 --duration 2s --concurrency 4
+check '^1 +1 ' bench/scale.sh --subtasks 1 --callers 1 --duration 2s --warmup 0s
+echo "benchmark smoke run ok: 7 scripts"

@@ -24,6 +24,7 @@ use crate::{
     config::{ListenAddr, Settings},
     db,
     health::{self, Health},
+    jobs::GroupCommit,
     metrics::Metrics,
     outbox::Relay,
     queue::{QueueError, RedisQueue, eviction_risk},
@@ -138,6 +139,17 @@ impl App {
             .build_v1alpha()?;
 
         let hub = WatchHub::new();
+        let (creates, collector) = GroupCommit::new(self.pool.clone(), self.settings.create_group);
+        if let Some(collector) = collector {
+            let beat = health.liveness().register(
+                "group commit",
+                self.settings.database.call_timeout() * 4 + LIVENESS_SLACK,
+            );
+            tasks.spawn(supervise(token.clone(), beat.clone(), {
+                let token = token.clone();
+                move || collector.again().run(token.clone(), beat.clone())
+            }));
+        }
         let jobs_api = JobsApi::new(ApiDeps {
             pool: self.pool.clone(),
             queue: self.queue.clone(),
@@ -149,6 +161,7 @@ impl App {
                 self.queue.clone(),
                 self.settings.queue_max_backlog,
             )),
+            creates,
             hub: hub.clone(),
             shutdown: serving.clone(),
             max_subtasks_per_job: self.settings.max_subtasks_per_job,

@@ -121,8 +121,15 @@ impl Backlog {
         {
             return sample.ok_or(BacklogError::RecentlyFailed);
         }
-        let measured =
-            crate::db::bounded(DATABASE_SAMPLE_TIMEOUT, self.measure(Some(self.limit))).await;
+        // Boxed: the sample's future (a query and three Redis calls) is
+        // about 40 KB, and embedded it would make every create's future as
+        // large, copied on every call, though a sample is taken only every
+        // SAMPLE_TTL.
+        let measured = Box::pin(crate::db::bounded(
+            DATABASE_SAMPLE_TIMEOUT,
+            self.measure(Some(self.limit)),
+        ))
+        .await;
         *cached = Some((Instant::now(), measured.as_ref().ok().copied()));
         self.admitted_since_sample.store(0, Ordering::Relaxed);
         measured

@@ -16,7 +16,7 @@ use crate::{
         tls::TlsSettings,
     },
     db::{DatabaseSettings, IDLE_IN_TRANSACTION_TIMEOUT},
-    jobs::RescuePolicy,
+    jobs::{GroupCommitSettings, RescuePolicy},
     outbox::RelaySettings,
     queue::{QueueName, RedisSettings, ReplicaWait},
     reaper::ReaperSettings,
@@ -45,6 +45,8 @@ pub const DEFAULT_REDIS_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most replicas `REDIS_WAIT_REPLICAS` may ask for.
 pub const MAX_REDIS_WAIT_REPLICAS: u32 = 100;
 pub const DEFAULT_RELAY_BATCH_SIZE: u32 = 500;
+/// Transactions that claim one round at once while a backlog lasts.
+pub const DEFAULT_RELAY_CLAIMERS: usize = 1;
 /// Largest batch accepted; bigger batches only hold locks longer.
 pub const MAX_RELAY_BATCH_SIZE: u32 = 10_000;
 pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -72,6 +74,10 @@ pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
 /// subtasks needs some room; beyond 1 GiB a message is no longer a request.
 pub const MIN_MAX_MESSAGE_SIZE: usize = 1024;
 pub const MAX_MAX_MESSAGE_SIZE: usize = 1024 * 1024 * 1024;
+/// Most concurrent creates stored by one statement and one commit.
+pub const DEFAULT_CREATE_GROUP_MAX_JOBS: usize = 64;
+/// Group commits running at once; more callers wait for the next group.
+pub const DEFAULT_CREATE_GROUP_COMMITS: usize = 2;
 
 /// A setting that could not be used. Names the variable; never echoes a
 /// connection string.
@@ -107,6 +113,8 @@ pub struct Settings {
     pub max_subtasks_per_job: usize,
     /// Most jobs in one batch create.
     pub max_batch_size: usize,
+    /// How concurrent creates are grouped into commits.
+    pub create_group: GroupCommitSettings,
     /// Backpressure limit (`QUEUE_MAX_BACKLOG`); 0 turns it off.
     pub queue_max_backlog: u64,
     /// Whether this process runs the reaper.
@@ -255,6 +263,7 @@ impl Settings {
                     1,
                     MAX_RELAY_BATCH_SIZE,
                 )?,
+                claimers: number(&get, "RELAY_CLAIMERS", DEFAULT_RELAY_CLAIMERS, 1, 16)?,
                 poll_interval: duration(&get, "RELAY_POLL_INTERVAL", DEFAULT_RELAY_POLL_INTERVAL)?,
                 max_backoff: duration(&get, "RELAY_MAX_BACKOFF", DEFAULT_RELAY_MAX_BACKOFF)?,
                 linger: duration_or_zero(&get, "RELAY_LINGER", DEFAULT_RELAY_LINGER)?,
@@ -269,6 +278,23 @@ impl Settings {
                 100_000,
             )?,
             max_batch_size: number(&get, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, 1, 10_000)?,
+            create_group: GroupCommitSettings {
+                max_jobs: number(
+                    &get,
+                    "CREATE_GROUP_MAX_JOBS",
+                    DEFAULT_CREATE_GROUP_MAX_JOBS,
+                    1,
+                    10_000,
+                )?,
+                max_in_flight: number(
+                    &get,
+                    "CREATE_GROUP_COMMITS",
+                    DEFAULT_CREATE_GROUP_COMMITS,
+                    1,
+                    1000,
+                )?,
+                call_timeout,
+            },
             queue_max_backlog: number(
                 &get,
                 "QUEUE_MAX_BACKLOG",

@@ -12,6 +12,12 @@ use translation_jobs::{
     telemetry::{self, error_chain},
 };
 
+/// mimalloc instead of the system allocator: a create makes a couple of
+/// hundred small allocations, and glibc's malloc and free were a quarter of
+/// the service's instructions per create (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,5 +1,7 @@
 //! Requests into domain types and domain types into responses.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 
 use super::{auth::Principal, proto};
@@ -191,20 +193,26 @@ pub fn new_job(
         ));
     }
     let mut subtasks = Vec::with_capacity(request.subtasks.len().max(1));
+    // Duplicates found with a set: a job may have thousands of subtasks.
+    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(request.subtasks.len());
     for (index, spec) in request.subtasks.iter().enumerate() {
-        let field = format!("subtasks[{index}]");
-        let subtask = SubtaskSpec::parse(&field, &spec.entity_type, &spec.entity_id)?;
-        if subtasks.contains(&subtask) {
+        SubtaskSpec::check_item("subtasks", index, &spec.entity_type, &spec.entity_id)?;
+        if !seen.insert((spec.entity_type.as_str(), spec.entity_id.as_str())) {
             return Err(FieldError::new(
-                field,
+                format!("subtasks[{index}]"),
                 format!(
                     "duplicates an earlier subtask ({} {})",
-                    subtask.entity_type, subtask.entity_id
+                    spec.entity_type, spec.entity_id
                 ),
             ));
         }
-        subtasks.push(subtask);
     }
+    drop(seen);
+    // Checked: the request's strings move into the job.
+    subtasks.extend(request.subtasks.into_iter().map(|spec| SubtaskSpec {
+        entity_type: spec.entity_type,
+        entity_id: spec.entity_id,
+    }));
     if subtasks.is_empty() {
         subtasks.push(SubtaskSpec::novel(novel_id));
     }

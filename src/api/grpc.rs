@@ -41,6 +41,8 @@ pub struct ApiDeps {
     pub wake: Wake,
     pub metrics: Arc<Metrics>,
     pub backlog: Arc<Backlog>,
+    /// Where creates go: grouped into shared commits.
+    pub creates: jobs::GroupCommit,
     pub hub: WatchHub,
     /// Ends the watch streams at shutdown.
     pub shutdown: CancellationToken,
@@ -96,11 +98,7 @@ impl JobsApi {
         new.traceparent = caller.traceparent;
         self.ensure_ready()?;
         self.deps.backlog.admit(1).await?;
-        let created = bounded(
-            self.deps.call_timeout,
-            jobs::create_job(&self.deps.pool, &new),
-        )
-        .await?;
+        let created = self.deps.creates.create(new).await?;
         if created.replayed {
             self.deps.metrics.job_replayed();
         } else {

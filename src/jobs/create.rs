@@ -1,11 +1,14 @@
 //! The create transaction: job, subtasks and outbox row in one statement.
 
+use std::{collections::HashMap, time::Duration};
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
-use tracing::instrument;
+use tracing::{Instrument, instrument};
 use uuid::Uuid;
 
-use super::{Job, JobError, NewJob, get::find_by_request_id};
+use super::{Job, JobError, NewJob, fields::TraceParent, get::find_by_request_id};
+use crate::{db::bounded, telemetry::error_chain};
 
 /// What [`create_job`] did.
 #[derive(Debug, Clone)]
@@ -41,6 +44,71 @@ queued AS (
 SELECT created_at FROM job
 "#;
 
+/// The create statement for several jobs at once (group commit, see
+/// `jobs::group_commit`): the same three inserts as [`INSERT_JOB`], every
+/// column an array with one element per job, the subtasks flattened with
+/// their job's id. One statement, so one commit for all of them. A job whose
+/// request_id is taken inserts nothing, and neither do its subtasks and
+/// outbox row: it is missing from the result and answered as a replay. The
+/// outbox rows are inserted in the jobs' order, so callers who arrived first
+/// are published first. `target_fields` travel as array literals (one text
+/// per job), as UNNEST cannot take an array of arrays of different lengths.
+const INSERT_JOBS: &str = r#"
+WITH input AS (
+    SELECT *
+    FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+        WITH ORDINALITY
+        AS i (id, user_id, novel_id, source_lang, target_lang, target_fields,
+              enable_code_filter, output_dir, priority, request_id, lane, payload, ord)
+),
+job AS (
+    INSERT INTO translation_jobs
+        (id, user_id, novel_id, source_lang, target_lang, target_fields,
+         enable_code_filter, output_dir, priority, request_id)
+    SELECT id, user_id, novel_id, source_lang, target_lang, target_fields::text[],
+           enable_code_filter, output_dir, priority, request_id
+    FROM input ORDER BY ord
+    ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    RETURNING id, created_at
+),
+subtasks AS (
+    INSERT INTO translation_subtasks (id, job_id, entity_type, entity_id, created_at, updated_at)
+    SELECT s.id, job.id, s.entity_type, s.entity_id, job.created_at, job.created_at
+    FROM UNNEST($13::uuid[], $14::uuid[], $15::text[], $16::text[])
+        AS s (job_id, id, entity_type, entity_id)
+    JOIN job ON job.id = s.job_id
+),
+queued AS (
+    INSERT INTO outbox (job_id, lane, payload)
+    SELECT i.id, i.lane, i.payload FROM input AS i JOIN job ON job.id = i.id ORDER BY i.ord
+)
+SELECT id, created_at FROM job
+"#;
+
+/// The span of one job's create statement, a child of the current span (the
+/// call's), and the job's message pointed at it: with traces exported the
+/// message's `traceparent` names this span, so a worker continues the trace
+/// under it and the relay's batch links to it; without, the message keeps
+/// the caller's `traceparent` as sent. Made on the caller's task, before the
+/// job joins a group commit, which runs elsewhere.
+pub fn statement_span(new: &mut NewJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        "INSERT translation_jobs",
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = "translation_jobs",
+    );
+    if let Some(traceparent) = span
+        .in_scope(crate::telemetry::traces::current_traceparent)
+        .and_then(|raw| TraceParent::parse(&raw))
+    {
+        new.traceparent = Some(traceparent);
+    }
+    span
+}
+
 /// Stores a new job with its subtasks and queues its message through the
 /// outbox, all in one statement. Never touches Redis.
 #[instrument(skip_all, fields(novel_id = %new.novel_id), err(level = "debug"))]
@@ -56,7 +124,10 @@ pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>,
     let mut tx = pool.begin().await?;
     let mut created = Vec::with_capacity(jobs.len());
     for (index, new) in jobs.iter().enumerate() {
-        let one = insert_job(&mut tx, new)
+        let mut new = new.clone();
+        let span = statement_span(&mut new);
+        let one = insert_job(&mut tx, &new)
+            .instrument(span)
             .await
             .map_err(|error| JobError::InBatch {
                 index,
@@ -68,38 +139,247 @@ pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>,
     Ok(created)
 }
 
-/// The create statement on one connection (or inside a transaction), in a
-/// span of its own: the message's `traceparent` names this span, so a worker
-/// continues the trace under it and the relay's batch links to it.
-#[instrument(
-    skip_all,
-    name = "INSERT translation_jobs",
-    fields(
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = "INSERT",
-        db.collection.name = "translation_jobs",
-    )
-)]
+/// Stores several jobs, each with its own outcome, in as few statements as
+/// possible: one statement (one commit) for all of them; when that fails
+/// for a reason other than an outage, each job again on its own, so a job
+/// the database refuses fails alone and its neighbours are stored. Every
+/// database call is bounded by `limit`. Outcomes in the order of `jobs`.
+pub(crate) async fn create_group(
+    pool: &PgPool,
+    jobs: &[&NewJob],
+    limit: Duration,
+) -> Vec<Result<Created, JobError>> {
+    if let [one] = jobs {
+        return vec![bounded(limit, create_job(pool, one)).await];
+    }
+    let mut conn = match bounded(limit, pool.acquire()).await {
+        Ok(conn) => conn,
+        Err(error) => return fail_all(jobs.len(), error),
+    };
+    let prepared: Vec<Prepared> = jobs.iter().map(|new| Prepared::new(new)).collect();
+    let inserted = bounded(limit, insert_jobs(&mut conn, &prepared)).await;
+    match inserted {
+        Ok(created_at) => {
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            for (new, prepared) in jobs.iter().zip(prepared) {
+                let outcome = match created_at.get(&prepared.job.id) {
+                    Some(at) => Ok(prepared.created(*at)),
+                    None => bounded(limit, replay(&mut conn, new)).await,
+                };
+                outcomes.push(outcome);
+            }
+            outcomes
+        }
+        Err(error) if is_outage(&error) => {
+            tracing::warn!(error = %error_chain(&error), jobs = jobs.len(), "group commit failed");
+            fail_all(jobs.len(), error)
+        }
+        Err(error) => {
+            // The data of one job, a deadlock between two groups over
+            // request_ids, ...: each job again on its own.
+            tracing::info!(error = %error_chain(&error), jobs = jobs.len(), "group commit refused; storing its jobs one by one");
+            let mut outcomes: Vec<Result<Created, JobError>> = Vec::with_capacity(jobs.len());
+            for new in jobs {
+                let outcome = match outcomes.last() {
+                    // PostgreSQL went away meanwhile: the rest would wait for
+                    // it one after the other.
+                    Some(Err(JobError::Database(error))) if is_outage(error) => {
+                        Err(JobError::Database(same_kind(error)))
+                    }
+                    _ => bounded(limit, insert_job(&mut conn, new)).await,
+                };
+                outcomes.push(outcome);
+            }
+            outcomes
+        }
+    }
+}
+
+/// Whether a failed statement failed for a reason that would fail each of
+/// its jobs alone just the same (PostgreSQL unreachable, shutting down,
+/// cancelling statements, out of resources): then retrying them one by one
+/// would only take longer.
+fn is_outage(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            ["08", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "25006"
+        }),
+        _ => false,
+    }
+}
+
+/// The outcome of every job of a group that failed as a whole: the first
+/// gets the error itself, the others one of the same kind (sqlx's errors
+/// cannot be cloned), so each caller is told UNAVAILABLE alike.
+fn fail_all(count: usize, error: sqlx::Error) -> Vec<Result<Created, JobError>> {
+    let mut outcomes: Vec<Result<Created, JobError>> = (1..count)
+        .map(|_| Err(JobError::Database(same_kind(&error))))
+        .collect();
+    outcomes.insert(0, Err(JobError::Database(error)));
+    outcomes
+}
+
+fn same_kind(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => sqlx::Error::Io(std::io::Error::other(format!(
+            "the group commit holding this job failed: {}",
+            error_chain(other)
+        ))),
+    }
+}
+
+/// A job ready to insert: its ids drawn, its message built.
+struct Prepared {
+    job: Job,
+    payload: String,
+}
+
+impl Prepared {
+    fn new(new: &NewJob) -> Self {
+        let id = Uuid::now_v7();
+        let subtask_ids: Vec<Uuid> = new.subtasks.iter().map(|_| Uuid::now_v7()).collect();
+        // Built before the insert so the outbox row carries the exact
+        // message; the timestamps are replaced by the database's.
+        let job = job_from_insert(id, new, subtask_ids, Utc::now());
+        let mut message = job.message();
+        message.traceparent = new.traceparent.as_ref().map(|t| t.as_str().to_owned());
+        Self {
+            payload: message.to_json(),
+            job,
+        }
+    }
+
+    /// The job as committed at `created_at`.
+    fn created(self, created_at: DateTime<Utc>) -> Created {
+        let mut job = self.job;
+        // Debug, not info: at thousands of creates a second, a line each
+        // would cost more than the create.
+        tracing::debug!(job_id = %job.id, subtasks = job.subtasks.len(), "job created");
+        job.created_at = created_at;
+        job.updated_at = created_at;
+        for subtask in &mut job.subtasks {
+            subtask.updated_at = created_at;
+        }
+        Created {
+            job,
+            replayed: false,
+        }
+    }
+}
+
+/// [`INSERT_JOBS`]: the commit time of each job inserted, by id.
+async fn insert_jobs(
+    conn: &mut PgConnection,
+    jobs: &[Prepared],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
+    let count = jobs.len();
+    let mut ids = Vec::with_capacity(count);
+    let mut user_ids = Vec::with_capacity(count);
+    let mut novel_ids = Vec::with_capacity(count);
+    let mut source_langs = Vec::with_capacity(count);
+    let mut target_langs = Vec::with_capacity(count);
+    let mut target_fields = Vec::with_capacity(count);
+    let mut code_filters = Vec::with_capacity(count);
+    let mut output_dirs = Vec::with_capacity(count);
+    let mut priorities = Vec::with_capacity(count);
+    let mut request_ids = Vec::with_capacity(count);
+    let mut lanes = Vec::with_capacity(count);
+    let mut payloads = Vec::with_capacity(count);
+    let subtask_count = jobs.iter().map(|p| p.job.subtasks.len()).sum();
+    let mut subtask_jobs = Vec::with_capacity(subtask_count);
+    let mut subtask_ids = Vec::with_capacity(subtask_count);
+    let mut entity_types = Vec::with_capacity(subtask_count);
+    let mut entity_ids = Vec::with_capacity(subtask_count);
+    for Prepared { job, payload } in jobs {
+        ids.push(job.id);
+        user_ids.push(job.user_id.as_str());
+        novel_ids.push(job.novel_id);
+        source_langs.push(job.source_lang.as_str());
+        target_langs.push(job.target_lang.as_str());
+        target_fields.push(array_literal(&job.target_fields));
+        code_filters.push(job.enable_code_filter);
+        output_dirs.push(job.output_dir.as_str());
+        priorities.push(job.priority.as_str());
+        request_ids.push(job.request_id.as_deref());
+        lanes.push(job.priority.lane().as_str());
+        payloads.push(payload.as_str());
+        for subtask in &job.subtasks {
+            subtask_jobs.push(job.id);
+            subtask_ids.push(subtask.id);
+            entity_types.push(subtask.entity_type.as_str());
+            entity_ids.push(subtask.entity_id.as_str());
+        }
+    }
+    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(INSERT_JOBS)
+        .bind(&ids)
+        .bind(&user_ids)
+        .bind(&novel_ids)
+        .bind(&source_langs)
+        .bind(&target_langs)
+        .bind(&target_fields)
+        .bind(&code_filters)
+        .bind(&output_dirs)
+        .bind(&priorities)
+        .bind(&request_ids)
+        .bind(&lanes)
+        .bind(&payloads)
+        .bind(&subtask_jobs)
+        .bind(&subtask_ids)
+        .bind(&entity_types)
+        .bind(&entity_ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A PostgreSQL array literal (`{"a","b"}`) of `items`: every element
+/// quoted, `"` and `\` escaped, so any text reads back as itself.
+fn array_literal(items: &[String]) -> String {
+    let mut literal = String::with_capacity(2 + items.iter().map(|i| i.len() + 3).sum::<usize>());
+    literal.push('{');
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            literal.push(',');
+        }
+        literal.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                literal.push('\\');
+            }
+            literal.push(c);
+        }
+        literal.push('"');
+    }
+    literal.push('}');
+    literal
+}
+
+/// The create statement on one connection (or inside a transaction).
 async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> Result<Created, JobError> {
-    let id = Uuid::now_v7();
-    let subtask_ids: Vec<Uuid> = new.subtasks.iter().map(|_| Uuid::now_v7()).collect();
+    let prepared = Prepared::new(new);
+    let job = &prepared.job;
+    let subtask_ids: Vec<Uuid> = job.subtasks.iter().map(|s| s.id).collect();
     let entity_types: Vec<&str> = new
         .subtasks
         .iter()
         .map(|s| s.entity_type.as_str())
         .collect();
     let entity_ids: Vec<&str> = new.subtasks.iter().map(|s| s.entity_id.as_str()).collect();
-    // Built before the insert so the outbox row carries the exact message;
-    // the timestamps are replaced by the database's below.
-    let mut job = job_from_insert(id, new, subtask_ids.clone(), Utc::now());
-    let mut message = job.message();
-    // With traces exported, this span; otherwise the caller's context as sent.
-    message.traceparent = crate::telemetry::traces::current_traceparent()
-        .or_else(|| new.traceparent.as_ref().map(|t| t.as_str().to_owned()));
 
     let created_at: Option<DateTime<Utc>> = sqlx::query_scalar(INSERT_JOB)
-        .bind(id)
+        .bind(job.id)
         .bind(new.user_id.as_str())
         .bind(new.novel_id)
         .bind(new.source_lang.as_ref().map_or("", |l| l.as_str()))
@@ -113,25 +393,12 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> Result<Created, Jo
         .bind(&entity_types)
         .bind(&entity_ids)
         .bind(new.priority.lane().as_str())
-        .bind(message.to_json())
+        .bind(prepared.payload.as_str())
         .fetch_optional(&mut *conn)
         .await?;
 
     match created_at {
-        Some(created_at) => {
-            // Debug, not info: at thousands of creates a second, a line each
-            // would cost more than the create.
-            tracing::debug!(job_id = %id, subtasks = new.subtasks.len(), "job created");
-            job.created_at = created_at;
-            job.updated_at = created_at;
-            for subtask in &mut job.subtasks {
-                subtask.updated_at = created_at;
-            }
-            Ok(Created {
-                job,
-                replayed: false,
-            })
-        }
+        Some(created_at) => Ok(prepared.created(created_at)),
         None => replay(conn, new).await,
     }
 }

@@ -351,22 +351,26 @@ impl Default for OutputDir {
 /// Checks a short free-text identifier: non-empty, bounded, no control
 /// characters.
 fn parse_text(field: &str, raw: &str, max: usize) -> Result<String, FieldError> {
+    match text_problem(raw, max) {
+        Some(reason) => Err(FieldError::new(field, reason)),
+        None => Ok(raw.to_owned()),
+    }
+}
+
+/// What is wrong with a short free-text identifier, if anything. (The
+/// field's name is built only for an error: a create checks two texts per
+/// subtask.)
+fn text_problem(raw: &str, max: usize) -> Option<String> {
     if raw.is_empty() {
-        return Err(FieldError::new(field, "is required"));
+        return Some("is required".into());
     }
     if raw.len() > max {
-        return Err(FieldError::new(
-            field,
-            format!("must be at most {max} bytes"),
-        ));
+        return Some(format!("must be at most {max} bytes"));
     }
     if raw.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            field,
-            "must not contain control characters",
-        ));
+        return Some("must not contain control characters".into());
     }
-    Ok(raw.to_owned())
+    None
 }
 
 /// One entity to translate.
@@ -378,14 +382,36 @@ pub struct SubtaskSpec {
 
 impl SubtaskSpec {
     pub fn parse(field: &str, entity_type: &str, entity_id: &str) -> Result<Self, FieldError> {
+        Self::check(entity_type, entity_id, || field.to_owned())?;
         Ok(Self {
-            entity_type: parse_text(
-                &format!("{field}.entity_type"),
-                entity_type,
-                MAX_ENTITY_TYPE_LEN,
-            )?,
-            entity_id: parse_text(&format!("{field}.entity_id"), entity_id, MAX_ENTITY_ID_LEN)?,
+            entity_type: entity_type.to_owned(),
+            entity_id: entity_id.to_owned(),
         })
+    }
+
+    /// Checks item `index` of the list `list` (`subtasks[3]`) without
+    /// copying it; the caller then moves the strings into a `SubtaskSpec`.
+    pub fn check_item(
+        list: &str,
+        index: usize,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<(), FieldError> {
+        Self::check(entity_type, entity_id, || format!("{list}[{index}]"))
+    }
+
+    fn check(
+        entity_type: &str,
+        entity_id: &str,
+        field: impl Fn() -> String,
+    ) -> Result<(), FieldError> {
+        if let Some(reason) = text_problem(entity_type, MAX_ENTITY_TYPE_LEN) {
+            return Err(FieldError::new(format!("{}.entity_type", field()), reason));
+        }
+        if let Some(reason) = text_problem(entity_id, MAX_ENTITY_ID_LEN) {
+            return Err(FieldError::new(format!("{}.entity_id", field()), reason));
+        }
+        Ok(())
     }
 
     /// The subtask for the novel itself.

@@ -1,12 +1,14 @@
-//! The domain: what a job is, the statement that creates one, the status
-//! changes callers and the reaper make, and the queries that read jobs
-//! back. Writes outbox rows in the same transactions; publishing them is
-//! the `outbox` module's business.
+//! The domain: what a job is, the statement that creates one (and the group
+//! commit that stores concurrent creates together), the status changes
+//! callers and the reaper make, and the queries that read jobs back. Writes
+//! outbox rows in the same transactions; publishing them is the `outbox`
+//! module's business.
 
 mod create;
 mod error;
 pub mod fields;
 mod get;
+mod group_commit;
 mod list;
 mod model;
 mod redrive;
@@ -19,6 +21,7 @@ mod transitions;
 pub use create::{Created, create_job, create_jobs};
 pub use error::JobError;
 pub use get::{TxSnapshot, get_job, get_job_basic, read_job_with_snapshot};
+pub use group_commit::{Collector, GroupCommit, GroupCommitSettings};
 pub use list::{ListQuery, Page, list_jobs};
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
 pub use redrive::{

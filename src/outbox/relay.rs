@@ -1,28 +1,30 @@
 //! The relay: moves committed outbox rows to the Redis lanes.
 //!
-//! One drain is three steps, each a public method so that tests can stop
-//! between them (a crash between the push and the commit is the case that
-//! matters): [`Relay::claim`] takes the oldest rows with `FOR UPDATE SKIP
-//! LOCKED` (so any number of replicas can drain one outbox) and deletes them
-//! in a transaction; [`Relay::publish`] pushes them with one script call,
-//! every lane at once, each row at most once (see `queue::push`);
-//! [`Relay::commit`] records where each message went and commits. A relay
-//! that dies before the commit leaves the rows to the next attempt, whose
-//! push skips what already reached Redis.
+//! One drain (a round) is three steps, each a public method so that tests
+//! can stop between them (a crash between the push and the commit is the
+//! case that matters): [`Relay::claim`] takes the oldest rows with `FOR
+//! UPDATE SKIP LOCKED` (so any number of replicas can drain one outbox) and
+//! deletes them in a transaction ([`Relay::claim_split`]: in several
+//! transactions at once, each taking a share); [`Relay::publish`] pushes
+//! them with one script call, every lane at once, each row at most once
+//! (see `queue::push`); [`Relay::commit`] records where each message went
+//! and commits. A relay that dies before the commit leaves the rows to the
+//! next attempt, whose push skips what already reached Redis.
 
 use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
+use futures_util::future::{join_all, try_join_all};
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, instrument};
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tracing::{Instrument as _, Span, instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
@@ -43,6 +45,34 @@ const LINGER_FROM_BATCH: usize = 16;
 /// Shortest pause after a failed drain; doubles up to the configured maximum.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Begins a claiming transaction that commits without waiting for the WAL
+/// flush (see [`Relay::claim`]), in one round trip.
+const BEGIN_ASYNC_COMMIT: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
+/// Deletes up to $1 of the oldest rows no other transaction holds. The ids
+/// are locked first (SKIP LOCKED passes over rows other relays hold), then
+/// deleted through the primary key with `= ANY` (cheaper than `IN
+/// (subquery)`, which plans a hash and a join).
+const CLAIM: &str = "DELETE FROM outbox WHERE id = ANY(ARRAY( \
+         SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+     RETURNING id, job_id, lane, payload, created_at, attempt, token";
+
+/// The publications of one claiming transaction, one row per job.
+const INSERT_PUBLICATIONS: &str = "INSERT INTO job_publications \
+         (job_id, published_at, attempt, lane, seq, generation) \
+     SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
+     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq)";
+
+/// The same where a job may already have one: the newer attempt wins.
+const UPSERT_PUBLICATIONS: &str = "INSERT INTO job_publications AS p \
+         (job_id, published_at, attempt, lane, seq, generation) \
+     SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
+     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq) \
+     ON CONFLICT (job_id) DO UPDATE SET \
+         published_at = excluded.published_at, attempt = excluded.attempt, \
+         lane = excluded.lane, seq = excluded.seq, generation = excluded.generation \
+     WHERE excluded.attempt >= p.attempt";
+
 /// Errors of one drain.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -52,6 +82,10 @@ pub enum RelayError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Generation(#[from] GenerationError),
+    /// A round's commit task panicked or was cancelled; its transactions
+    /// rolled back.
+    #[error("the commit of a relay round did not finish: {0}")]
+    CommitTask(String),
     /// Redis no longer holds the generation this relay pushes under; nothing
     /// was pushed. The next drain settles the generation first.
     #[error("Redis does not hold generation {expected} of the queue (found {found:?})")]
@@ -61,8 +95,13 @@ pub enum RelayError {
 /// Tunables of the relay.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// Rows claimed per transaction.
+    /// Rows claimed per round (one script call pushes them all).
     pub batch_size: u32,
+    /// While a backlog lasts (the last round was full), each round's rows
+    /// are claimed by this many transactions at once, each taking its share
+    /// of the batch; PostgreSQL then works on the claim with as many
+    /// backends. 1 claims every round in one transaction.
+    pub claimers: usize,
     /// Drain at least this often even when nothing woke the relay.
     pub poll_interval: Duration,
     /// Longest pause between attempts while Redis or PostgreSQL is down.
@@ -93,11 +132,33 @@ pub struct OutboxRow {
     pub token: i32,
 }
 
-/// Rows taken out of the outbox in a transaction that is still open.
+/// The columns [`CLAIM`] returns, in order.
+type ClaimedColumns = (i64, Uuid, String, String, DateTime<Utc>, i32, i32);
+
+impl From<ClaimedColumns> for OutboxRow {
+    fn from((id, job_id, lane, payload, created_at, attempt, token): ClaimedColumns) -> Self {
+        Self {
+            id,
+            job_id,
+            lane,
+            payload,
+            created_at,
+            attempt,
+            token,
+        }
+    }
+}
+
+/// Rows taken out of the outbox by transactions that are still open.
 pub struct Claimed {
-    tx: Transaction<'static, Postgres>,
+    /// The claiming transactions (one per claimer that found rows).
+    parts: Vec<Transaction<'static, Postgres>>,
+    /// Every row claimed, in id order.
     pub rows: Vec<OutboxRow>,
-    /// When the claim began: the batch's latency runs from here to the commit.
+    /// For each row, the index in `parts` of the transaction that deleted
+    /// it: its publication is recorded in the same transaction.
+    part_of: Vec<usize>,
+    /// When the claim began: the round's latency runs from here to the commit.
     started: Instant,
 }
 
@@ -140,6 +201,9 @@ pub struct Relay {
     /// Woken when Redis turned out to have lost data: the reaper then
     /// queues the lost jobs again without waiting for its next pass.
     lost_data: Wake,
+    /// Set when a plain insert of publications met an existing one: the
+    /// next round records with an upsert.
+    upsert_publications: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -160,6 +224,7 @@ impl Relay {
             owner,
             generation: Arc::new(AtomicI64::new(0)),
             lost_data,
+            upsert_publications: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -175,13 +240,23 @@ impl Relay {
         if claimed.rows.is_empty() {
             return Ok(Drained::default());
         }
-        self.deliver(claimed).await
+        let span = self.batch_span(&claimed);
+        let delivered = async {
+            let published = self.publish(&claimed).await?;
+            self.commit(claimed, published).await
+        }
+        .instrument(span.clone())
+        .await;
+        if delivered.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        delivered
     }
 
-    /// Publishes and commits one claimed batch in a span of its own (a root:
-    /// a batch serves many traces), linked to the span that created each
-    /// message, as named by the message's `traceparent`.
-    async fn deliver(&self, claimed: Claimed) -> Result<Drained, RelayError> {
+    /// The span of one round's publish and commit: a root (a round serves
+    /// many traces), linked to the span that created each message, as named
+    /// by the message's `traceparent`.
+    fn batch_span(&self, claimed: &Claimed) -> Span {
         let span = tracing::info_span!(
             parent: None,
             "relay batch",
@@ -202,20 +277,11 @@ impl Relay {
                 }
             }
         }
-        let delivered = async {
-            let published = self.publish(&claimed).await?;
-            self.commit(claimed, published).await
-        }
-        .instrument(span.clone())
-        .await;
-        if delivered.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
-        delivered
+        span
     }
 
     /// Begins a transaction and claims (deletes) the oldest unclaimed rows
-    /// in it, in id order.
+    /// in it, up to the batch size, in id order.
     ///
     /// The transaction commits asynchronously (`synchronous_commit = off`,
     /// for this transaction only): the relay's commit need not wait for the
@@ -224,28 +290,71 @@ impl Relay {
     /// copies. The outbox rows themselves were written by synchronous
     /// commits.
     pub async fn claim(&self) -> Result<Claimed, RelayError> {
+        self.claim_split(1).await
+    }
+
+    /// Claims up to the batch size of the oldest unclaimed rows with
+    /// `claimers` transactions at once, each taking its share (SKIP LOCKED
+    /// lets them pass over each other's rows), and merges them in id order.
+    /// Together they take the oldest rows no other relay holds, as one
+    /// transaction would: a row committed before another is never left to a
+    /// later round while the other goes in this one.
+    pub async fn claim_split(&self, claimers: usize) -> Result<Claimed, RelayError> {
         let started = Instant::now();
-        let limit = self.settings.call_timeout;
-        let mut tx = bounded(limit, self.pool.begin()).await?;
-        let mut rows = bounded(
-            limit,
-            sqlx::query_as::<_, OutboxRow>(
-                "WITH claimed AS ( \
-                     DELETE FROM outbox WHERE id IN ( \
-                         SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                     RETURNING id, job_id, lane, payload, created_at, attempt, token), \
-                 async_commit AS ( \
-                     SELECT set_config('synchronous_commit', 'off', true)) \
-                 SELECT c.id, c.job_id, c.lane, c.payload, c.created_at, c.attempt, c.token \
-                 FROM claimed AS c, async_commit",
-            )
-            .bind(i64::from(self.settings.batch_size))
-            .fetch_all(&mut *tx),
+        let claimers = claimers.max(1);
+        let share = self.settings.batch_size.div_ceil(claimers as u32);
+        let claims = (0..claimers).map(|_| self.claim_part(share));
+        let mut parts = Vec::with_capacity(claimers);
+        let mut rows = Vec::new();
+        let mut part_of = Vec::new();
+        for (tx, claimed) in try_join_all(claims).await? {
+            if claimed.is_empty() {
+                // Nothing to commit: rolled back when dropped.
+                continue;
+            }
+            part_of.extend(std::iter::repeat_n(parts.len(), claimed.len()));
+            rows.extend(claimed);
+            parts.push(tx);
+        }
+        if parts.len() > 1 {
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            order.sort_unstable_by_key(|&i| rows[i].id);
+            let mut taken: Vec<Option<OutboxRow>> = rows.into_iter().map(Some).collect();
+            rows = order.iter().filter_map(|&i| taken[i].take()).collect();
+            part_of = order.iter().map(|&i| part_of[i]).collect();
+        }
+        Ok(Claimed {
+            parts,
+            rows,
+            part_of,
+            started,
+        })
+    }
+
+    /// One claiming transaction: up to `limit` of the oldest rows no other
+    /// transaction holds, deleted, in id order.
+    async fn claim_part(
+        &self,
+        limit: u32,
+    ) -> Result<(Transaction<'static, Postgres>, Vec<OutboxRow>), RelayError> {
+        let timeout = self.settings.call_timeout;
+        // One round trip: the transaction and its asynchronous commit.
+        let mut tx = bounded(timeout, self.pool.begin_with(BEGIN_ASYNC_COMMIT)).await?;
+        // Decoded by position: by name, every value of every row costs a
+        // hash lookup of its column.
+        let mut rows: Vec<OutboxRow> = bounded(
+            timeout,
+            sqlx::query_as::<_, ClaimedColumns>(CLAIM)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx),
         )
-        .await?;
+        .await?
+        .into_iter()
+        .map(OutboxRow::from)
+        .collect();
         // RETURNING does not promise an order.
         rows.sort_unstable_by_key(|row| row.id);
-        Ok(Claimed { tx, rows, started })
+        Ok((tx, rows))
     }
 
     /// Pushes the claimed rows, each lane in id order, under the current
@@ -289,68 +398,101 @@ impl Relay {
     }
 
     /// Records where each message went (the job's publication: time,
-    /// attempt, lane, position, generation) and commits.
+    /// attempt, lane, position, generation) and commits, every claiming
+    /// transaction at once, each recording the rows it deleted.
     pub async fn commit(
         &self,
         claimed: Claimed,
         published: Published,
     ) -> Result<Drained, RelayError> {
         let Claimed {
-            mut tx,
+            parts,
             rows,
+            part_of,
             started,
         } = claimed;
-        let limit = self.settings.call_timeout;
-        // A job can have two rows in one batch (a stale attempt's and the
-        // new one's): record the newest attempt only, as one upsert may not
-        // touch a row twice.
-        let mut latest: HashMap<Uuid, (i32, &str, i64)> = HashMap::with_capacity(rows.len());
-        for (row, placement) in rows.iter().zip(&published.placements) {
-            let entry = latest
-                .entry(row.job_id)
-                .or_insert((row.attempt, &row.lane, placement.seq));
-            if row.attempt >= entry.0 {
-                *entry = (row.attempt, &row.lane, placement.seq);
+        // A job can have two rows in one round (a stale attempt's and the
+        // new one's): record the newest attempt only, once.
+        let mut latest: HashMap<Uuid, usize> = HashMap::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            let entry = latest.entry(row.job_id).or_insert(index);
+            if row.attempt >= rows[*entry].attempt {
+                *entry = index;
             }
         }
-        let mut job_ids = Vec::with_capacity(latest.len());
-        let mut attempts = Vec::with_capacity(latest.len());
-        let mut lanes = Vec::with_capacity(latest.len());
-        let mut seqs = Vec::with_capacity(latest.len());
-        for (job_id, (attempt, lane, seq)) in latest {
-            job_ids.push(job_id);
-            attempts.push(attempt);
-            lanes.push(lane);
-            seqs.push(seq);
+        let mut records: Vec<Records> = (0..parts.len()).map(|_| Records::default()).collect();
+        for index in latest.into_values() {
+            let (row, placement) = (&rows[index], &published.placements[index]);
+            let record = &mut records[part_of[index]];
+            record.job_ids.push(row.job_id);
+            record.attempts.push(row.attempt);
+            record.lanes.push(&row.lane);
+            record.seqs.push(placement.seq);
         }
-        bounded(
-            limit,
-            sqlx::query(
-                "INSERT INTO job_publications AS p \
-                     (job_id, published_at, attempt, lane, seq, generation) \
-                 SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
-                 FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) \
-                     AS u (job_id, attempt, lane, seq) \
-                 ON CONFLICT (job_id) DO UPDATE SET \
-                     published_at = excluded.published_at, attempt = excluded.attempt, \
-                     lane = excluded.lane, seq = excluded.seq, generation = excluded.generation \
-                 WHERE excluded.attempt >= p.attempt",
-            )
-            .bind(&job_ids)
-            .bind(&attempts)
-            .bind(&lanes)
-            .bind(&seqs)
-            .bind(published.generation)
-            .execute(&mut *tx),
-        )
-        .await?;
-        bounded(limit, tx.commit()).await?;
+        let commits = parts
+            .into_iter()
+            .zip(&records)
+            .map(|(tx, record)| self.record_and_commit(tx, record, published.generation));
+        let outcomes = join_all(commits).await;
+        // Parts that committed are done; a failed one's rows come back and
+        // their push is skipped by the markers.
+        outcomes.into_iter().collect::<Result<(), _>>()?;
         let drained = Drained {
             claimed: rows.len(),
             pushed: published.pushed(),
         };
         self.record(&rows, drained, started.elapsed());
         Ok(drained)
+    }
+
+    /// Inserts the publications of one claiming transaction and commits it.
+    ///
+    /// A plain insert: a job has no publication row when its message is
+    /// queued (queueing it again deletes the old one, see
+    /// `jobs::forget_messages`), so the upsert's conflict check is work for
+    /// nothing in the normal case. Should a row exist anyway (an outbox row
+    /// written by hand for a job already published), the insert fails, the
+    /// round rolls back, and the retry records with an upsert.
+    async fn record_and_commit(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        records: &Records<'_>,
+        generation: i64,
+    ) -> Result<(), RelayError> {
+        let timeout = self.settings.call_timeout;
+        if !records.job_ids.is_empty() {
+            let upsert = self.upsert_publications.load(Ordering::Acquire);
+            let inserted = bounded(
+                timeout,
+                sqlx::query(if upsert {
+                    UPSERT_PUBLICATIONS
+                } else {
+                    INSERT_PUBLICATIONS
+                })
+                .bind(&records.job_ids)
+                .bind(&records.attempts)
+                .bind(&records.lanes)
+                .bind(&records.seqs)
+                .bind(generation)
+                .execute(&mut *tx),
+            )
+            .await;
+            match inserted {
+                Ok(_) if upsert => self.upsert_publications.store(false, Ordering::Release),
+                Ok(_) => {}
+                Err(error) => {
+                    if is_unique_violation(&error) {
+                        tracing::info!(
+                            "a published job already had a publication; recording with an upsert on retry"
+                        );
+                        self.upsert_publications.store(true, Ordering::Release);
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
+        bounded(timeout, tx.commit()).await?;
+        Ok(())
     }
 
     /// Settles the generation with PostgreSQL and Redis (see
@@ -383,12 +525,19 @@ impl Relay {
         }
     }
 
-    /// Drains until a batch comes back short; returns the size of the last.
+    /// Drains until a round comes back short; returns the size of the last.
     ///
-    /// A pipeline of the three steps: while one batch is being pushed and
-    /// committed, the next is claimed on a second connection (SKIP LOCKED
-    /// hands it the following rows). Pushes still happen one batch after the
-    /// other, each after the previous batch committed, so order is kept.
+    /// A pipeline over consecutive rounds: round n is pushed while round n+1
+    /// is claimed on other connections (SKIP LOCKED hands it the following
+    /// rows), and as soon as round n is pushed, its publications are
+    /// recorded and committed on a task of their own, while round n+1 is
+    /// pushed. Pushes happen one round after the other, in claim order, so
+    /// order is kept; a round whose commit fails comes back and its second
+    /// push is skipped by the markers, as after any failed commit. Commits
+    /// hold their own connections and never wait for a claim, so a claim
+    /// waiting for a free connection always gets one. The first round is
+    /// claimed by one transaction; while rounds come back full (a backlog),
+    /// by `claimers` transactions at once.
     async fn drain_until_idle(
         &self,
         token: &CancellationToken,
@@ -399,26 +548,73 @@ impl Relay {
         }
         let full = self.settings.batch_size as usize;
         let mut claimed = self.claim().await?;
+        // The previous round's record and commit, still running.
+        let mut committing: Option<Committing> = None;
         loop {
             beat.beat();
             if claimed.rows.is_empty() {
+                if let Some(previous) = committing.take() {
+                    joined(previous.await)?;
+                }
                 return Ok(0);
             }
             let size = claimed.rows.len();
             let more = size >= full && !token.is_cancelled();
-            let publish = self.deliver(claimed);
-            let (drained, next) = if more {
-                let (drained, next) = tokio::join!(publish, self.claim());
-                (drained, Some(next))
-            } else {
-                (publish.await, None)
+            let previous = committing.take();
+            let previous = async move {
+                match previous {
+                    Some(previous) => joined(previous.await).map(Some),
+                    None => Ok(None),
+                }
             };
-            // On any error both transactions roll back when dropped; their
-            // rows are claimed again later and pushed at most once more.
-            drained?;
+            let span = self.batch_span(&claimed);
+            let round = async move {
+                let published = self
+                    .publish(&claimed)
+                    .instrument(span.clone())
+                    .await
+                    .inspect_err(|_| {
+                        span.record("otel.status_code", "ERROR");
+                    })?;
+                let relay = self.clone();
+                Ok::<_, RelayError>(AbortOnDropHandle::new(tokio::spawn(
+                    async move {
+                        relay.commit(claimed, published).await.inspect_err(|_| {
+                            Span::current().record("otel.status_code", "ERROR");
+                        })
+                    }
+                    .instrument(span),
+                )))
+            };
+            // On any error the open transactions roll back when dropped;
+            // their rows are claimed again later and pushed at most once more.
+            let (committed, this_round, next) = if more {
+                let (committed, this_round, next) =
+                    tokio::join!(previous, round, self.claim_split(self.settings.claimers));
+                (committed, this_round, Some(next))
+            } else {
+                let (committed, this_round) = tokio::join!(previous, round);
+                (committed, this_round, None)
+            };
+            let this_round = this_round?;
+            if let Err(error) = committed {
+                // This round was pushed: let it commit before giving up.
+                joined(this_round.await)?;
+                return Err(error);
+            }
             match next {
-                None => return Ok(size),
-                Some(next) => claimed = next?,
+                None => {
+                    joined(this_round.await)?;
+                    return Ok(size);
+                }
+                Some(Ok(next)) => {
+                    committing = Some(this_round);
+                    claimed = next;
+                }
+                Some(Err(error)) => {
+                    joined(this_round.await)?;
+                    return Err(error);
+                }
             }
         }
     }
@@ -486,6 +682,29 @@ impl Relay {
         }
         tracing::info!("relay stopped");
     }
+}
+
+/// A round's record and commit, running while the next round is pushed.
+type Committing = AbortOnDropHandle<Result<Drained, RelayError>>;
+
+/// The outcome of a round's commit task.
+fn joined(
+    outcome: Result<Result<Drained, RelayError>, tokio::task::JoinError>,
+) -> Result<Drained, RelayError> {
+    outcome.map_err(|error| RelayError::CommitTask(error.to_string()))?
+}
+
+/// The publications one claiming transaction records.
+#[derive(Default)]
+struct Records<'a> {
+    job_ids: Vec<Uuid>,
+    attempts: Vec<i32>,
+    lanes: Vec<&'a str>,
+    seqs: Vec<i64>,
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.code().as_deref() == Some("23505"))
 }
 
 /// The `traceparent` a message carries, if any. Reads only that key.

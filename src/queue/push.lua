@@ -9,9 +9,14 @@
 -- ARGV[3]        marker bytes per block (the length every marker key has)
 -- ARGV[4]        L, the number of lanes; KEYS[2..L+1] are the lanes and
 --                ARGV[5..L+4] their names (the counter field is `pushed:<name>`)
--- then 4 values per message: index into KEYS of its lane, index into KEYS
--- of its marker, byte offset of its 4-byte slot in the marker, its token
--- (4 bytes), and then all payloads, in message order.
+-- ARGV[L+5]      9 bytes per message, in message order: index into KEYS of
+--                its lane (1 byte), index into KEYS of its marker (2 bytes,
+--                big-endian), byte offset of its 4-byte slot in the marker
+--                (2 bytes, big-endian), its token (4 bytes)
+-- ARGV[L+6..]    the payloads, in message order
+--
+-- (One packed argument rather than four per message: Redis parses one
+-- string instead of thousands, and the script reads each marker once.)
 --
 -- A marker slot holds the token of the outbox row that was pushed from that
 -- id. A message is pushed unless its slot already holds its own token, so a
@@ -36,26 +41,43 @@ end
 local ttl = tonumber(ARGV[2])
 local block_bytes = tonumber(ARGV[3])
 local lanes = tonumber(ARGV[4])
-local first = 5 + lanes
-local count = (#ARGV - first + 1) / 5
-local payload_at = first + count * 4
+local meta = ARGV[5 + lanes]
+local payload_at = 6 + lanes
+local count = #ARGV - payload_at + 1
+if #meta ~= count * 9 then
+  return redis.error_reply('push: ' .. #meta .. ' bytes of metadata for ' .. count .. ' messages')
+end
 
+-- Each marker is read once, whole.
+local blocks = {}
+local lane_of, marker_of, offset_of, token_of = {}, {}, {}, {}
 local fresh = {}
-local fresh_count = {}
 local fresh_of = {}
 for m = 1, count do
-  local at = first + (m - 1) * 4
-  local marker = KEYS[tonumber(ARGV[at + 1])]
-  local offset = tonumber(ARGV[at + 2])
-  if redis.call('GETRANGE', marker, offset, offset + 3) ~= ARGV[at + 3] then
-    local lane = tonumber(ARGV[at])
-    fresh[lane] = fresh[lane] or {}
-    table.insert(fresh[lane], ARGV[payload_at + m - 1])
-    fresh_of[m] = #fresh[lane]
+  local at = (m - 1) * 9 + 1
+  local lane, k1, k2, o1, o2 = string.byte(meta, at, at + 4)
+  local marker = k1 * 256 + k2
+  local offset = o1 * 256 + o2
+  local token = string.sub(meta, at + 5, at + 8)
+  local block = blocks[marker]
+  if block == nil then
+    block = redis.call('GET', KEYS[marker]) or ''
+    blocks[marker] = block
+  end
+  lane_of[m], marker_of[m], offset_of[m], token_of[m] = lane, marker, offset, token
+  if string.sub(block, offset + 1, offset + 4) ~= token then
+    local list = fresh[lane]
+    if list == nil then
+      list = {}
+      fresh[lane] = list
+    end
+    list[#list + 1] = ARGV[payload_at + m - 1]
+    fresh_of[m] = #list
   end
 end
 
 local totals = {}
+local fresh_count = {}
 for lane = 2, lanes + 1 do
   local field = 'pushed:' .. ARGV[3 + lane]
   if fresh[lane] then
@@ -69,30 +91,58 @@ for lane = 2, lanes + 1 do
 end
 
 local result = {1}
-local touched = {}
+local marks = {}
 for m = 1, count do
-  local at = first + (m - 1) * 4
-  local lane = tonumber(ARGV[at])
+  local lane = lane_of[m]
   if fresh_of[m] then
-    local marker = KEYS[tonumber(ARGV[at + 1])]
-    if not touched[marker] then
-      touched[marker] = true
-      -- Full size at once: grown piecemeal, a string may take twice its length.
-      if redis.call('STRLEN', marker) < block_bytes then
-        redis.call('SETRANGE', marker, block_bytes - 1, '\0')
-      end
+    local list = marks[marker_of[m]]
+    if list == nil then
+      list = {}
+      marks[marker_of[m]] = list
     end
-    redis.call('SETRANGE', marker, tonumber(ARGV[at + 2]), ARGV[at + 3])
+    list[#list + 1] = m
     result[m + 1] = totals[lane] - fresh_count[lane] + fresh_of[m]
   else
     result[m + 1] = -1 - totals[lane]
   end
 end
--- Every marker of the batch gets a full lifetime again, those of skipped
--- messages too: a retried batch stays remembered, and the script always
--- writes something, so a WAIT after it covers everything this server holds
--- (the retry of a batch whose push reached Redis otherwise writes nothing).
-for k = lanes + 2, #KEYS do
-  redis.call('EXPIRE', KEYS[k], ttl)
+
+-- Each touched marker is written once: its old bytes with the new tokens
+-- in their slots, at full size (grown piecemeal, a string may take twice
+-- its length), with a fresh lifetime.
+local function by_offset(a, b)
+  return offset_of[a] < offset_of[b]
+end
+for marker, list in pairs(marks) do
+  table.sort(list, by_offset)
+  local old = blocks[marker]
+  if #old < block_bytes then
+    old = old .. string.rep('\0', block_bytes - #old)
+  end
+  local pieces = {}
+  local done = 0
+  for _, m in ipairs(list) do
+    local offset = offset_of[m]
+    if offset >= done then
+      if offset > done then
+        pieces[#pieces + 1] = string.sub(old, done + 1, offset)
+      end
+      pieces[#pieces + 1] = token_of[m]
+      done = offset + 4
+    end
+  end
+  if done < #old then
+    pieces[#pieces + 1] = string.sub(old, done + 1)
+  end
+  redis.call('SET', KEYS[marker], table.concat(pieces), 'EX', ttl)
+end
+-- The markers of messages skipped as already pushed get a full lifetime
+-- again too: a retried batch stays remembered, and the script always writes
+-- something, so a WAIT after it covers everything this server holds (the
+-- retry of a batch whose push reached Redis otherwise writes nothing).
+for marker in pairs(blocks) do
+  if marks[marker] == nil then
+    redis.call('EXPIRE', KEYS[marker], ttl)
+  end
 end
 return result

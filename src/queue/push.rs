@@ -16,6 +16,12 @@ pub const MARKER_BLOCK_IDS: i64 = 1000;
 /// Bytes per id in a marker key.
 const MARKER_SLOT_BYTES: i64 = 4;
 
+/// Bytes of packed metadata per message (see `push.lua`).
+const META_BYTES: usize = 9;
+// The packed offsets and key indexes are 16-bit.
+const _: () = assert!(MARKER_BLOCK_IDS * MARKER_SLOT_BYTES <= u16::MAX as i64);
+const _: () = assert!(MAX_MESSAGES_PER_SCRIPT + 8 <= u16::MAX as usize);
+
 /// Most messages sent in one script call; Lua's `unpack` has a stack limit.
 pub const MAX_MESSAGES_PER_SCRIPT: usize = 1000;
 
@@ -100,7 +106,7 @@ impl RedisQueue {
         let mut keys = Vec::with_capacity(1 + lanes.len() + 2);
         keys.push(self.queue.tagged("state"));
         keys.extend(lanes.iter().map(|lane| self.queue.key(*lane)));
-        let mut args = Vec::with_capacity(4 + lanes.len() + messages.len() * 5);
+        let mut args = Vec::with_capacity(5 + lanes.len() + messages.len());
         args.push(Value::String(generation.to_string().into()));
         args.push(Value::Integer(
             i64::try_from(marker_ttl.as_secs().max(1)).unwrap_or(i64::MAX),
@@ -109,21 +115,25 @@ impl RedisQueue {
         args.push(Value::Integer(lanes.len() as i64));
         args.extend(lanes.iter().map(|lane| Value::String(lane.as_str().into())));
 
-        let mut markers: BTreeMap<i64, usize> = BTreeMap::new();
+        // Per message: lane key index (1 byte), marker key index (2),
+        // offset in the marker (2), token (4); see push.lua.
+        let mut meta = Vec::with_capacity(messages.len() * META_BYTES);
+        let mut markers: BTreeMap<i64, u16> = BTreeMap::new();
         for message in messages {
             let lane_index = 2 + lanes.iter().position(|l| *l == message.lane).unwrap_or(0);
             let block = message.outbox_id.div_euclid(MARKER_BLOCK_IDS);
             let marker_index = *markers.entry(block).or_insert_with(|| {
                 keys.push(self.queue.tagged(&format!("pushed:{block}")));
-                keys.len()
+                // At most 1 + lanes + MAX_MESSAGES_PER_SCRIPT keys.
+                u16::try_from(keys.len()).unwrap_or(u16::MAX)
             });
-            args.push(Value::Integer(lane_index as i64));
-            args.push(Value::Integer(marker_index as i64));
-            args.push(Value::Integer(
-                message.outbox_id.rem_euclid(MARKER_BLOCK_IDS) * MARKER_SLOT_BYTES,
-            ));
-            args.push(Value::Bytes(message.token.to_be_bytes().to_vec().into()));
+            let offset = message.outbox_id.rem_euclid(MARKER_BLOCK_IDS) * MARKER_SLOT_BYTES;
+            meta.push(u8::try_from(lane_index).unwrap_or(u8::MAX));
+            meta.extend_from_slice(&marker_index.to_be_bytes());
+            meta.extend_from_slice(&u16::try_from(offset).unwrap_or(u16::MAX).to_be_bytes());
+            meta.extend_from_slice(&message.token.to_be_bytes());
         }
+        args.push(Value::Bytes(meta.into()));
         args.extend(
             messages
                 .iter()

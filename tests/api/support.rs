@@ -70,6 +70,7 @@ pub async fn queue_at(url: &str, name: &QueueName) -> RedisQueue {
 pub fn relay_settings(batch_size: u32) -> RelaySettings {
     RelaySettings {
         batch_size,
+        claimers: 2,
         poll_interval: Duration::from_millis(50),
         max_backoff: Duration::from_millis(100),
         linger: Duration::ZERO,

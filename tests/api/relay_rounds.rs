@@ -1,0 +1,134 @@
+//! The relay's rounds: a round claimed by several transactions at once keeps
+//! outbox order in every lane; publications recorded by a plain insert
+//! still cope with a job that already has one.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use translation_jobs::{
+    api::convert,
+    jobs::{self, Priority, fields::UserId},
+    metrics::Metrics,
+    outbox::Relay,
+    queue::Lane,
+    supervise::Beat,
+    wake::Wake,
+};
+
+use crate::support::{
+    SHARED_REDIS_URL, cleanup, counts, create_request, messages, queue, redis_client, relay,
+    relay_settings, unique_queue, wait_for_messages,
+};
+
+/// Creates `count` jobs one after the other, cycling through the lanes;
+/// their ids per lane, in creation order.
+async fn create_in_lanes(pool: &PgPool, count: usize) -> [Vec<String>; 3] {
+    let mut lanes: [Vec<String>; 3] = Default::default();
+    let priorities = [Priority::High, Priority::Normal, Priority::Low];
+    for i in 0..count {
+        let mut new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
+        new.priority = priorities[i % 3];
+        let created = jobs::create_job(pool, &new).await.unwrap();
+        lanes[i % 3].push(created.job.id.to_string());
+    }
+    lanes
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_round_claimed_by_several_transactions_is_the_oldest_rows_in_id_order(pool: PgPool) {
+    let name = unique_queue();
+    let relay = relay(&pool, queue(&name).await, 90).await;
+    crate::support::create_jobs(&pool, 200).await;
+    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+
+    let claimed = relay.claim_split(3).await.unwrap();
+    let ids: Vec<i64> = claimed.rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids, all[..90], "the 90 oldest, in order, none twice");
+    drop(claimed);
+    assert_eq!(counts(&pool).await.2, 200, "rolled back with the round");
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_backlog_drained_in_split_rounds_reaches_every_lane_in_creation_order(pool: PgPool) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let created = create_in_lanes(&pool, 900).await;
+
+    // Rounds of 40 rows, each claimed by 4 transactions at once.
+    let mut settings = relay_settings(40);
+    settings.claimers = 4;
+    let relay = Relay::new(
+        pool.clone(),
+        queue(&name).await,
+        settings,
+        Arc::new(Metrics::default()),
+        Wake::new(),
+    )
+    .await
+    .unwrap();
+    let token = CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone(), Wake::new(), Beat::detached("relay")));
+    for (lane, expected) in [Lane::High, Lane::Normal, Lane::Low].iter().zip(&created) {
+        let found = wait_for_messages(&redis, &name, *lane, expected.len()).await;
+        let ids: Vec<&str> = found.iter().map(|m| m.job_id.as_str()).collect();
+        assert_eq!(ids, *expected, "lane {lane:?} in creation order, once each");
+    }
+    token.cancel();
+    running.await.unwrap();
+    assert_eq!(counts(&pool).await.2, 0);
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_publications WHERE seq IS NOT NULL AND generation IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 900, "every job's publication recorded");
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_message_for_a_job_that_already_has_a_publication_is_recorded_on_retry(pool: PgPool) {
+    let name = unique_queue();
+    let relay = relay(&pool, queue(&name).await, 100).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let created = crate::support::create_jobs(&pool, 1).await;
+    assert_eq!(relay.drain_once().await.unwrap().pushed, 1);
+
+    // An outbox row written by hand for the published job, as a manual fix
+    // might: its publication row is still there.
+    sqlx::query(
+        "INSERT INTO outbox (job_id, attempt, lane, payload) \
+         SELECT id, 1, 'normal', '{\"job_id\":\"' || id || '\",\"attempt\":1}' FROM translation_jobs",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    relay
+        .drain_once()
+        .await
+        .expect_err("the plain insert meets the existing publication");
+    assert_eq!(counts(&pool).await.2, 1, "the row is back in the outbox");
+    let drained = relay.drain_once().await.unwrap();
+    assert_eq!(
+        (drained.claimed, drained.pushed),
+        (1, 0),
+        "recorded now, not pushed twice"
+    );
+    let found = messages(&redis, &name, Lane::Normal).await;
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|m| m.job_id == created[0]));
+    let (attempt, seq): (i32, i64) = sqlx::query_as("SELECT attempt, seq FROM job_publications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((attempt, seq), (1, 2), "the newer attempt at its position");
+
+    // Later rounds go back to the plain insert.
+    crate::support::create_jobs(&pool, 3).await;
+    assert_eq!(relay.drain_once().await.unwrap().pushed, 3);
+    cleanup(&redis, &name).await;
+}
