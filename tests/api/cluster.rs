@@ -21,10 +21,10 @@ use translation_jobs::{
 
 use crate::{
     support::{
-        NOVEL_ID, TestApp, counts, create_jobs, create_request, messages, queue_at, redis_client,
-        relay, unique_queue, wait_for_messages,
+        NOVEL_ID, TestApp, counts, create_jobs, create_request, drain_claiming, messages, queue_at,
+        redis_client, relay, unique_queue, wait_for_messages,
     },
-    topology::{RedisCluster, drain_claiming},
+    topology::RedisCluster,
 };
 
 fn slot(queue: &QueueName) -> u16 {

@@ -17,8 +17,8 @@ use translation_jobs::{
 };
 
 use crate::support::{
-    SHARED_REDIS_URL, TestApp, cleanup, counts, create_jobs, messages, queue, redis_client, relay,
-    unique_queue, wait_for_messages,
+    SHARED_REDIS_URL, TestApp, cleanup, counts, create_jobs, drain_claiming, messages, queue,
+    redis_client, relay, unique_queue, wait_for_messages,
 };
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -36,8 +36,9 @@ async fn a_relay_killed_between_push_and_commit_causes_no_duplicate_and_no_loss(
     assert_eq!(counts(&pool).await.2, 5, "rows are back in the outbox");
     assert_eq!(messages(&redis, &name, Lane::Normal).await.len(), 5);
 
-    // The retry claims the same rows; the markers stop a second push.
-    let drained = relay.drain_once().await.unwrap();
+    // The retry claims the same rows (once the dropped transaction's
+    // rollback has run); the markers stop a second push.
+    let drained = drain_claiming(&relay).await.unwrap();
     assert_eq!(drained.claimed, 5);
     assert_eq!(drained.pushed, 0);
     assert_eq!(counts(&pool).await.2, 0);

@@ -23,10 +23,10 @@ use translation_jobs::{
 
 use crate::{
     support::{
-        PATIENCE, TestApp, counts, create_jobs, create_request, free_port, messages, queue_at,
-        redis_client, relay, unique_queue,
+        PATIENCE, TestApp, counts, create_jobs, create_request, drain_claiming, free_port,
+        messages, queue_at, redis_client, relay, unique_queue,
     },
-    topology::{RedisProcess, SentinelSet, drain_claiming, eventually, redis_cli},
+    topology::{RedisProcess, SentinelSet, eventually, redis_cli},
 };
 
 /// How long the relay may take to drain after a failover: the sentinel's

@@ -24,7 +24,7 @@ use translation_jobs::{
     config::Settings,
     jobs::{self, fields::UserId},
     metrics::Metrics,
-    outbox::{Relay, RelaySettings},
+    outbox::{Drained, Relay, RelayError, RelaySettings},
     queue::{JobMessage, Lane, QueueName, RedisQueue, RedisSettings},
     wake::Wake,
 };
@@ -90,6 +90,22 @@ pub async fn relay(pool: &PgPool, queue: RedisQueue, batch_size: u32) -> Relay {
     )
     .await
     .expect("the relay reads the database's identity")
+}
+
+/// One drain that claims rows. A failed drain's rows come back when its
+/// transaction's rollback, which runs after the drop, has finished; until
+/// then a claim skips them (SKIP LOCKED) and a drain finds nothing.
+pub async fn drain_claiming(relay: &Relay) -> Result<Drained, RelayError> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match relay.drain_once().await {
+            Ok(drained) if drained.claimed == 0 => {
+                assert!(Instant::now() < deadline, "the outbox rows never came back");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Creates jobs straight through the domain (no service needed); their ids.

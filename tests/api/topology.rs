@@ -10,8 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use translation_jobs::outbox::{Drained, Relay, RelayError};
-
 use crate::support::{PATIENCE, free_port};
 
 /// Longest a cluster or sentinel takes to settle on this machine, with margin.
@@ -122,22 +120,6 @@ pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> 
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// One drain that claims rows. A failed drain's rows come back when its
-/// transaction's rollback, which runs after the drop, has finished; until
-/// then a claim skips them (SKIP LOCKED) and a drain finds nothing.
-pub async fn drain_claiming(relay: &Relay) -> Result<Drained, RelayError> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match relay.drain_once().await {
-            Ok(drained) if drained.claimed == 0 => {
-                assert!(Instant::now() < deadline, "the outbox rows never came back");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            result => return result,
-        }
     }
 }
 
