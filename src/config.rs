@@ -210,6 +210,7 @@ impl Settings {
             )?,
         };
         let call_timeout = database.call_timeout();
+        let acquire_timeout = database.acquire_timeout;
 
         let redis_command_timeout =
             duration(&get, "REDIS_COMMAND_TIMEOUT", DEFAULT_REDIS_COMMAND_TIMEOUT)?;
@@ -293,6 +294,7 @@ impl Settings {
                     1,
                     1000,
                 )?,
+                acquire_timeout,
                 call_timeout,
             },
             queue_max_backlog: number(

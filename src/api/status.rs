@@ -98,6 +98,7 @@ fn job_status(error: JobError) -> Status {
                 format!("requests[{index}]: {}", inner.message()),
             )
         }
+        JobError::RequestIdVanished { .. } => Status::aborted(error.to_string()),
         JobError::Corrupt { .. } => internal(&error),
         JobError::Database(ref database) => match database_code(database) {
             Code::Unavailable => {

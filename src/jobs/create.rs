@@ -143,19 +143,22 @@ pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>,
 /// possible: one statement (one commit) for all of them; when that fails
 /// for a reason other than an outage, each job again on its own, so a job
 /// the database refuses fails alone and its neighbours are stored. Every
-/// database call is bounded by `limit`. Outcomes in the order of `jobs`.
+/// database call is bounded by `limit`, the wait for a connection by `wait`.
+/// Outcomes in the order of `jobs`.
 pub(crate) async fn create_group(
     pool: &PgPool,
     jobs: &[&NewJob],
+    wait: Duration,
     limit: Duration,
 ) -> Vec<Result<Created, JobError>> {
-    if let [one] = jobs {
-        return vec![bounded(limit, create_job(pool, one)).await];
-    }
-    let mut conn = match bounded(limit, pool.acquire()).await {
-        Ok(conn) => conn,
-        Err(error) => return fail_all(jobs.len(), error),
+    let mut conn = match tokio::time::timeout(wait.min(limit), pool.acquire()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => return fail_all(jobs.len(), error),
+        Err(_) => return fail_all(jobs.len(), sqlx::Error::PoolTimedOut),
     };
+    if let [one] = jobs {
+        return vec![bounded(limit, insert_job(&mut conn, one)).await];
+    }
     let prepared: Vec<Prepared> = jobs.iter().map(|new| Prepared::new(new)).collect();
     let inserted = bounded(limit, insert_jobs(&mut conn, &prepared)).await;
     match inserted {
@@ -415,10 +418,8 @@ async fn replay(conn: &mut PgConnection, new: &NewJob) -> Result<Created, JobErr
     // visible to this new statement.
     let existing = find_by_request_id(conn, new.user_id.as_str(), &request_id)
         .await?
-        .ok_or_else(|| {
-            JobError::Database(sqlx::Error::Protocol(
-                "request_id conflicted but no job holds it".into(),
-            ))
+        .ok_or_else(|| JobError::RequestIdVanished {
+            request_id: request_id.clone(),
         })?;
     if same_request(&existing, new) {
         tracing::info!(job_id = %existing.id, request_id, "request_id replayed");

@@ -30,6 +30,11 @@ pub enum JobError {
     /// unknown status despite the CHECK constraint being dropped).
     #[error("stored job {job_id} is unreadable: {reason}")]
     Corrupt { job_id: Uuid, reason: String },
+    /// The request_id was taken when the job was inserted, and the job that
+    /// held it was gone when it was looked up (deleted in between): asking
+    /// again stores the job.
+    #[error("request_id {request_id:?} was taken by a job deleted meanwhile; retry")]
+    RequestIdVanished { request_id: String },
     /// PostgreSQL failed or is unreachable.
     #[error("database error")]
     Database(#[from] sqlx::Error),

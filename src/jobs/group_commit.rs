@@ -19,7 +19,10 @@
 //! client disconnected) neither cancels nor duplicates its neighbours'
 //! jobs; a caller gone before its group was formed is left out of it.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use tokio::{
@@ -57,6 +60,11 @@ pub struct GroupCommitSettings {
     /// Group statements running at once (each on its own connection). A new
     /// group starts as soon as one of these is free.
     pub max_in_flight: usize,
+    /// Longest a caller waits for its job to reach the database: for a
+    /// commit slot and a connection together (`DATABASE_ACQUIRE_TIMEOUT`).
+    /// A caller queued behind groups that wait for an unreachable
+    /// PostgreSQL fails after this, not after their wait and its own.
+    pub acquire_timeout: Duration,
     /// Longest any one database call may take (see `db::bounded`).
     pub call_timeout: Duration,
 }
@@ -65,6 +73,9 @@ pub struct GroupCommitSettings {
 struct Request {
     new: NewJob,
     reply: oneshot::Sender<Result<Created, JobError>>,
+    /// When the caller handed it over: its wait for a connection counts
+    /// from here.
+    queued: Instant,
 }
 
 /// Where callers create jobs. Cheap to clone.
@@ -116,7 +127,11 @@ impl GroupCommit {
         };
         let (reply, outcome) = oneshot::channel();
         queue
-            .send(Request { new, reply })
+            .send(Request {
+                new,
+                reply,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| stopped())?;
         // Each call of the group is bounded already; this is a safety net
@@ -183,19 +198,24 @@ impl Collector {
                     () = tokio::time::sleep(IDLE_BEAT) => continue,
                 },
             };
-            // Whoever arrives while every slot is busy joins this group.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
+            // Whoever arrives while every slot is busy joins this group. A
+            // caller whose wait for a connection runs out meanwhile fails
+            // now, without a slot.
+            let gives_up = first.queued + self.settings.acquire_timeout;
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = tokio::time::sleep_until(gives_up.into()) => {
+                    let _ = first.reply.send(Err(sqlx::Error::PoolTimedOut.into()));
+                    continue;
+                }
+            };
+            let Ok(slot) = slot else {
                 break;
             };
             let (group, rest) = self.take_group(first, &mut receiver);
             carried = rest;
             if !group.is_empty() {
-                commits.spawn(commit(
-                    self.pool.clone(),
-                    group,
-                    self.settings.call_timeout,
-                    slot,
-                ));
+                commits.spawn(commit(self.pool.clone(), group, self.settings, slot));
             }
         }
         receiver.close();
@@ -216,12 +236,7 @@ impl Collector {
             };
             let take = left.len().min(self.settings.max_jobs.max(1));
             let group: Vec<Request> = left.drain(..take).collect();
-            commits.spawn(commit(
-                self.pool.clone(),
-                group,
-                self.settings.call_timeout,
-                slot,
-            ));
+            commits.spawn(commit(self.pool.clone(), group, self.settings, slot));
         }
         while commits.join_next().await.is_some() {}
     }
@@ -257,11 +272,24 @@ impl Collector {
     }
 }
 
-/// Commits one group and answers each of its callers.
-async fn commit(pool: PgPool, group: Vec<Request>, limit: Duration, _slot: OwnedSemaphorePermit) {
+/// Commits one group and answers each of its callers. The group waits for a
+/// connection only as long as its longest-waiting caller still may.
+async fn commit(
+    pool: PgPool,
+    group: Vec<Request>,
+    settings: GroupCommitSettings,
+    _slot: OwnedSemaphorePermit,
+) {
     let outcomes = {
         let jobs: Vec<&NewJob> = group.iter().map(|request| &request.new).collect();
-        create_group(&pool, &jobs, limit).await
+        let wait = group
+            .iter()
+            .map(|request| request.queued)
+            .min()
+            .map_or(settings.acquire_timeout, |oldest| {
+                (oldest + settings.acquire_timeout).saturating_duration_since(Instant::now())
+            });
+        create_group(&pool, &jobs, wait, settings.call_timeout).await
     };
     tracing::debug!(jobs = group.len(), "group committed");
     for (request, outcome) in group.into_iter().zip(outcomes) {

@@ -29,6 +29,7 @@ fn settings(max_jobs: usize) -> GroupCommitSettings {
     GroupCommitSettings {
         max_jobs,
         max_in_flight: 1,
+        acquire_timeout: Duration::from_secs(10),
         call_timeout: Duration::from_secs(10),
     }
 }
@@ -384,4 +385,53 @@ async fn concurrent_creates_through_the_service_each_reach_redis_once(
     let pushed: HashSet<String> = found.into_iter().map(|m| m.job_id).collect();
     assert_eq!(pushed, ids);
     app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn callers_queued_behind_groups_waiting_for_postgresql_fail_within_the_acquire_timeout(
+    _: PgPool,
+) {
+    // Nothing listens there: every group waits the pool's whole acquire
+    // timeout for a connection. A caller arriving while the only commit slot
+    // waits must not wait for that group and then its own on top.
+    let wait = Duration::from_millis(800);
+    let unreachable = PgPoolOptions::new()
+        .acquire_timeout(wait)
+        .connect_lazy_with(
+            PgConnectOptions::new()
+                .host("127.0.0.1")
+                .port(free_port())
+                .username("postgres"),
+        );
+    let (creates, collector) = GroupCommit::new(
+        unreachable,
+        GroupCommitSettings {
+            acquire_timeout: wait,
+            ..settings(8)
+        },
+    );
+    let (token, running) = run(collector.expect("grouping is on"));
+    let mut callers = Vec::new();
+    for _ in 0..6 {
+        let creates = creates.clone();
+        callers.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = creates.create(job(Uuid::new_v4(), 1)).await;
+            (outcome, started.elapsed())
+        }));
+        tokio::time::sleep(wait / 4).await;
+    }
+    for caller in callers {
+        let (outcome, took) = caller.await.expect("the caller ran");
+        let error = outcome.expect_err("nothing can be stored");
+        assert_eq!(status(error), Code::Unavailable);
+        // The acquire timeout bounds the whole wait for a connection, the
+        // wait for a commit slot included (with a margin for scheduling).
+        assert!(
+            took < wait + wait / 2,
+            "a caller waited {took:?} with an acquire timeout of {wait:?}"
+        );
+    }
+    token.cancel();
+    running.await.expect("the collector stops");
 }
