@@ -20,11 +20,17 @@ bench_cleanup() {
   if [ -n "${SERVICE_PID:-}" ]; then kill -TERM "$SERVICE_PID" 2>/dev/null; wait "$SERVICE_PID" 2>/dev/null || true; fi
   if [ -n "${REDIS_PID:-}" ]; then kill -KILL "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null || true; fi
   rm -rf "${BENCH_TMP:-/nonexistent}"
+  # The databases the run made: the figures are printed, nothing else needs them.
+  for db in ${BENCH_DBS:-}; do
+    psql "$SERVER_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null
+  done
   true
 }
 
-# fresh_db NAME: drops and creates a database on the local server.
+# fresh_db NAME: drops and creates a database on the local server, dropped
+# again when the script exits.
 fresh_db() {
+  BENCH_DBS="${BENCH_DBS:-} $1"
   psql "$SERVER_URL" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" 2>/dev/null
 }
 
