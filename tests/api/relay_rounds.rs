@@ -10,7 +10,7 @@ use translation_jobs::{
     api::convert,
     jobs::{self, Priority, fields::UserId},
     metrics::Metrics,
-    outbox::Relay,
+    outbox::{FULL_SCAN_EVERY, Relay},
     queue::Lane,
     supervise::Beat,
     wake::Wake,
@@ -45,7 +45,7 @@ async fn a_round_claimed_by_several_transactions_is_the_oldest_rows_in_id_order(
         .await
         .unwrap();
 
-    let claimed = relay.claim_split(3).await.unwrap();
+    let claimed = relay.claim_split(3, 0).await.unwrap();
     let ids: Vec<i64> = claimed.rows.iter().map(|r| r.id).collect();
     assert_eq!(ids, all[..90], "the 90 oldest, in order, none twice");
     drop(claimed);
@@ -130,5 +130,75 @@ async fn a_message_for_a_job_that_already_has_a_publication_is_recorded_on_retry
     // Later rounds go back to the plain insert.
     crate::support::create_jobs(&pool, 3).await;
     assert_eq!(relay.drain_once().await.unwrap().pushed, 3);
+    cleanup(&redis, &name).await;
+}
+
+/// A row whose transaction commits while a backlog drains, with an id below
+/// where the claims scan from: taken within `FULL_SCAN_EVERY` rounds, not
+/// stranded until the backlog ends or the next poll.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_row_committed_late_below_the_scan_start_is_taken_while_the_backlog_lasts(pool: PgPool) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    // Its outbox id is taken now, below every row of the backlog; it becomes
+    // visible only at the commit.
+    let late_job = uuid::Uuid::now_v7();
+    let mut late = pool.begin().await.unwrap();
+    sqlx::query(
+        "WITH job AS (INSERT INTO translation_jobs (id, novel_id, source_lang, target_lang, target_fields, output_dir) \
+             VALUES ($1, gen_random_uuid(), 'ja', 'en', '{title}', 'out') RETURNING id) \
+         INSERT INTO outbox (job_id, lane, payload) \
+         SELECT id, 'normal', '{\"job_id\":\"' || id || '\",\"attempt\":0}' FROM job",
+    )
+    .bind(late_job)
+    .execute(&mut *late)
+    .await
+    .unwrap();
+    let backlog = 3000;
+    crate::support::create_jobs(&pool, backlog).await;
+
+    let batch = 10;
+    let mut settings = relay_settings(batch);
+    settings.claimers = 1;
+    // Nothing wakes the relay but its own loop: a poll would hide a row the
+    // drain left behind.
+    settings.poll_interval = std::time::Duration::from_secs(3600);
+    let relay = Relay::new(
+        pool.clone(),
+        queue(&name).await,
+        settings,
+        Arc::new(Metrics::default()),
+        Wake::new(),
+    )
+    .await
+    .unwrap();
+    let token = CancellationToken::new();
+    let running = tokio::spawn(relay.run(token.clone(), Wake::new(), Beat::detached("relay")));
+    wait_for_messages(&redis, &name, Lane::Normal, 100).await;
+    late.commit().await.unwrap();
+    let pushed_at_commit: usize = {
+        use fred::interfaces::ListInterface as _;
+        redis.llen(name.key(Lane::Normal)).await.unwrap()
+    };
+    assert!(
+        pushed_at_commit < backlog,
+        "the backlog drained before the late commit ({pushed_at_commit} pushed): nothing tested"
+    );
+
+    let found = wait_for_messages(&redis, &name, Lane::Normal, backlog + 1).await;
+    token.cancel();
+    running.await.unwrap();
+    let position = found
+        .iter()
+        .position(|m| m.job_id == late_job.to_string())
+        .expect("the late row is pushed");
+    // Rounds already claimed when it committed, then at most FULL_SCAN_EVERY
+    // rounds claimed from the hint before one scans from the start.
+    let bound = pushed_at_commit + (FULL_SCAN_EVERY as usize + 3) * batch as usize;
+    assert!(
+        position <= bound,
+        "the late row went out at position {position}, after more than {FULL_SCAN_EVERY} hinted rounds (pushed at its commit: {pushed_at_commit})"
+    );
+    assert_eq!(found.len(), backlog + 1, "once each");
     cleanup(&redis, &name).await;
 }
