@@ -316,7 +316,20 @@ impl Relay {
         let started = Instant::now();
         let claimers = claimers.max(1);
         let share = self.settings.batch_size.div_ceil(claimers as u32);
-        let claims = (0..claimers).map(|_| self.claim_part(share, after));
+        // After a hint, part k starts its scan k shares further on, so the
+        // parts do not walk over each other's locked rows (outbox ids are
+        // dense but for rolled-back creates; where a gap makes one part run
+        // into the next one's rows, SKIP LOCKED still keeps them apart and
+        // the merged round is still every row between the hint and its last
+        // id). From 0, every part starts at the start.
+        let claims = (0..claimers).map(|part| {
+            let start = if after > 0 {
+                after.saturating_add(part as i64 * i64::from(share))
+            } else {
+                0
+            };
+            self.claim_part(share, start)
+        });
         let mut parts = Vec::with_capacity(claimers);
         let mut rows = Vec::new();
         let mut part_of = Vec::new();

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use fred::{
     prelude::{
-        Builder, Client, ClientLike, Config, Error as RedisError, KeysInterface, ListInterface,
-        ReconnectPolicy, TcpConfig, Value,
+        Builder, Client, ClientLike, Config, Error as RedisError, ErrorKind, EventInterface,
+        KeysInterface, ListInterface, ReconnectPolicy, Server, TcpConfig, Value,
     },
     socket2::TcpKeepalive,
     types::scripts::Script,
@@ -21,6 +21,20 @@ const RECONNECT_MAX_DELAY_MS: u32 = 1000;
 /// noticed by the kernel, not only by the next command's timeout.
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Logs an error of a Redis connection: a warning when it will not go away
+/// by retrying (authentication, TLS, configuration), debug otherwise (an
+/// unreachable server shows in readiness and the relay's warnings). The
+/// error text never holds the password; the server is host and port.
+fn report_connection_error(error: &RedisError, server: Option<&Server>) {
+    let server = server.map(ToString::to_string).unwrap_or_default();
+    match error.kind() {
+        ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url => {
+            tracing::warn!(%server, kind = ?error.kind(), error = error.details(), "Redis refused the connection");
+        }
+        _ => tracing::debug!(%server, kind = ?error.kind(), error = error.details(), "Redis connection error"),
+    }
+}
 
 /// The eviction policy under which Redis never drops a key by itself.
 pub const SAFE_MAXMEMORY_POLICY: &str = "noeviction";
@@ -124,6 +138,16 @@ impl RedisQueue {
             ))
             .build()
             .map_err(|error| QueueError::InvalidUrl(error.details().to_owned()))?;
+        // Errors of the connection itself (a refused password, a failed TLS
+        // handshake) happen on the client's own task, outside any command:
+        // without this they would only show as "Redis is not connected".
+        // The listener ends with the client.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _listener = client.on_error(|(error, server)| async move {
+                report_connection_error(&error, server.as_ref());
+                Ok(())
+            });
+        }
         // The connection task runs until `quit`; its handle is not needed.
         let _connection = client.connect();
         Ok(Self {

@@ -53,6 +53,35 @@ async fn a_round_claimed_by_several_transactions_is_the_oldest_rows_in_id_order(
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_round_claimed_in_parts_after_a_hint_is_the_next_rows_in_id_order_across_gaps(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let relay = relay(&pool, queue(&name).await, 90).await;
+    crate::support::create_jobs(&pool, 200).await;
+    // Gaps, as rolled-back creates leave: ids the parts' staggered starts
+    // would expect are missing.
+    sqlx::query(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id OFFSET 20 LIMIT 15)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+
+    let claimed = relay.claim_split(3, all[9]).await.unwrap();
+    let ids: Vec<i64> = claimed.rows.iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        all[10..100],
+        "the 90 rows after the hint, in order, none twice, none skipped"
+    );
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_backlog_drained_in_split_rounds_reaches_every_lane_in_creation_order(pool: PgPool) {
     let name = unique_queue();
     let redis = redis_client(SHARED_REDIS_URL).await;

@@ -21,6 +21,7 @@ mod crashes;
 mod load;
 mod network;
 mod postgres_restart;
+mod redis_auth;
 mod redis_writes;
 mod rig;
 mod service;
