@@ -32,7 +32,9 @@ fn report_connection_error(error: &RedisError, server: Option<&Server>) {
         ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url => {
             tracing::warn!(%server, kind = ?error.kind(), error = error.details(), "Redis refused the connection");
         }
-        _ => tracing::debug!(%server, kind = ?error.kind(), error = error.details(), "Redis connection error"),
+        _ => {
+            tracing::debug!(%server, kind = ?error.kind(), error = error.details(), "Redis connection error")
+        }
     }
 }
 
