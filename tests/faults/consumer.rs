@@ -88,7 +88,8 @@ impl Consumer {
 
     async fn start(redis_url: &str, queue: &QueueName, pool: Option<PgPool>) -> Self {
         let client = redis_client(redis_url).await;
-        let script = Script::from_lua(include_str!("move.lua"));
+        // The load generator's consumer script: the same move, one place.
+        let script = Script::from_lua(include_str!("../../src/bin/loadgen/move.lua"));
         let mut keys: Vec<String> = Lane::WAITING.iter().map(|l| queue.key(*l)).collect();
         keys.push(processing_key(queue));
         let batch_size = if pool.is_some() {

@@ -1,4 +1,4 @@
--- The test consumer's pop: moves up to ARGV[1] messages from the lanes
+-- A consumer's pop (the load generator's and the fault suite's): moves up to ARGV[1] messages from the lanes
 -- (KEYS[1..n-1], in order) to the processing list (KEYS[n]) in one atomic
 -- step and returns them. Reads first, then appends to the processing list,
 -- then trims the lane: a write Redis refuses (OOM, READONLY) changes
