@@ -148,6 +148,36 @@ pub async fn bounded<T, E: From<sqlx::Error>>(
     }
 }
 
+/// Whether a failure is an outage of PostgreSQL or of the path to it, one
+/// that passes once the server or the network recovers (the caller should
+/// retry), as opposed to a refusal of this statement's data.
+///
+/// The pool timed out or closed, the connection broke (I/O, TLS, a protocol
+/// error: a path that accepts and closes at once, such as a proxy whose
+/// backend is down, fails the start-up exchange this way), or SQLSTATE
+/// class 08 (connection exceptions), 53 (insufficient resources: too many
+/// connections, out of memory or disk), 57 (operator intervention: admin or
+/// crash shutdown, cannot connect now, statement cancelled or timed out),
+/// 58 (system errors), or 25006 (a read-only transaction: the server is a
+/// standby after a failover).
+pub fn is_outage(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            ["08", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "25006"
+        }),
+        _ => false,
+    }
+}
+
 /// The error of a call abandoned after `limit`.
 pub fn timed_out(limit: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(

@@ -121,35 +121,11 @@ fn internal(error: &JobError) -> Status {
 /// Which code a database failure deserves: outages are UNAVAILABLE (the
 /// caller should retry), everything unexpected is INTERNAL.
 fn database_code(error: &sqlx::Error) -> Code {
+    if crate::db::is_outage(error) {
+        return Code::Unavailable;
+    }
     match error {
-        // A protocol error is a connection that broke mid-conversation: a
-        // path that accepts and closes at once (a TCP proxy or load
-        // balancer whose backend is down) fails the TLS or start-up
-        // exchange this way. The connection is discarded; a retry gets a
-        // fresh one.
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => Code::Unavailable,
         sqlx::Error::Database(database) => match database.code().as_deref() {
-            // 08: connection exceptions; 53: insufficient resources (too
-            // many connections, out of memory or disk); 57: operator
-            // intervention (admin shutdown, crash shutdown, cannot connect
-            // now, statement cancelled or timed out); 58: system errors
-            // (I/O); 25006: a read-only transaction, i.e. the server is a
-            // standby after a failover. All pass once the service or the
-            // server recovers: the caller should retry.
-            Some(code)
-                if code.starts_with("08")
-                    || code.starts_with("53")
-                    || code.starts_with("57")
-                    || code.starts_with("58")
-                    || code == "25006" =>
-            {
-                Code::Unavailable
-            }
             Some("23505") => Code::AlreadyExists,
             Some("40001" | "40P01") => Code::Aborted,
             _ => Code::Internal,

@@ -8,7 +8,10 @@ use tracing::{Instrument, instrument};
 use uuid::Uuid;
 
 use super::{Job, JobError, NewJob, fields::TraceParent, get::find_by_request_id};
-use crate::{db::bounded, telemetry::error_chain};
+use crate::{
+    db::{bounded, is_outage},
+    telemetry::error_chain,
+};
 
 /// What [`create_job`] did.
 #[derive(Debug, Clone)]
@@ -173,6 +176,8 @@ pub(crate) async fn create_group(
             }
             outcomes
         }
+        // An outage would fail each job alone just the same: retrying them
+        // one by one would only take longer.
         Err(error) if is_outage(&error) => {
             tracing::warn!(error = %error_chain(&error), jobs = jobs.len(), "group commit failed");
             fail_all(jobs.len(), error)
@@ -195,27 +200,6 @@ pub(crate) async fn create_group(
             }
             outcomes
         }
-    }
-}
-
-/// Whether a failed statement failed for a reason that would fail each of
-/// its jobs alone just the same (PostgreSQL unreachable, shutting down,
-/// cancelling statements, out of resources): then retrying them one by one
-/// would only take longer.
-fn is_outage(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
-            ["08", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-                || code == "25006"
-        }),
-        _ => false,
     }
 }
 
