@@ -46,7 +46,7 @@ def test_the_dashboard_shows_jobs_and_its_redrive_button_moves_a_dead_job_back(
     page = browser_page
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(service.base + "/")
+    page.goto(service.http_base + "/")
 
     expect(page).to_have_title("translation-jobs")
     shown_row = page.locator(f'#jobs tr[data-job-id="{shown["id"]}"]')
@@ -77,6 +77,6 @@ def test_the_dashboard_shows_jobs_and_its_redrive_button_moves_a_dead_job_back(
         "the redriven job's message on its lane",
     )
 
-    origin = service.base + "/"
+    origin = service.http_base + "/"
     foreign = [url for url in requests if not url.startswith(origin)]
     assert foreign == [], f"the page fetched from elsewhere: {foreign}"
