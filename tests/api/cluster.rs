@@ -15,14 +15,13 @@ use sqlx::{
 use tonic::Code;
 use translation_jobs::{
     api::proto::{CreateTranslationJobRequest, GetQueueStatsRequest, Priority},
-    outbox::RelayError,
-    queue::{Lane, QueueError, QueueName, ReplicaWait},
+    queue::{Lane, QueueName, ReplicaWait},
 };
 
 use crate::{
     support::{
-        NOVEL_ID, TestApp, counts, create_jobs, create_request, drain_claiming, messages, queue_at,
-        redis_client, relay, unique_queue, wait_for_messages,
+        NOVEL_ID, TestApp, assert_unreplicated_drains_keep_the_rows, counts, create_jobs,
+        create_request, messages, queue_at, redis_client, relay, unique_queue, wait_for_messages,
     },
     topology::RedisCluster,
 };
@@ -243,20 +242,7 @@ async fn on_a_cluster_wait_asks_the_master_of_the_queue_slot(pool: PgPool) {
     )
     .await;
     let ids = create_jobs(&pool, 1).await;
-    for _ in 0..2 {
-        let error = drain_claiming(&relay_on_alone).await.unwrap_err();
-        assert!(
-            matches!(
-                error,
-                RelayError::Queue(QueueError::NotReplicated {
-                    acknowledged: 0,
-                    required: 1
-                })
-            ),
-            "{error:?}"
-        );
-        assert_eq!(counts(&pool).await.2, 1, "the row stays in the outbox");
-    }
+    assert_unreplicated_drains_keep_the_rows(&pool, &relay_on_alone, 1, 2).await;
     let redis = redis_client(&url).await;
     let found: Vec<String> = messages(&redis, alone_queue, Lane::Normal)
         .await

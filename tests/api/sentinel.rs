@@ -23,8 +23,9 @@ use translation_jobs::{
 
 use crate::{
     support::{
-        PATIENCE, TestApp, counts, create_jobs, create_request, drain_claiming, free_port,
-        messages, queue_at, redis_client, relay, unique_queue,
+        PATIENCE, TestApp, assert_unreplicated_drains_keep_the_rows, counts, create_jobs,
+        create_request, drain_claiming, free_port, messages, queue_at, redis_client, relay,
+        unique_queue,
     },
     topology::{RedisProcess, SentinelSet, eventually, redis_cli},
 };
@@ -62,20 +63,7 @@ async fn a_push_no_replica_confirmed_stays_uncommitted_and_its_retries_push_noth
     .await;
     let ids = create_jobs(&pool, 3).await;
 
-    for _ in 0..3 {
-        let error = drain_claiming(&relay).await.unwrap_err();
-        assert!(
-            matches!(
-                error,
-                RelayError::Queue(QueueError::NotReplicated {
-                    acknowledged: 0,
-                    required: 1
-                })
-            ),
-            "{error:?}"
-        );
-        assert_eq!(counts(&pool).await.2, 3, "the rows stay in the outbox");
-    }
+    assert_unreplicated_drains_keep_the_rows(&pool, &relay, 3, 3).await;
     let on_master = redis_client(&url).await;
     let pushed: Vec<String> = messages(&on_master, &name, Lane::Normal)
         .await

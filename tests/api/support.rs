@@ -25,7 +25,7 @@ use translation_jobs::{
     jobs::{self, fields::UserId},
     metrics::Metrics,
     outbox::{Drained, Relay, RelayError, RelaySettings},
-    queue::{JobMessage, Lane, QueueName, RedisQueue, RedisSettings},
+    queue::{JobMessage, Lane, QueueError, QueueName, RedisQueue, RedisSettings},
     wake::Wake,
 };
 use uuid::Uuid;
@@ -105,6 +105,31 @@ pub async fn drain_claiming(relay: &Relay) -> Result<Drained, RelayError> {
             }
             result => return result,
         }
+    }
+}
+
+/// Drains `times` times where no replica confirms the pushes (a master
+/// without one, under `REDIS_WAIT_REPLICAS=1`): each drain fails with
+/// NotReplicated, and the `rows` outbox rows stay.
+pub async fn assert_unreplicated_drains_keep_the_rows(
+    pool: &PgPool,
+    relay: &Relay,
+    rows: i64,
+    times: usize,
+) {
+    for _ in 0..times {
+        let error = drain_claiming(relay).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                RelayError::Queue(QueueError::NotReplicated {
+                    acknowledged: 0,
+                    required: 1
+                })
+            ),
+            "{error:?}"
+        );
+        assert_eq!(counts(pool).await.2, rows, "the rows stay in the outbox");
     }
 }
 
