@@ -17,7 +17,7 @@ pub const MARKER_BLOCK_IDS: i64 = 1000;
 const MARKER_SLOT_BYTES: i64 = 4;
 
 /// Bytes of packed metadata per message (see `push.lua`).
-const META_BYTES: usize = 9;
+const META_BYTES: usize = 8;
 // The packed offsets and key indexes are 16-bit.
 const _: () = assert!(MARKER_BLOCK_IDS * MARKER_SLOT_BYTES <= u16::MAX as i64);
 const _: () = assert!(MAX_MESSAGES_PER_SCRIPT + 8 <= u16::MAX as usize);
@@ -75,12 +75,13 @@ impl RedisQueue {
         let watch = self.watch_connection().await;
         let mut placements = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(MAX_MESSAGES_PER_SCRIPT) {
-            let (keys, args) = self.push_arguments(generation, marker_ttl, chunk);
+            let layout = Layout::of(chunk);
+            let (keys, args) = self.push_arguments(generation, marker_ttl, chunk, &layout);
             let reply: Vec<Value> = self
                 .push
                 .evalsha_with_reload(&self.pusher, keys, args)
                 .await?;
-            match parse_push_reply(reply, chunk.len())? {
+            match parse_push_reply(reply, &layout)? {
                 PushOutcome::Done(done) => placements.extend(done),
                 stale @ PushOutcome::StaleGeneration { .. } => return Ok(stale),
             }
@@ -96,48 +97,105 @@ impl RedisQueue {
         generation: i64,
         marker_ttl: Duration,
         messages: &[OutboxMessage<'_>],
+        layout: &Layout,
     ) -> (Vec<String>, Vec<Value>) {
-        let lanes: Vec<Lane> = {
-            let mut used: Vec<Lane> = messages.iter().map(|m| m.lane).collect();
-            used.sort_unstable();
-            used.dedup();
-            used
-        };
-        let mut keys = Vec::with_capacity(1 + lanes.len() + 2);
+        let mut keys = Vec::with_capacity(1 + layout.lanes.len() + 2);
         keys.push(self.queue.tagged("state"));
-        keys.extend(lanes.iter().map(|lane| self.queue.key(*lane)));
-        let mut args = Vec::with_capacity(5 + lanes.len() + messages.len());
+        keys.extend(layout.lanes.iter().map(|lane| self.queue.key(*lane)));
+        let mut args = Vec::with_capacity(7 + 2 * layout.lanes.len() + messages.len());
         args.push(Value::String(generation.to_string().into()));
         args.push(Value::Integer(
             i64::try_from(marker_ttl.as_secs().max(1)).unwrap_or(i64::MAX),
         ));
         args.push(Value::Integer(MARKER_BLOCK_IDS * MARKER_SLOT_BYTES));
-        args.push(Value::Integer(lanes.len() as i64));
-        args.extend(lanes.iter().map(|lane| Value::String(lane.as_str().into())));
+        args.push(Value::Integer(layout.lanes.len() as i64));
+        args.extend(
+            layout
+                .lanes
+                .iter()
+                .map(|lane| Value::String(lane.as_str().into())),
+        );
+        args.extend(
+            layout
+                .lane_counts
+                .iter()
+                .map(|&count| Value::Integer(count as i64)),
+        );
 
-        // Per message: lane key index (1 byte), marker key index (2),
-        // offset in the marker (2), token (4); see push.lua.
-        let mut meta = Vec::with_capacity(messages.len() * META_BYTES);
+        // The slots in id order, one per outbox id (a repeated id keeps its
+        // last token), grouped into runs of adjacent slots; see push.lua.
+        let mut slots: Vec<(i64, i64, i32)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.outbox_id.div_euclid(MARKER_BLOCK_IDS),
+                    m.outbox_id.rem_euclid(MARKER_BLOCK_IDS) * MARKER_SLOT_BYTES,
+                    m.token,
+                )
+            })
+            .collect();
+        slots.sort_by_key(|&(block, offset, _)| (block, offset));
+        slots.dedup_by(|later, earlier| {
+            let same = (later.0, later.1) == (earlier.0, earlier.1);
+            if same {
+                earlier.2 = later.2;
+            }
+            same
+        });
+        // Marker key index (into KEYS, 1-based) of each block, in block order.
         let mut markers: BTreeMap<i64, u16> = BTreeMap::new();
-        for message in messages {
-            let lane_index = 2 + lanes.iter().position(|l| *l == message.lane).unwrap_or(0);
-            let block = message.outbox_id.div_euclid(MARKER_BLOCK_IDS);
-            let marker_index = *markers.entry(block).or_insert_with(|| {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut tokens = Vec::with_capacity(slots.len() * MARKER_SLOT_BYTES as usize);
+        for &(block, offset, token) in &slots {
+            let marker = *markers.entry(block).or_insert_with(|| {
                 keys.push(self.queue.tagged(&format!("pushed:{block}")));
                 // At most 1 + lanes + MAX_MESSAGES_PER_SCRIPT keys.
                 u16::try_from(keys.len()).unwrap_or(u16::MAX)
             });
+            let offset = u16::try_from(offset).unwrap_or(u16::MAX);
+            match runs.last_mut() {
+                Some(run)
+                    if run.marker == marker
+                        && u32::from(run.offset) + 4 * u32::from(run.slots)
+                            == u32::from(offset) =>
+                {
+                    run.slots += 1;
+                }
+                _ => runs.push(Run {
+                    marker,
+                    offset,
+                    slots: 1,
+                }),
+            }
+            tokens.extend_from_slice(&token.to_be_bytes());
+        }
+        let mut packed_runs = Vec::with_capacity(runs.len() * RUN_BYTES);
+        for run in &runs {
+            packed_runs.extend_from_slice(&run.marker.to_be_bytes());
+            packed_runs.extend_from_slice(&run.offset.to_be_bytes());
+            packed_runs.extend_from_slice(&run.slots.to_be_bytes());
+        }
+        args.push(Value::Bytes(packed_runs.into()));
+        args.push(Value::Bytes(tokens.into()));
+
+        // Per message, in payload order: marker key index (2), offset in
+        // the marker (2), token (4).
+        let mut meta = Vec::with_capacity(messages.len() * META_BYTES);
+        for &index in &layout.order {
+            let message = &messages[index];
+            let block = message.outbox_id.div_euclid(MARKER_BLOCK_IDS);
+            let marker = markers.get(&block).copied().unwrap_or(u16::MAX);
             let offset = message.outbox_id.rem_euclid(MARKER_BLOCK_IDS) * MARKER_SLOT_BYTES;
-            meta.push(u8::try_from(lane_index).unwrap_or(u8::MAX));
-            meta.extend_from_slice(&marker_index.to_be_bytes());
+            meta.extend_from_slice(&marker.to_be_bytes());
             meta.extend_from_slice(&u16::try_from(offset).unwrap_or(u16::MAX).to_be_bytes());
             meta.extend_from_slice(&message.token.to_be_bytes());
         }
         args.push(Value::Bytes(meta.into()));
         args.extend(
-            messages
+            layout
+                .order
                 .iter()
-                .map(|message| Value::String(message.payload.into())),
+                .map(|&index| Value::String(messages[index].payload.into())),
         );
         (keys, args)
     }
@@ -152,7 +210,50 @@ impl RedisQueue {
     }
 }
 
-fn parse_push_reply(reply: Vec<Value>, expected: usize) -> Result<PushOutcome, QueueError> {
+/// How a chunk of messages is laid out in the script's arguments: grouped
+/// by lane, each lane in the given order.
+struct Layout {
+    /// The lanes used, in `Lane` order.
+    lanes: Vec<Lane>,
+    /// How many messages each of `lanes` gets.
+    lane_counts: Vec<usize>,
+    /// The messages' indexes in payload order.
+    order: Vec<usize>,
+}
+
+impl Layout {
+    fn of(messages: &[OutboxMessage<'_>]) -> Self {
+        let mut lanes: Vec<Lane> = messages.iter().map(|m| m.lane).collect();
+        lanes.sort_unstable();
+        lanes.dedup();
+        let mut order = Vec::with_capacity(messages.len());
+        let mut lane_counts = Vec::with_capacity(lanes.len());
+        for lane in &lanes {
+            let before = order.len();
+            order.extend((0..messages.len()).filter(|&i| messages[i].lane == *lane));
+            lane_counts.push(order.len() - before);
+        }
+        Self {
+            lanes,
+            lane_counts,
+            order,
+        }
+    }
+}
+
+/// Adjacent marker slots of one marker key.
+struct Run {
+    marker: u16,
+    offset: u16,
+    slots: u16,
+}
+
+/// Bytes per packed run (see `push.lua`).
+const RUN_BYTES: usize = 6;
+
+/// Reads the script's reply: the lanes' counters, then the messages skipped
+/// as already pushed; gives each message its position, in message order.
+fn parse_push_reply(reply: Vec<Value>, layout: &Layout) -> Result<PushOutcome, QueueError> {
     let mut values = reply.into_iter();
     match values.next().and_then(|v| v.as_i64()) {
         Some(-1) => {
@@ -160,24 +261,68 @@ fn parse_push_reply(reply: Vec<Value>, expected: usize) -> Result<PushOutcome, Q
             Ok(PushOutcome::StaleGeneration { found })
         }
         Some(1) => {
-            let placements: Vec<Placement> = values
-                .map(|v| match v.as_i64() {
-                    Some(seq) if seq >= 1 => Ok(Placement { seq, pushed: true }),
-                    Some(skipped) if skipped <= -1 => Ok(Placement {
-                        seq: -1 - skipped,
-                        pushed: false,
-                    }),
-                    _ => Err(QueueError::Reply(format!("push position {v:?}"))),
-                })
+            let mut numbers = values.map(|v| {
+                v.as_i64()
+                    .ok_or_else(|| QueueError::Reply(format!("push reply value {v:?}")))
+            });
+            let counters: Vec<i64> = numbers
+                .by_ref()
+                .take(layout.lanes.len())
                 .collect::<Result<_, _>>()?;
-            if placements.len() == expected {
-                Ok(PushOutcome::Done(placements))
-            } else {
-                Err(QueueError::Reply(format!(
-                    "{} positions for {expected} messages",
-                    placements.len()
-                )))
+            if counters.len() != layout.lanes.len() {
+                return Err(QueueError::Reply(format!(
+                    "{} lane counters for {} lanes",
+                    counters.len(),
+                    layout.lanes.len()
+                )));
             }
+            let total = layout.order.len();
+            let mut skipped = vec![false; total];
+            for number in numbers {
+                let number = number?;
+                match usize::try_from(number) {
+                    Ok(at @ 1..) if at <= total && !skipped[at - 1] => skipped[at - 1] = true,
+                    _ => {
+                        return Err(QueueError::Reply(format!(
+                            "skipped message {number} of {total}"
+                        )));
+                    }
+                }
+            }
+            let mut placements = vec![
+                Placement {
+                    seq: 0,
+                    pushed: false
+                };
+                total
+            ];
+            let mut first = 0;
+            for (&count, &counter) in layout.lane_counts.iter().zip(&counters) {
+                let lane = first..first + count;
+                let fresh = skipped[lane.clone()].iter().filter(|s| !**s).count() as i64;
+                if counter < fresh {
+                    return Err(QueueError::Reply(format!(
+                        "lane counter {counter} below the {fresh} messages pushed"
+                    )));
+                }
+                let mut pushed = 0;
+                for at in lane {
+                    placements[layout.order[at]] = if skipped[at] {
+                        Placement {
+                            seq: counter,
+                            pushed: false,
+                        }
+                    } else {
+                        pushed += 1;
+                        Placement {
+                            seq: counter - fresh + pushed,
+                            pushed: true,
+                        }
+                    };
+                }
+                first += count;
+            }
+            Ok(PushOutcome::Done(placements))
         }
         other => Err(QueueError::Reply(format!("push status {other:?}"))),
     }

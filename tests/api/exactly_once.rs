@@ -4,23 +4,26 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use fred::prelude::{ClientLike, KeysInterface, ListInterface};
+use fred::prelude::{ClientLike, HashesInterface, KeysInterface, ListInterface};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use translation_jobs::{
-    api::proto::{CancelTranslationJobRequest, RetryTranslationJobRequest},
-    jobs::RescuePolicy,
-    queue::{JobMessage, Lane},
+    api::{
+        convert,
+        proto::{CancelTranslationJobRequest, RetryTranslationJobRequest},
+    },
+    jobs::{self, Priority, RescuePolicy, fields::UserId},
+    queue::{JobMessage, Lane, OutboxMessage, Placement, PushOutcome},
     reaper::{Reaper, ReaperSettings},
     wake::Wake,
 };
 use uuid::Uuid;
 
 use crate::support::{
-    PATIENCE, SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_jobs, messages, queue,
-    queue_at, redis_client, relay, unique_queue, wait_for_messages,
+    PATIENCE, SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_jobs, create_request,
+    messages, queue, queue_at, redis_client, relay, unique_queue, wait_for_messages,
 };
 
 const STUCK_AFTER: Duration = Duration::from_secs(3600);
@@ -117,6 +120,128 @@ async fn a_push_that_fails_half_way_leaves_no_marker_and_the_retry_delivers_once
     assert_eq!((drained.claimed, drained.pushed), (3, 3));
     assert_eq!(ids(&messages(&redis, &name, Lane::Normal).await), created);
     assert_eq!(relay.drain_once().await.unwrap().claimed, 0);
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_push_whose_second_lane_cannot_take_it_pushes_no_lane_and_the_retry_delivers_once(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let relay = relay(&pool, queue(&name).await, 100).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let mut high = Vec::new();
+    let mut normal = Vec::new();
+    for priority in [
+        Priority::High,
+        Priority::Normal,
+        Priority::High,
+        Priority::Normal,
+    ] {
+        let mut new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
+        new.priority = priority;
+        let id = jobs::create_job(&pool, &new)
+            .await
+            .unwrap()
+            .job
+            .id
+            .to_string();
+        match priority {
+            Priority::High => high.push(id),
+            _ => normal.push(id),
+        }
+    }
+
+    // The high lane takes its push, the normal lane's key holds a string.
+    let _: () = redis
+        .set(name.key(Lane::Normal), "not a list", None, None, false)
+        .await
+        .unwrap();
+    relay.drain_once().await.expect_err("the push fails");
+    assert!(
+        messages(&redis, &name, Lane::High).await.is_empty(),
+        "nothing pushed onto the lane before the failing one"
+    );
+    assert_eq!(counts(&pool).await.2, 4, "the rows stay in the outbox");
+
+    let _: i64 = redis.del(name.key(Lane::Normal)).await.unwrap();
+    let drained = relay.drain_once().await.unwrap();
+    assert_eq!((drained.claimed, drained.pushed), (4, 4));
+    assert_eq!(ids(&messages(&redis, &name, Lane::High).await), high);
+    assert_eq!(ids(&messages(&redis, &name, Lane::Normal).await), normal);
+    cleanup(&redis, &name).await;
+}
+
+#[tokio::test]
+async fn a_batch_partly_pushed_before_gets_the_rest_pushed_and_every_position() {
+    let name = unique_queue();
+    let queue = queue(&name).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let _: () = redis
+        .hset(name.tagged("state"), ("generation", 7))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    let message = |outbox_id: i64, token: i32, lane: Lane| OutboxMessage {
+        outbox_id,
+        token,
+        lane,
+        payload: "",
+    };
+    let payloads: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    let batch: Vec<OutboxMessage<'_>> = [
+        (998, 11, Lane::Normal),
+        (999, 12, Lane::High),
+        (1000, 13, Lane::Normal),
+        (1001, 14, Lane::Normal),
+        (1003, 15, Lane::High),
+        (1004, 16, Lane::Normal),
+    ]
+    .iter()
+    .zip(&payloads)
+    .map(|(&(id, token, lane), payload)| OutboxMessage {
+        payload,
+        ..message(id, token, lane)
+    })
+    .collect();
+
+    // An earlier attempt pushed ids 999 and 1001 (across two marker keys);
+    // id 1004 was pushed from an earlier row with another token.
+    let earlier = [batch[1], batch[3], message(1004, 99, Lane::Normal)];
+    let PushOutcome::Done(first) = queue.push(7, ttl, &earlier).await.unwrap() else {
+        panic!("the generation is 7");
+    };
+    let at = |seq, pushed| Placement { seq, pushed };
+    assert_eq!(first, [at(1, true), at(1, true), at(2, true)]);
+
+    let PushOutcome::Done(placements) = queue.push(7, ttl, &batch).await.unwrap() else {
+        panic!("the generation is 7");
+    };
+    assert_eq!(
+        placements,
+        [
+            at(3, true),  // 998: the normal lane's third
+            at(2, false), // 999: pushed before; the high lane's counter is now 2
+            at(4, true),  // 1000
+            at(5, false), // 1001: pushed before
+            at(2, true),  // 1003: the high lane's second
+            at(5, true),  // 1004: another row than the one pushed from this id
+        ]
+    );
+    let lane = |lane| {
+        let redis = redis.clone();
+        let key = name.key(lane);
+        async move { redis.lrange::<Vec<String>, _>(key, 0, -1).await.unwrap() }
+    };
+    assert_eq!(lane(Lane::High).await, ["m1", "m4"]);
+    assert_eq!(lane(Lane::Normal).await, ["m3", "", "m0", "m2", "m5"]);
+
+    // Everything is marked now: a third push adds nothing.
+    let PushOutcome::Done(again) = queue.push(7, ttl, &batch).await.unwrap() else {
+        panic!("the generation is 7");
+    };
+    assert!(again.iter().all(|p| !p.pushed), "{again:?}");
+    assert_eq!(lane(Lane::Normal).await.len(), 5);
     cleanup(&redis, &name).await;
 }
 
