@@ -327,3 +327,92 @@ fn parse_push_reply(reply: Vec<Value>, layout: &Layout) -> Result<PushOutcome, Q
         other => Err(QueueError::Reply(format!("push status {other:?}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(outbox_id: i64, lane: Lane) -> OutboxMessage<'static> {
+        OutboxMessage {
+            outbox_id,
+            token: 1,
+            lane,
+            payload: "",
+        }
+    }
+
+    fn ints(values: &[i64]) -> Vec<Value> {
+        values.iter().map(|&v| Value::Integer(v)).collect()
+    }
+
+    #[test]
+    fn messages_are_grouped_by_lane_each_lane_in_the_given_order() {
+        let messages = [
+            message(1, Lane::Normal),
+            message(2, Lane::High),
+            message(3, Lane::Normal),
+            message(4, Lane::Low),
+            message(5, Lane::High),
+        ];
+        let layout = Layout::of(&messages);
+        assert_eq!(layout.lanes, [Lane::High, Lane::Normal, Lane::Low]);
+        assert_eq!(layout.lane_counts, [2, 2, 1]);
+        assert_eq!(layout.order, [1, 4, 0, 2, 3]);
+    }
+
+    #[test]
+    fn positions_follow_the_lane_counters_and_skipped_messages_get_the_counter() {
+        let messages = [
+            message(1, Lane::Normal),
+            message(2, Lane::High),
+            message(3, Lane::Normal),
+            message(4, Lane::Normal),
+        ];
+        let layout = Layout::of(&messages);
+        // Payload order: 2 (high), then 1, 3, 4 (normal); the third payload
+        // (id 3) was pushed before.
+        let reply = ints(&[1, 7, 20, 3]);
+        let at = |seq, pushed| Placement { seq, pushed };
+        assert_eq!(
+            parse_push_reply(reply, &layout).unwrap(),
+            PushOutcome::Done(vec![at(19, true), at(7, true), at(20, false), at(20, true)])
+        );
+    }
+
+    #[test]
+    fn a_stale_generation_is_reported_with_what_redis_holds() {
+        let layout = Layout::of(&[message(1, Lane::Normal)]);
+        let reply = vec![Value::Integer(-1), Value::String("4".into())];
+        assert_eq!(
+            parse_push_reply(reply, &layout).unwrap(),
+            PushOutcome::StaleGeneration { found: Some(4) }
+        );
+        let reply = vec![Value::Integer(-1), Value::Null];
+        assert_eq!(
+            parse_push_reply(reply, &layout).unwrap(),
+            PushOutcome::StaleGeneration { found: None }
+        );
+    }
+
+    #[test]
+    fn a_malformed_reply_is_an_error_naming_what_is_wrong() {
+        let layout = Layout::of(&[message(1, Lane::Normal), message(2, Lane::High)]);
+        for (reply, expected) in [
+            (ints(&[1, 5]), "1 lane counters for 2 lanes"),
+            (ints(&[1, 5, 5, 3]), "skipped message 3 of 2"),
+            (ints(&[1, 5, 5, 0]), "skipped message 0 of 2"),
+            (ints(&[1, 5, 5, 1, 1]), "skipped message 1 of 2"),
+            (
+                ints(&[1, 0, 5]),
+                "lane counter 0 below the 1 messages pushed",
+            ),
+            (ints(&[2]), "push status Some(2)"),
+            (vec![], "push status None"),
+        ] {
+            match parse_push_reply(reply, &layout) {
+                Err(QueueError::Reply(message)) => assert_eq!(message, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+    }
+}
