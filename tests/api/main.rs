@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod backpressure;
+mod binary;
 mod cli;
 mod cluster;
 mod create;

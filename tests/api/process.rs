@@ -1,9 +1,6 @@
 //! The real binary and start-up without a database.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use sqlx::{
     Connection, PgConnection,
@@ -15,9 +12,12 @@ use tonic_health::pb::{
 };
 use translation_jobs::queue::Lane;
 
-use crate::support::{
-    PATIENCE, SHARED_REDIS_URL, TestApp, cleanup, create_request, free_port, http_get,
-    redis_client, unique_queue, wait_for_messages,
+use crate::{
+    binary::{Binary, database_url},
+    support::{
+        SHARED_REDIS_URL, TestApp, cleanup, create_request, free_port, http_get, redis_client,
+        unique_queue, wait_for_messages,
+    },
 };
 
 async fn serving_status(app: &TestApp) -> ServingStatus {
@@ -37,43 +37,17 @@ async fn serving_status(app: &TestApp) -> ServingStatus {
     response.status()
 }
 
-fn database_url(options: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres")
-    )
-}
-
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn sigterm_drains_and_exits_zero_promptly(_: PgPoolOptions, database: PgConnectOptions) {
     let queue = unique_queue();
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_translation-jobs"))
-        .env("DATABASE_URL", database_url(&database))
-        .env("REDIS_URL", SHARED_REDIS_URL)
-        .env("TRANSLATION_QUEUE", queue.as_str())
-        .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
-        .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-
-    let deadline = Instant::now() + PATIENCE;
-    let ready_url = format!("http://127.0.0.1:{http_port}/readyz");
-    while http_get(&ready_url)
-        .await
-        .is_none_or(|(status, _)| status != 200)
-    {
-        assert!(Instant::now() < deadline, "binary never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut binary = Binary::start_ready(&[
+        ("DATABASE_URL", database_url(&database)),
+        ("REDIS_URL", SHARED_REDIS_URL.into()),
+        ("TRANSLATION_QUEUE", queue.as_str().into()),
+    ])
+    .await;
     let mut client = translation_jobs::api::proto::translation_job_service_client::TranslationJobServiceClient::connect(
-        format!("http://127.0.0.1:{grpc_port}"),
+        format!("http://127.0.0.1:{}", binary.grpc_port),
     )
     .await
     .unwrap();
@@ -88,22 +62,21 @@ async fn sigterm_drains_and_exits_zero_promptly(_: PgPoolOptions, database: PgCo
 
     // The shell's own kill: no procps needed on a bare machine.
     let status = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .args(["-c", &format!("kill -TERM {}", binary.pid())])
         .status()
         .unwrap();
     assert!(status.success());
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("still running 10 s after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let Some(exit) = binary.wait_exit(Duration::from_secs(10)).await else {
+        panic!(
+            "still running 10 s after SIGTERM; its output:\n{}",
+            binary.output()
+        );
     };
-    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        exit.success(),
+        "exit status {exit:?}; its output:\n{}",
+        binary.output()
+    );
     cleanup(&redis, &queue).await;
 }
 

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -12,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::future::join_all;
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -22,82 +22,38 @@ use translation_jobs::{
     queue::{Lane, QueueName},
 };
 
-use crate::support::{
-    PATIENCE, SHARED_REDIS_URL, cleanup, counts, create_request, free_port, http_get, messages,
-    redis_client, unique_queue,
+use crate::{
+    binary::{Binary, database_url},
+    support::{
+        PATIENCE, SHARED_REDIS_URL, cleanup, counts, create_request, messages, redis_client,
+        unique_queue,
+    },
 };
 
 /// Jobs acknowledged before the kill, and after it.
 const BEFORE_KILL: usize = 300;
 const AFTER_KILL: usize = 300;
 
-/// One process of the binary, killed when dropped.
-struct Replica {
-    child: Child,
-    grpc_port: u16,
-    http_port: u16,
+/// One process of the binary on the test's database and queue.
+async fn replica(database: &PgConnectOptions, queue: &QueueName) -> Binary {
+    Binary::start_ready(&[
+        ("DATABASE_URL", database_url(database)),
+        ("DATABASE_POOL_SIZE", "4".into()),
+        ("REDIS_URL", SHARED_REDIS_URL.into()),
+        ("TRANSLATION_QUEUE", queue.as_str().into()),
+        // Small batches: a kill is likely to find one claimed and pushed
+        // but not committed.
+        ("RELAY_BATCH_SIZE", "10".into()),
+        ("RELAY_POLL_INTERVAL", "200ms".into()),
+        ("QUEUE_MAX_BACKLOG", "0".into()),
+    ])
+    .await
 }
 
-impl Replica {
-    fn start(database: &PgConnectOptions, queue: &QueueName) -> Self {
-        let (grpc_port, http_port) = (free_port(), free_port());
-        let database_url = format!(
-            "postgres://{}@{}:{}/{}",
-            database.get_username(),
-            database.get_host(),
-            database.get_port(),
-            database.get_database().unwrap_or("postgres")
-        );
-        let child = Command::new(env!("CARGO_BIN_EXE_translation-jobs"))
-            .env("DATABASE_URL", database_url)
-            .env("DATABASE_POOL_SIZE", "4")
-            .env("REDIS_URL", SHARED_REDIS_URL)
-            .env("TRANSLATION_QUEUE", queue.as_str())
-            .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
-            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            // Small batches: a kill is likely to find one claimed and pushed
-            // but not committed.
-            .env("RELAY_BATCH_SIZE", "10")
-            .env("RELAY_POLL_INTERVAL", "200ms")
-            .env("QUEUE_MAX_BACKLOG", "0")
-            .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the binary starts");
-        Self {
-            child,
-            grpc_port,
-            http_port,
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
-        let deadline = Instant::now() + PATIENCE;
-        while http_get(&url).await.is_none_or(|(status, _)| status != 200) {
-            assert!(Instant::now() < deadline, "a replica never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn client(&self) -> TranslationJobServiceClient<Channel> {
-        TranslationJobServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc_port))
-            .await
-            .expect("gRPC client connects")
-    }
-
-    /// SIGKILL: no shutdown, no last commit.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
+async fn client(replica: &Binary) -> TranslationJobServiceClient<Channel> {
+    TranslationJobServiceClient::connect(format!("http://127.0.0.1:{}", replica.grpc_port))
+        .await
+        .expect("gRPC client connects")
 }
 
 async fn until(acknowledged: &AtomicUsize, count: usize) {
@@ -114,10 +70,7 @@ async fn three_replicas_deliver_every_acknowledged_job_exactly_once_when_one_is_
     database: PgConnectOptions,
 ) {
     let queue = unique_queue();
-    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&database, &queue)).collect();
-    for replica in &replicas {
-        replica.wait_ready().await;
-    }
+    let mut replicas: Vec<Binary> = join_all((0..3).map(|_| replica(&database, &queue))).await;
     let pool: PgPool = pool_options.connect_with(database).await.unwrap();
 
     // Two callers per replica. A caller of the replica that gets killed
@@ -127,7 +80,7 @@ async fn three_replicas_deliver_every_acknowledged_job_exactly_once_when_one_is_
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for replica in &replicas {
-        clients.push(replica.client().await);
+        clients.push(client(replica).await);
     }
     let callers: Vec<_> = (0..6)
         .map(|caller| {
