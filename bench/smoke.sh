@@ -20,4 +20,6 @@ check 'with_50_watch_streams' bench/memory.sh --watchers 50 --duration 2s
 check '^commit_to_redis_ms' bench/latency.sh --rate 100 --duration 2s
 check '^1 +grpc' bench/side_by_side.sh --rounds 1 --duration 2s --concurrency 4
 check '^1 +1 ' bench/scale.sh --subtasks 1 --callers 1 --duration 2s --warmup 0s
-echo "benchmark smoke run ok: 7 scripts"
+check '^push.lua, a retried batch' bench/push_script.sh --rounds 2
+check '^after +ratio' bench/drain_ab.sh --runs 1 --jobs 2000 before="$PWD/target/debug/translation-jobs" after="$PWD/target/debug/translation-jobs"
+echo "benchmark smoke run ok: 9 scripts"
