@@ -36,11 +36,12 @@ enum Start {
 
 impl Binary {
     /// Starts the binary with `env` (besides `GRPC_ADDR`, `HTTP_ADDR` and
-    /// `LOG_FORMAT`, set here) and waits until `/readyz` answers 200.
-    /// Panics with the binary's output when it exits or stays unready.
-    pub async fn start_ready(env: &[(&str, String)]) -> Self {
+    /// `LOG_FORMAT`, set here) and without the variables in `unset`, and
+    /// waits until `/readyz` answers 200. Panics with the binary's output
+    /// when it exits or stays unready.
+    pub async fn start_ready(env: &[(&str, String)], unset: &[&str]) -> Self {
         for start in 1..=STARTS {
-            let mut binary = Self::spawn(env);
+            let mut binary = Self::spawn(env, unset);
             let outcome = binary.wait_ready().await;
             let output = binary.output();
             match outcome {
@@ -61,7 +62,7 @@ impl Binary {
         unreachable!("the last start returns or panics")
     }
 
-    fn spawn(env: &[(&str, String)]) -> Self {
+    fn spawn(env: &[(&str, String)], unset: &[&str]) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let log = std::env::temp_dir().join(format!(
             "translation-jobs-test-{}.log",
@@ -69,7 +70,11 @@ impl Binary {
         ));
         let stdout = File::create(&log).expect("a log file");
         let stderr = stdout.try_clone().expect("a second handle on the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_translation-jobs"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_translation-jobs"));
+        for name in unset {
+            command.env_remove(name);
+        }
+        let child = command
             .envs(env.iter().map(|(name, value)| (name, value)))
             .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
@@ -111,20 +116,25 @@ impl Binary {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits up to `limit` for the process to end.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    /// SIGTERM (the shell's own kill: no procps needed on a bare machine),
+    /// then waits up to `limit` for the exit and returns its status. Panics
+    /// with the binary's output when it is still running then.
+    pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .expect("sh runs");
+        assert!(sent.success(), "kill -TERM failed");
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("the child's status") {
-                return Some(status);
+                return status;
             }
-            if started.elapsed() > limit {
-                return None;
-            }
+            assert!(
+                started.elapsed() < limit,
+                "still running {limit:?} after SIGTERM; its output:\n{}",
+                self.output()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -3,11 +3,12 @@
 
 use std::process::Command;
 
-use sqlx::{PgPool, postgres::PgConnectOptions};
+use sqlx::PgPool;
 use translation_jobs::queue::QueueName;
 use uuid::Uuid;
 
 use crate::{
+    binary::database_url,
     redrive::dead_jobs,
     support::{SHARED_REDIS_URL, cleanup, create_jobs, queue, redis_client, unique_queue},
 };
@@ -24,16 +25,6 @@ impl Run {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
     }
-}
-
-fn database_url(options: &PgConnectOptions) -> String {
-    format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or("postgres")
-    )
 }
 
 /// Runs `translation-jobs ARGS` with the environment of a service on this

@@ -16,6 +16,7 @@ use tonic_health::pb::{
 use translation_jobs::api::proto::GetQueueStatsRequest;
 
 use crate::{
+    binary::database_url,
     common::proxy::{Mode, Proxy},
     support::{PATIENCE, TestApp, TestRedis, create_request, free_port, unique_queue},
 };
@@ -202,13 +203,7 @@ async fn an_evicting_redis_is_reported_in_stats_and_warned_about_at_start_up(
     app.stop().await;
 
     // The binary warns at start-up, naming the setting.
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        database.get_username(),
-        database.get_host(),
-        database.get_port(),
-        database.get_database().unwrap_or("postgres")
-    );
+    let url = database_url(&database);
     let mut child = Command::new(env!("CARGO_BIN_EXE_translation-jobs"))
         .env("DATABASE_URL", url)
         .env("REDIS_URL", redis_server.url())

@@ -1,6 +1,6 @@
 //! The real binary and start-up without a database.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use sqlx::{
     Connection, PgConnection,
@@ -40,11 +40,14 @@ async fn serving_status(app: &TestApp) -> ServingStatus {
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn sigterm_drains_and_exits_zero_promptly(_: PgPoolOptions, database: PgConnectOptions) {
     let queue = unique_queue();
-    let mut binary = Binary::start_ready(&[
-        ("DATABASE_URL", database_url(&database)),
-        ("REDIS_URL", SHARED_REDIS_URL.into()),
-        ("TRANSLATION_QUEUE", queue.as_str().into()),
-    ])
+    let mut binary = Binary::start_ready(
+        &[
+            ("DATABASE_URL", database_url(&database)),
+            ("REDIS_URL", SHARED_REDIS_URL.into()),
+            ("TRANSLATION_QUEUE", queue.as_str().into()),
+        ],
+        &[],
+    )
     .await;
     let mut client = translation_jobs::api::proto::translation_job_service_client::TranslationJobServiceClient::connect(
         format!("http://127.0.0.1:{}", binary.grpc_port),
@@ -60,18 +63,7 @@ async fn sigterm_drains_and_exits_zero_promptly(_: PgPoolOptions, database: PgCo
     let found = wait_for_messages(&redis, &queue, Lane::Normal, 1).await;
     assert_eq!(found[0].job_id, job.id);
 
-    // The shell's own kill: no procps needed on a bare machine.
-    let status = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {}", binary.pid())])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let Some(exit) = binary.wait_exit(Duration::from_secs(10)).await else {
-        panic!(
-            "still running 10 s after SIGTERM; its output:\n{}",
-            binary.output()
-        );
-    };
+    let exit = binary.terminate(Duration::from_secs(10)).await;
     assert!(
         exit.success(),
         "exit status {exit:?}; its output:\n{}",

@@ -36,17 +36,20 @@ const AFTER_KILL: usize = 300;
 
 /// One process of the binary on the test's database and queue.
 async fn replica(database: &PgConnectOptions, queue: &QueueName) -> Binary {
-    Binary::start_ready(&[
-        ("DATABASE_URL", database_url(database)),
-        ("DATABASE_POOL_SIZE", "4".into()),
-        ("REDIS_URL", SHARED_REDIS_URL.into()),
-        ("TRANSLATION_QUEUE", queue.as_str().into()),
-        // Small batches: a kill is likely to find one claimed and pushed
-        // but not committed.
-        ("RELAY_BATCH_SIZE", "10".into()),
-        ("RELAY_POLL_INTERVAL", "200ms".into()),
-        ("QUEUE_MAX_BACKLOG", "0".into()),
-    ])
+    Binary::start_ready(
+        &[
+            ("DATABASE_URL", database_url(database)),
+            ("DATABASE_POOL_SIZE", "4".into()),
+            ("REDIS_URL", SHARED_REDIS_URL.into()),
+            ("TRANSLATION_QUEUE", queue.as_str().into()),
+            // Small batches: a kill is likely to find one claimed and pushed
+            // but not committed.
+            ("RELAY_BATCH_SIZE", "10".into()),
+            ("RELAY_POLL_INTERVAL", "200ms".into()),
+            ("QUEUE_MAX_BACKLOG", "0".into()),
+        ],
+        &[],
+    )
     .await
 }
 

@@ -6,9 +6,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
 use opentelemetry_proto::tonic::{
@@ -26,9 +24,12 @@ use translation_jobs::{
     api::proto::translation_job_service_client::TranslationJobServiceClient, queue::Lane,
 };
 
-use crate::support::{
-    NOVEL_ID, PATIENCE, SHARED_REDIS_URL, cleanup, create_request, free_port, http_get,
-    http_request, redis_client, unique_queue, wait_for_messages,
+use crate::{
+    binary::{Binary, database_url},
+    support::{
+        NOVEL_ID, PATIENCE, SHARED_REDIS_URL, cleanup, create_request, http_request, redis_client,
+        unique_queue, wait_for_messages,
+    },
 };
 
 /// An OTLP trace receiver on a free port, keeping every span it is sent
@@ -144,84 +145,28 @@ fn descends_from(spans: &[Span], span: &Span, ancestor: &Span) -> bool {
 }
 
 /// The service binary, exporting traces to `receiver`.
-struct Service {
-    child: Child,
-    grpc_port: u16,
-    http_port: u16,
-}
-
-impl Service {
-    async fn start(database: &PgConnectOptions, queue: &str, receiver: &Receiver) -> Self {
-        let (grpc_port, http_port) = (free_port(), free_port());
-        let database_url = format!(
-            "postgres://{}@{}:{}/{}",
-            database.get_username(),
-            database.get_host(),
-            database.get_port(),
-            database.get_database().unwrap_or("postgres")
-        );
-        let child = Command::new(env!("CARGO_BIN_EXE_translation-jobs"))
-            .env("DATABASE_URL", database_url)
-            .env("REDIS_URL", SHARED_REDIS_URL)
-            .env("TRANSLATION_QUEUE", queue)
-            .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
-            .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env(
+async fn start_service(database: &PgConnectOptions, queue: &str, receiver: &Receiver) -> Binary {
+    Binary::start_ready(
+        &[
+            ("DATABASE_URL", database_url(database)),
+            ("REDIS_URL", SHARED_REDIS_URL.into()),
+            ("TRANSLATION_QUEUE", queue.into()),
+            (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://{}", receiver.addr),
-            )
+            ),
             // Nothing is sent on a timer during the test: what arrives was
             // flushed at shutdown.
-            .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-            .env_remove("OTEL_SERVICE_NAME")
-            .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .env_remove("OTEL_TRACES_SAMPLER")
-            .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the binary starts");
-        let deadline = Instant::now() + PATIENCE;
-        let ready = format!("http://127.0.0.1:{http_port}/readyz");
-        while http_get(&ready)
-            .await
-            .is_none_or(|(status, _)| status != 200)
-        {
-            assert!(Instant::now() < deadline, "binary never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self {
-            child,
-            grpc_port,
-            http_port,
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    async fn stop(mut self) {
-        let status = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + PATIENCE;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(Instant::now() < deadline, "still running after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(exit.success(), "exit status {exit:?}");
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+        ],
+        &[
+            "OTEL_SERVICE_NAME",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_TRACES_SAMPLER",
+        ],
+    )
+    .await
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -231,7 +176,7 @@ async fn a_create_is_traced_from_the_callers_span_through_the_statement_to_the_r
 ) {
     let receiver = Receiver::start().await;
     let queue = unique_queue();
-    let service = Service::start(&database, queue.as_str(), &receiver).await;
+    let mut service = start_service(&database, queue.as_str(), &receiver).await;
 
     // A gRPC caller and an HTTP caller, each inside a trace of its own.
     let grpc_trace = uuid::Uuid::new_v4().simple().to_string();
@@ -276,7 +221,12 @@ async fn a_create_is_traced_from_the_callers_span_through_the_statement_to_the_r
         receiver.spans().is_empty(),
         "spans were sent before shutdown despite the long schedule delay"
     );
-    service.stop().await;
+    let exit = service.terminate(PATIENCE).await;
+    assert!(
+        exit.success(),
+        "exit status {exit:?}; its output:\n{}",
+        service.output()
+    );
 
     let arrived = receiver.spans();
     assert!(!arrived.is_empty(), "no span was flushed at shutdown");
