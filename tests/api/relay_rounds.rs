@@ -2,15 +2,12 @@
 //! outbox order in every lane; publications recorded by a plain insert
 //! still cope with a job that already has one.
 
-use std::sync::Arc;
-
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use translation_jobs::{
     api::convert,
     jobs::{self, Priority, fields::UserId},
-    metrics::Metrics,
-    outbox::{FULL_SCAN_EVERY, Relay},
+    outbox::FULL_SCAN_EVERY,
     queue::Lane,
     supervise::Beat,
     wake::Wake,
@@ -18,7 +15,7 @@ use translation_jobs::{
 
 use crate::support::{
     SHARED_REDIS_URL, cleanup, counts, create_request, messages, queue, redis_client, relay,
-    relay_settings, unique_queue, wait_for_messages,
+    relay_settings, relay_with, unique_queue, wait_for_messages,
 };
 
 /// Creates `count` jobs one after the other, cycling through the lanes;
@@ -90,15 +87,7 @@ async fn a_backlog_drained_in_split_rounds_reaches_every_lane_in_creation_order(
     // Rounds of 40 rows, each claimed by 4 transactions at once.
     let mut settings = relay_settings(40);
     settings.claimers = 4;
-    let relay = Relay::new(
-        pool.clone(),
-        queue(&name).await,
-        settings,
-        Arc::new(Metrics::default()),
-        Wake::new(),
-    )
-    .await
-    .unwrap();
+    let relay = relay_with(&pool, queue(&name).await, settings).await;
     let token = CancellationToken::new();
     let running = tokio::spawn(relay.run(token.clone(), Wake::new(), Beat::detached("relay")));
     for (lane, expected) in [Lane::High, Lane::Normal, Lane::Low].iter().zip(&created) {
@@ -192,15 +181,7 @@ async fn a_row_committed_late_below_the_scan_start_is_taken_while_the_backlog_la
     // Nothing wakes the relay but its own loop: a poll would hide a row the
     // drain left behind.
     settings.poll_interval = std::time::Duration::from_secs(3600);
-    let relay = Relay::new(
-        pool.clone(),
-        queue(&name).await,
-        settings,
-        Arc::new(Metrics::default()),
-        Wake::new(),
-    )
-    .await
-    .unwrap();
+    let relay = relay_with(&pool, queue(&name).await, settings).await;
     let token = CancellationToken::new();
     let running = tokio::spawn(relay.run(token.clone(), Wake::new(), Beat::detached("relay")));
     wait_for_messages(&redis, &name, Lane::Normal, 100).await;

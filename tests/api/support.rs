@@ -81,10 +81,15 @@ pub fn relay_settings(batch_size: u32) -> RelaySettings {
 
 /// A relay on `pool` that the test drives step by step.
 pub async fn relay(pool: &PgPool, queue: RedisQueue, batch_size: u32) -> Relay {
+    relay_with(pool, queue, relay_settings(batch_size)).await
+}
+
+/// A relay on `pool` with `settings`.
+pub async fn relay_with(pool: &PgPool, queue: RedisQueue, settings: RelaySettings) -> Relay {
     Relay::new(
         pool.clone(),
         queue,
-        relay_settings(batch_size),
+        settings,
         Arc::new(Metrics::default()),
         Wake::new(),
     )
