@@ -10,11 +10,8 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use translation_jobs::{
-    api::{
-        convert,
-        proto::{CancelTranslationJobRequest, RetryTranslationJobRequest},
-    },
-    jobs::{self, Priority, RescuePolicy, fields::UserId},
+    api::proto::{CancelTranslationJobRequest, RetryTranslationJobRequest},
+    jobs::RescuePolicy,
     queue::{JobMessage, Lane, OutboxMessage, Placement, PushOutcome},
     reaper::{Reaper, ReaperSettings},
     wake::Wake,
@@ -22,7 +19,7 @@ use translation_jobs::{
 use uuid::Uuid;
 
 use crate::support::{
-    PATIENCE, SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_jobs, create_request,
+    PATIENCE, SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_in_lanes, create_jobs,
     messages, queue, queue_at, redis_client, relay, unique_queue, wait_for_messages,
 };
 
@@ -130,27 +127,8 @@ async fn a_push_whose_second_lane_cannot_take_it_pushes_no_lane_and_the_retry_de
     let name = unique_queue();
     let relay = relay(&pool, queue(&name).await, 100).await;
     let redis = redis_client(SHARED_REDIS_URL).await;
-    let mut high = Vec::new();
-    let mut normal = Vec::new();
-    for priority in [
-        Priority::High,
-        Priority::Normal,
-        Priority::High,
-        Priority::Normal,
-    ] {
-        let mut new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
-        new.priority = priority;
-        let id = jobs::create_job(&pool, &new)
-            .await
-            .unwrap()
-            .job
-            .id
-            .to_string();
-        match priority {
-            Priority::High => high.push(id),
-            _ => normal.push(id),
-        }
-    }
+    // High, normal and low: the normal lane comes after the high one.
+    let [high, normal, low] = create_in_lanes(&pool, 4).await;
 
     // The high lane takes its push, the normal lane's key holds a string.
     let _: () = redis
@@ -169,6 +147,7 @@ async fn a_push_whose_second_lane_cannot_take_it_pushes_no_lane_and_the_retry_de
     assert_eq!((drained.claimed, drained.pushed), (4, 4));
     assert_eq!(ids(&messages(&redis, &name, Lane::High).await), high);
     assert_eq!(ids(&messages(&redis, &name, Lane::Normal).await), normal);
+    assert_eq!(ids(&messages(&redis, &name, Lane::Low).await), low);
     cleanup(&redis, &name).await;
 }
 

@@ -4,33 +4,12 @@
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use translation_jobs::{
-    api::convert,
-    jobs::{self, Priority, fields::UserId},
-    outbox::FULL_SCAN_EVERY,
-    queue::Lane,
-    supervise::Beat,
-    wake::Wake,
-};
+use translation_jobs::{outbox::FULL_SCAN_EVERY, queue::Lane, supervise::Beat, wake::Wake};
 
 use crate::support::{
-    SHARED_REDIS_URL, cleanup, counts, create_request, messages, queue, redis_client, relay,
+    SHARED_REDIS_URL, cleanup, counts, create_in_lanes, messages, queue, redis_client, relay,
     relay_settings, relay_with, unique_queue, wait_for_messages,
 };
-
-/// Creates `count` jobs one after the other, cycling through the lanes;
-/// their ids per lane, in creation order.
-async fn create_in_lanes(pool: &PgPool, count: usize) -> [Vec<String>; 3] {
-    let mut lanes: [Vec<String>; 3] = Default::default();
-    let priorities = [Priority::High, Priority::Normal, Priority::Low];
-    for i in 0..count {
-        let mut new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
-        new.priority = priorities[i % 3];
-        let created = jobs::create_job(pool, &new).await.unwrap();
-        lanes[i % 3].push(created.job.id.to_string());
-    }
-    lanes
-}
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_round_claimed_by_several_transactions_is_the_oldest_rows_in_id_order(pool: PgPool) {

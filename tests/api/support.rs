@@ -155,6 +155,24 @@ pub async fn create_jobs(pool: &PgPool, count: usize) -> Vec<String> {
     ids
 }
 
+/// Creates `count` jobs one after the other, cycling through the lanes;
+/// their ids per lane, in creation order.
+pub async fn create_in_lanes(pool: &PgPool, count: usize) -> [Vec<String>; 3] {
+    let mut lanes: [Vec<String>; 3] = Default::default();
+    let priorities = [
+        jobs::Priority::High,
+        jobs::Priority::Normal,
+        jobs::Priority::Low,
+    ];
+    for i in 0..count {
+        let mut new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
+        new.priority = priorities[i % 3];
+        let created = jobs::create_job(pool, &new).await.unwrap();
+        lanes[i % 3].push(created.job.id.to_string());
+    }
+    lanes
+}
+
 /// A queue name no other test uses.
 pub fn unique_queue() -> QueueName {
     QueueName::parse(&format!("test_jobs_{}", Uuid::new_v4().simple())).expect("valid queue name")
