@@ -85,8 +85,14 @@ async fn retry_requeues_failed_and_cancelled_jobs_only(
     let redis = redis_client(SHARED_REDIS_URL).await;
 
     let mut retried = Vec::new();
+    let mut published = 0;
     for status in ALL_STATUSES {
         let job = app.create().await;
+        // The job's first message is out before it fails: a retry drops a
+        // message still waiting in the outbox, and the check below counts
+        // both.
+        published += 1;
+        wait_for_messages(&redis, &app.queue, Lane::Normal, published).await;
         set_status(&pool, &job.id, status).await;
         sqlx::query("UPDATE translation_jobs SET error = 'boom', attempts = 2 WHERE id = $1::uuid")
             .bind(&job.id)
@@ -108,6 +114,7 @@ async fn retry_requeues_failed_and_cancelled_jobs_only(
             );
             assert_eq!(job.error, "");
             retried.push(job.id);
+            published += 1;
         } else {
             let error = result.expect_err(status);
             assert_eq!(error.code(), Code::FailedPrecondition, "{status}");
