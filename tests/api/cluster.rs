@@ -21,7 +21,8 @@ use translation_jobs::{
 use crate::{
     support::{
         NOVEL_ID, TestApp, assert_unreplicated_drains_keep_the_rows, counts, create_jobs,
-        create_request, messages, queue_at, redis_client, relay, unique_queue, wait_for_messages,
+        create_request, drain_until_confirmed, messages, queue_at, redis_client, relay,
+        unique_queue, wait_for_messages,
     },
     topology::RedisCluster,
 };
@@ -225,12 +226,16 @@ async fn on_a_cluster_wait_asks_the_master_of_the_queue_slot(pool: PgPool) {
         100,
     )
     .await;
-    create_jobs(&pool, 2).await;
-    let drained = relay_on_replicated
-        .drain_once()
+    let ids = create_jobs(&pool, 2).await;
+    let drained = drain_until_confirmed(&relay_on_replicated).await;
+    assert_eq!(drained.claimed, 2);
+    let redis = redis_client(&url).await;
+    let found: Vec<String> = messages(&redis, &queues[&replicated], Lane::Normal)
         .await
-        .expect("one replica confirms");
-    assert_eq!(drained.pushed, 2);
+        .into_iter()
+        .map(|m| m.job_id)
+        .collect();
+    assert_eq!(found, ids, "pushed once, confirmed");
 
     // The queue on a master without one: never confirmed, never committed,
     // and its retries push nothing twice.
@@ -243,7 +248,6 @@ async fn on_a_cluster_wait_asks_the_master_of_the_queue_slot(pool: PgPool) {
     .await;
     let ids = create_jobs(&pool, 1).await;
     assert_unreplicated_drains_keep_the_rows(&pool, &relay_on_alone, 1, 2).await;
-    let redis = redis_client(&url).await;
     let found: Vec<String> = messages(&redis, alone_queue, Lane::Normal)
         .await
         .into_iter()

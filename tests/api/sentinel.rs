@@ -24,10 +24,10 @@ use translation_jobs::{
 use crate::{
     support::{
         PATIENCE, TestApp, assert_unreplicated_drains_keep_the_rows, counts, create_jobs,
-        create_request, drain_claiming, free_port, messages, queue_at, redis_client, relay,
-        unique_queue,
+        create_request, drain_claiming, drain_until_confirmed, free_port, messages, queue_at,
+        redis_client, relay, unique_queue,
     },
-    topology::{RedisProcess, SentinelSet, eventually, redis_cli},
+    topology::{RedisProcess, SentinelSet, eventually, redis_cli, replica_acknowledged},
 };
 
 /// How long the relay may take to drain after a failover: the sentinel's
@@ -81,11 +81,8 @@ async fn a_push_no_replica_confirmed_stays_uncommitted_and_its_retries_push_noth
         &server_args(&["--replicaof", "127.0.0.1", &port]),
     )
     .await;
-    eventually("the replica in sync", PATIENCE, || {
-        redis_cli(replica.port, None, &["info", "replication"]).contains("master_link_status:up")
-    })
-    .await;
-    let drained = drain_claiming(&relay).await.expect("the replica confirms");
+    replica_acknowledged(master.port, None).await;
+    let drained = drain_until_confirmed(&relay).await;
     assert_eq!((drained.claimed, drained.pushed), (3, 0));
     assert_eq!(counts(&pool).await.2, 0);
     let published: i64 = sqlx::query_scalar("SELECT count(*) FROM job_publications")
@@ -114,10 +111,7 @@ async fn a_retry_on_a_new_connection_still_waits_for_what_the_first_attempt_wrot
         &server_args(&["--replicaof", "127.0.0.1", &port]),
     )
     .await;
-    eventually("the replica in sync", PATIENCE, || {
-        redis_cli(replica.port, None, &["info", "replication"]).contains("master_link_status:up")
-    })
-    .await;
+    replica_acknowledged(master.port, None).await;
     let url = format!("redis://127.0.0.1:{}/0", master.port);
     let name = unique_queue();
     let queue = queue_at(&url, &name).await.with_replica_wait(ReplicaWait {
@@ -126,7 +120,8 @@ async fn a_retry_on_a_new_connection_still_waits_for_what_the_first_attempt_wrot
     });
     let relay = relay(&pool, queue.clone(), 100).await;
     create_jobs(&pool, 1).await;
-    drain_claiming(&relay).await.expect("the replica confirms");
+    let drained = drain_until_confirmed(&relay).await;
+    assert_eq!(drained.claimed, 1);
 
     // The replica stops acknowledging; a push reaches the master only.
     replica.pause();
@@ -153,13 +148,7 @@ async fn a_retry_on_a_new_connection_still_waits_for_what_the_first_attempt_wrot
     }
 
     replica.resume();
-    let deadline = Instant::now() + PATIENCE;
-    let drained = loop {
-        match drain_claiming(&relay).await {
-            Ok(drained) => break drained,
-            Err(error) => assert!(Instant::now() < deadline, "never confirmed: {error:?}"),
-        }
-    };
+    let drained = drain_until_confirmed(&relay).await;
     assert_eq!((drained.claimed, drained.pushed), (2, 0));
 }
 

@@ -113,6 +113,19 @@ pub async fn drain_claiming(relay: &Relay) -> Result<Drained, RelayError> {
     }
 }
 
+/// Drains until a replica confirms: a `WAIT` may time out before a
+/// replica's acknowledgement arrives on a busy machine, and the retry
+/// pushes nothing again but waits for the same writes.
+pub async fn drain_until_confirmed(relay: &Relay) -> Drained {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match drain_claiming(relay).await {
+            Ok(drained) => return drained,
+            Err(error) => assert!(Instant::now() < deadline, "never confirmed: {error:?}"),
+        }
+    }
+}
+
 /// Drains `times` times where no replica confirms the pushes (a master
 /// without one, under `REDIS_WAIT_REPLICAS=1`): each drain fails with
 /// NotReplicated, and the `rows` outbox rows stay.

@@ -123,6 +123,32 @@ pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> 
     }
 }
 
+/// Waits until the master on `master_port` itself counts a replica as
+/// online and holding everything written so far: what `WAIT` counts. The
+/// replica's own `master_link_status:up` comes first, and a `WAIT` with a
+/// short timeout sent between the two can find no replica.
+pub async fn replica_acknowledged(master_port: u16, password: Option<&str>) {
+    eventually("the master to count a replica in sync", PATIENCE, || {
+        let info =
+            try_redis_cli(master_port, password, &["info", "replication"]).unwrap_or_default();
+        let field = |line: &str, name: &str| -> Option<u64> {
+            line.split([',', ':'])
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        let written = info.lines().find_map(|line| {
+            line.strip_prefix("master_repl_offset:")?
+                .trim()
+                .parse()
+                .ok()
+        });
+        info.lines()
+            .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+            .filter_map(|line| field(line, "offset"))
+            .any(|acknowledged| written.is_some_and(|written: u64| acknowledged >= written))
+    })
+    .await;
+}
+
 /// A free port whose cluster bus port (+10000) is valid and free too.
 pub fn free_cluster_port() -> u16 {
     loop {
@@ -275,6 +301,7 @@ impl RedisCluster {
             info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1")
         })
         .await;
+        replica_acknowledged(master_port, None).await;
         self.wait_ok().await;
         port
     }
@@ -352,6 +379,7 @@ impl SentinelSet {
             .is_ok_and(|info| info.contains("master_link_status:up"))
         })
         .await;
+        replica_acknowledged(master_port, Some(&redis_password)).await;
 
         let sentinel_dir = dir.path().join("sentinel");
         std::fs::create_dir_all(&sentinel_dir).expect("sentinel directory");
