@@ -8,8 +8,8 @@ to do to take part in the service's contract, and nothing else.
       -> claim the job in PostgreSQL: PENDING -> IN_PROGRESS, one conditional
          UPDATE that also checks the message's attempt
       -> for each unfinished subtask, in creation order:
-           re-check the job is still ours (IN_PROGRESS, same attempt), mark the
-           subtask IN_PROGRESS, translate it, mark it COMPLETED or FAILED
+           mark the subtask IN_PROGRESS while it is still ours (its row's
+           job_attempt is our attempt), translate it, mark it COMPLETED or FAILED
       -> mark the job COMPLETED, or FAILED with a summary of what failed
 
 Every update after the claim is guarded by the attempt: when the service hands
@@ -84,12 +84,13 @@ MAX_ERROR_CHARS = 2000
 MAX_FAILURES_IN_JOB_ERROR = 5
 # Longest file name stem (before ".json") of an output file.
 MAX_FILE_STEM_CHARS = 150
-# The guard of every update after the claim (parameters: job id, attempt):
-# the job is still IN_PROGRESS at the attempt this worker claimed.
-JOB_STILL_OURS = (
-    "EXISTS (SELECT 1 FROM translation_jobs "
-    "WHERE id = %s AND status = 'IN_PROGRESS' AND attempts = %s)"
-)
+# The guard of every subtask update after the claim (parameter: the attempt
+# this worker claimed), on the subtask row itself: the service copies the
+# job's attempt onto every subtask row whenever it hands the job out again,
+# and writes -1 when it cancels or dead-letters the job. PostgreSQL re-checks
+# the row an UPDATE changes after waiting for its lock, but not a subquery on
+# another table, so the guard must live on the row.
+SUBTASK_STILL_OURS = "job_attempt = %s"
 
 
 # --------------------------------------------------------------------------
@@ -545,33 +546,35 @@ class Worker:
 
     def start_subtask(self, job_id: str, attempt: int, subtask: Subtask) -> bool:
         """Marks the subtask IN_PROGRESS, counting an attempt, but only while
-        the job is still IN_PROGRESS at our attempt.
+        the subtask still belongs to our attempt (`job_attempt`).
 
         This is the re-check before every subtask: a job cancelled through
         the API, taken back by the reaper or handed out again makes this
-        return False, and the worker leaves the job alone.
+        return False, and the worker leaves the job alone. The check is on
+        the subtask row, so it holds even when this statement waited for a
+        cancel or a rescue that held the row's lock.
         """
         row = self.execute(
             "UPDATE translation_subtasks SET status = 'IN_PROGRESS', attempts = attempts + 1, error = NULL "
-            f"WHERE id = %s AND {JOB_STILL_OURS} RETURNING id",
-            (subtask.id, job_id, attempt),
+            f"WHERE id = %s AND {SUBTASK_STILL_OURS} AND status IN ('PENDING', 'FAILED') RETURNING id",
+            (subtask.id, attempt),
         ).fetchone()
         return row is not None
 
     def complete_subtask(self, job_id: str, attempt: int, subtask_id: str) -> None:
-        # Guarded: if the job was cancelled or handed out again meanwhile, the
-        # service already reset this subtask, and that stays.
+        # Guarded on the row: if the job was cancelled or handed out again
+        # meanwhile, the service already reset this subtask, and that stays.
         self.execute(
             "UPDATE translation_subtasks SET status = 'COMPLETED', error = NULL "
-            f"WHERE id = %s AND status = 'IN_PROGRESS' AND {JOB_STILL_OURS}",
-            (subtask_id, job_id, attempt),
+            f"WHERE id = %s AND status = 'IN_PROGRESS' AND {SUBTASK_STILL_OURS}",
+            (subtask_id, attempt),
         )
 
     def fail_subtask(self, job_id: str, attempt: int, subtask_id: str, error: str) -> None:
         self.execute(
             "UPDATE translation_subtasks SET status = 'FAILED', error = %s "
-            f"WHERE id = %s AND status = 'IN_PROGRESS' AND {JOB_STILL_OURS}",
-            (error, subtask_id, job_id, attempt),
+            f"WHERE id = %s AND status = 'IN_PROGRESS' AND {SUBTASK_STILL_OURS}",
+            (error, subtask_id, attempt),
         )
 
     def job_status(self, job_id: str) -> str | None:

@@ -62,6 +62,7 @@ pub(crate) async fn hand_out_again(
         .into_iter()
         .map(|row| row.into_job(Vec::new()))
         .collect::<Result<Vec<_>, _>>()?;
+    guard_subtasks(conn, job_ids).await?;
     forget_messages(conn, job_ids).await?;
     let messages: Vec<Pending> = jobs
         .iter()
@@ -74,6 +75,35 @@ pub(crate) async fn hand_out_again(
         .collect();
     enqueue(conn, &messages).await?;
     Ok(jobs)
+}
+
+/// Writes each job's guard onto its subtask rows: the job's `attempts`
+/// while it is PENDING or IN_PROGRESS, -1 once it is closed to workers
+/// (cancelled, dead-lettered). Every statement of the worker contract after
+/// the claim checks `job_attempt = <its attempt>` on the row it updates, and
+/// PostgreSQL re-checks that row after a lock wait; so a worker statement
+/// that waited behind this transaction (which holds the subtask locks, see
+/// [`lock_subtasks`]) matches nothing once it commits. A guard kept in a
+/// subquery on the job would have been evaluated before the wait.
+///
+/// Runs in the caller's transaction, after the jobs' own update. Rewriting
+/// the guard is not a worker's heartbeat: it does not touch the job again.
+pub(crate) async fn guard_subtasks(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE translation_subtasks AS s \
+         SET job_attempt = g.job_attempt \
+         FROM (SELECT id, CASE WHEN status IN ('PENDING', 'IN_PROGRESS') THEN attempts \
+                               ELSE -1 END AS job_attempt \
+               FROM translation_jobs WHERE id = ANY($1)) AS g \
+         WHERE s.job_id = g.id AND s.job_attempt <> g.job_attempt",
+    )
+    .bind(job_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Drops the jobs' rows still waiting in the outbox and their publications:

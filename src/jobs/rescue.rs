@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     JobError,
     get::{JobRow, RETURNING_JOB},
-    requeue::{Reason, forget_messages, hand_out_again, lock_subtasks},
+    requeue::{Reason, forget_messages, guard_subtasks, hand_out_again, lock_subtasks},
 };
 use crate::{
     outbox::{Pending, enqueue},
@@ -166,6 +166,8 @@ async fn dead_letter(
     .bind(&reason)
     .fetch_all(&mut *tx)
     .await?;
+    // A worker that was only slow can no longer start or finish a subtask.
+    guard_subtasks(tx, job_ids).await?;
     // What an earlier attempt left in the outbox is stale now.
     forget_messages(tx, job_ids).await?;
     let mut messages = Vec::with_capacity(rows.len());

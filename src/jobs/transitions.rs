@@ -7,14 +7,16 @@ use uuid::Uuid;
 use super::{
     Job, JobError, JobStatus,
     get::read_job,
-    requeue::{Reason, forget_messages, hand_out_again, lock_subtasks},
+    requeue::{Reason, forget_messages, guard_subtasks, hand_out_again, lock_subtasks},
     scope::Scope,
 };
 
 /// PENDING or IN_PROGRESS becomes CANCELLED, and so do its unfinished
 /// subtasks. A message still in the outbox is dropped; one already in Redis
-/// is refused by the claim (the job is no longer PENDING). A worker inside
-/// the job sees the status before its next subtask and stops.
+/// is refused by the claim (the job is no longer PENDING). The subtasks'
+/// guard is closed (see `guard_subtasks`): a worker inside the job finds its
+/// next subtask update matching nothing, even one that waited for this
+/// transaction's locks, and stops.
 /// Outside `scope` the job is `NotFound`, and nothing of it is locked.
 #[instrument(skip(pool), err(level = "debug"))]
 pub async fn cancel_job(pool: &PgPool, id: Uuid, scope: &Scope) -> Result<Job, JobError> {
@@ -39,6 +41,7 @@ pub async fn cancel_job(pool: &PgPool, id: Uuid, scope: &Scope) -> Result<Job, J
     .bind(id)
     .execute(&mut *tx)
     .await?;
+    guard_subtasks(&mut tx, &[id]).await?;
     forget_messages(&mut tx, &[id]).await?;
     let job = read_job(&mut tx, id).await?;
     tx.commit().await?;

@@ -417,3 +417,24 @@ pub async fn counts(pool: &PgPool) -> (i64, i64, i64) {
     .await
     .expect("counts")
 }
+
+/// Waits until no other session of this database is inside a transaction:
+/// the rollback of a transaction dropped on another task has run.
+pub async fn wait_for_rollbacks(pool: &PgPool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND xact_start IS NOT NULL",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        if open == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "a transaction stayed open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -205,9 +205,7 @@ async fn finish(
         let done = async {
             sqlx::query(
                 "UPDATE translation_subtasks SET status = $3, attempts = attempts + 1 \
-                 WHERE job_id = $1 AND status IN ('PENDING', 'IN_PROGRESS') \
-                   AND EXISTS (SELECT 1 FROM translation_jobs \
-                               WHERE id = $1 AND status = 'IN_PROGRESS' AND attempts = $2)",
+                 WHERE job_id = $1 AND job_attempt = $2 AND status IN ('PENDING', 'IN_PROGRESS')",
             )
             .bind(job_id)
             .bind(attempt)
