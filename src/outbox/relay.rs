@@ -566,8 +566,11 @@ impl Relay {
     /// waiting for a free connection always gets one. The first round is
     /// claimed by one transaction; while rounds come back full (a backlog),
     /// by `claimers` transactions at once, from the previous round's last id
-    /// (see [`Relay::claim_split`] and [`FULL_SCAN_EVERY`]).
-    async fn drain_until_idle(
+    /// (see [`Relay::claim_split`] and [`FULL_SCAN_EVERY`]). On any error,
+    /// a round already pushed is still committed (or fails to) before the
+    /// error is returned: its task is never aborted half way. `run` calls
+    /// this in its loop; tests call it directly.
+    pub async fn drain_until_idle(
         &self,
         token: &CancellationToken,
         beat: &Beat,
@@ -587,7 +590,17 @@ impl Relay {
             beat.beat();
             if claimed.rows.is_empty() && hint > 0 {
                 // Nothing above the hint: one claim from 0 before ending.
-                claimed = self.claim().await?;
+                claimed = match self.claim().await {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        // The previous round was pushed: let it commit
+                        // before giving up, rather than abort its task.
+                        if let Some(previous) = committing.take() {
+                            joined(previous.await)?;
+                        }
+                        return Err(error);
+                    }
+                };
                 hint = 0;
                 hinted_rounds = 0;
                 continue;

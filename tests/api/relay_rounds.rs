@@ -191,3 +191,82 @@ async fn a_row_committed_late_below_the_scan_start_is_taken_while_the_backlog_la
     assert_eq!(found.len(), backlog + 1, "once each");
     cleanup(&redis, &name).await;
 }
+
+/// A claim that fails while the previous round's commit is still running
+/// (the drain's last claim from 0, after a full round) lets that commit
+/// finish instead of aborting it: the round was pushed, and aborting its
+/// commit would put every row back in the outbox.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_failed_claim_lets_the_previous_round_commit(pool: PgPool) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let batch = 5;
+    let created = crate::support::create_jobs(&pool, batch as usize).await;
+    // The drain's third claim fails: the first takes the full round, the
+    // second (after the round's last id) finds nothing, the third (from 0,
+    // before the drain ends) is refused.
+    for statement in [
+        "CREATE SEQUENCE test_claims",
+        "CREATE FUNCTION test_refuse_third_claim() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF nextval('test_claims') = 3 THEN RAISE EXCEPTION 'third claim refused by the test'; END IF; \
+         RETURN NULL; END $$",
+        "CREATE TRIGGER test_refuse_third_claim BEFORE DELETE ON outbox \
+         FOR EACH STATEMENT EXECUTE FUNCTION test_refuse_third_claim()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    // The round's commit waits: another transaction inserts the first job's
+    // publication and holds it until the third claim has failed.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO job_publications (job_id, published_at) VALUES ($1::uuid, now())")
+        .bind(&created[0])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let mut settings = relay_settings(batch);
+    settings.claimers = 1;
+    let relay = relay_with(&pool, queue(&name).await, settings).await;
+    let draining = tokio::spawn(async move {
+        relay
+            .drain_until_idle(&CancellationToken::new(), &Beat::detached("relay"))
+            .await
+    });
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    loop {
+        let claims: i64 = sqlx::query_scalar("SELECT last_value FROM test_claims")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if claims >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the third claim never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Time for a drain that gives up at once to have dropped the commit.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.rollback().await.unwrap();
+    let error = draining.await.unwrap().unwrap_err();
+    assert!(
+        format!("{error:?}").contains("third claim refused"),
+        "the claim's error is returned: {error:?}"
+    );
+    crate::support::wait_for_rollbacks(&pool).await;
+    let (_, _, outbox) = counts(&pool).await;
+    assert_eq!(outbox, 0, "the pushed round committed");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM job_publications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, i64::from(batch), "every publication recorded");
+    assert_eq!(
+        messages(&redis, &name, Lane::Normal).await.len(),
+        batch as usize,
+        "pushed once"
+    );
+    cleanup(&redis, &name).await;
+}
