@@ -21,15 +21,14 @@ pub fn redact_url(url: &str) -> String {
         return MASK.to_owned();
     };
     let authority_start = scheme_end + 3;
-    let query_start = url[authority_start..]
-        .find(['?', '#'])
-        .map_or(url.len(), |i| authority_start + i);
     let mut out = String::with_capacity(url.len());
     out.push_str(&url[..authority_start]);
-    let before_query = &url[authority_start..query_start];
-    match before_query.rfind('@') {
+    // The userinfo ends at the last `@` of the whole URL: a password written
+    // unencoded may hold `/`, `?` or `#`, and cutting the URL at those first
+    // would print the password's beginning.
+    let after_userinfo = match url[authority_start..].rfind('@') {
         Some(at) => {
-            let userinfo = &before_query[..at];
+            let userinfo = &url[authority_start..authority_start + at];
             match userinfo.split_once(':') {
                 Some((user, _password)) => {
                     out.push_str(user);
@@ -39,10 +38,14 @@ pub fn redact_url(url: &str) -> String {
                 // A lone userinfo in a Redis URL is the password.
                 None => out.push_str(MASK),
             }
-            out.push_str(&before_query[at..]);
+            authority_start + at
         }
-        None => out.push_str(before_query),
-    }
+        None => authority_start,
+    };
+    let query_start = url[after_userinfo..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| after_userinfo + i);
+    out.push_str(&url[after_userinfo..query_start]);
     let rest = &url[query_start..];
     if let Some(query) = rest.strip_prefix('?') {
         let (query, fragment) = match query.find('#') {
@@ -108,5 +111,30 @@ mod tests {
             "redis-cluster://:***@a:6379?node=b:6379"
         );
         assert_eq!(redact_url("not a url s3cret"), "***");
+    }
+
+    #[test]
+    fn passwords_holding_hash_or_question_mark_are_masked_whole() {
+        for (url, expected) in [
+            (
+                "redis://user:pa#ss@cache:6379/0",
+                "redis://user:***@cache:6379/0",
+            ),
+            ("redis://:pa?ss@cache/0", "redis://:***@cache/0"),
+            ("redis://:a?b#c/d@cache:6379", "redis://:***@cache:6379"),
+            (
+                "postgres://app:p#w?x@db:5432/jobs?sslmode=require",
+                "postgres://app:***@db:5432/jobs?sslmode=require",
+            ),
+            ("redis://pa#ss@cache", "redis://***@cache"),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, expected, "{url}");
+            for secret in ["pa#ss", "pa?ss", "a?b#c", "p#w?x", "ss@", "pa"] {
+                if url.contains(secret) && secret != "pa" {
+                    assert!(!redacted.contains(secret), "{url} -> {redacted}");
+                }
+            }
+        }
     }
 }
