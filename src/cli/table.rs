@@ -14,8 +14,10 @@ impl Table {
         }
     }
 
+    /// Adds a row; control characters in a cell are shown escaped.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.iter().map(|cell| printable(cell)).collect());
     }
 
     /// Writes the table; the last column is not padded.
@@ -46,13 +48,33 @@ impl Table {
     }
 }
 
-/// `key  value` lines, keys padded.
+/// `key  value` lines, keys padded; control characters in a value are
+/// shown escaped.
 pub fn pairs(out: &mut impl Write, pairs: &[(&str, String)]) -> std::io::Result<()> {
     let width = pairs.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
     for (key, value) in pairs {
-        writeln!(out, "{key:<width$}  {value}")?;
+        writeln!(out, "{key:<width$}  {}", printable(value))?;
     }
     Ok(())
+}
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`, ...).
+/// Job fields such as `error` are written by workers: printed raw, an
+/// escape sequence in one could rewrite the operator's terminal or forge
+/// lines of the table.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// At most `max` characters, with `...` when cut.
@@ -82,5 +104,30 @@ mod tests {
         );
         assert_eq!(cut("abcdefgh", 6), "abc...");
         assert_eq!(cut("abc", 6), "abc");
+    }
+
+    #[test]
+    fn control_characters_from_job_fields_are_escaped() {
+        let mut table = Table::new(&["ID", "ERROR"]);
+        table.row(vec![
+            "1".into(),
+            "boom\n2  COMPLETED\u{1b}[2J\r\u{7}".into(),
+        ]);
+        let mut out = Vec::new();
+        table.write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "ID  ERROR\n1   boom\\n2  COMPLETED\\u{1b}[2J\\r\\u{7}\n"
+        );
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'));
+
+        let mut out = Vec::new();
+        pairs(&mut out, &[("error", "a\u{1b}]0;title\u{7}b".into())]).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "error  a\\u{1b}]0;title\\u{7}b\n"
+        );
+        assert_eq!(printable("plain text, ünïcode"), "plain text, ünïcode");
     }
 }
