@@ -222,6 +222,11 @@ impl Authenticator {
             audience = settings.audience.as_deref().unwrap_or("(any)"),
             "bearer tokens required on the job service"
         );
+        if settings.audience.is_none() {
+            tracing::warn!(
+                "AUTH_JWT_AUDIENCE is not set: tokens issued for any audience (another service's too) are accepted; set it to the audience your issuer puts in `aud`"
+            );
+        }
         Self {
             verifier: Some(Arc::new(Verifier {
                 hs256,
