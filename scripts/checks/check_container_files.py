@@ -152,6 +152,13 @@ def check_compose(root: Path) -> None:
             check("healthcheck" in service, f"{name}: no healthcheck")
     check(app.get("environment", {}).get("TRANSLATION_QUEUE") == worker.get("environment", {}).get("TRANSLATION_QUEUE"),
           "the service and the worker use different TRANSLATION_QUEUE")
+    # Published ports answer on the host's loopback only: the stack is for
+    # development, with fixed passwords and the service without keys.
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            published = port if isinstance(port, str) else str((port or {}).get("host_ip", "")) + ":"
+            check(str(published).startswith("127.0.0.1:"),
+                  f"{name}: port {port} is published on every interface, not 127.0.0.1")
 
 
 def main() -> int:
