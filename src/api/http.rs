@@ -13,7 +13,7 @@ use axum::{
 };
 use sqlx::PgPool;
 
-use super::{JobsApi, limits::http_guard, observe::HttpLayer};
+use super::{JobsApi, limits::http_guard, observe::HttpLayer, origin::same_origin_writes};
 use crate::{
     health::Health,
     metrics::{self, Gauges, Metrics},
@@ -60,7 +60,8 @@ pub fn router(state: HttpState, api: JobsApi) -> Router {
             super::rest::routes()
                 .with_state(api)
                 .layer(middleware::from_fn_with_state(limits, http_guard))
-                .layer(DefaultBodyLimit::max(max_body)),
+                .layer(DefaultBodyLimit::max(max_body))
+                .layer(middleware::from_fn(same_origin_writes)),
         )
         .route_layer(observe)
         .fallback(super::rest::not_found)

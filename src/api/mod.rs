@@ -1,6 +1,6 @@
 //! The edge: gRPC and HTTP handlers, request parsing, who is calling
-//! (`auth`), TLS and the limits of the listeners, and the mapping of
-//! errors to statuses. Calls into `jobs`; nothing below calls back up.
+//! (`auth`), TLS and the limits of the listeners, cross-site writes
+//! (`origin`), and the mapping of errors to statuses. Calls into `jobs`; nothing below calls back up.
 
 pub mod auth;
 pub mod body;
@@ -10,6 +10,7 @@ pub mod http;
 pub mod json;
 pub mod limits;
 pub mod observe;
+pub mod origin;
 pub mod proto;
 mod rest;
 mod status;
