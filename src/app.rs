@@ -173,7 +173,7 @@ impl App {
 
         let grpc_addr = self.grpc_addr();
         let http_addr = self.http_addr();
-        let mut server = Server::builder();
+        let mut server = api::transport::limited(Server::builder());
         if let Some(tls) = self.tls.clone() {
             server = server.tls_config(tls)?;
         }

@@ -15,6 +15,7 @@ pub mod proto;
 mod rest;
 mod status;
 pub mod tls;
+pub mod transport;
 
 pub use grpc::{ApiDeps, JobsApi};
 pub use status::ApiError;

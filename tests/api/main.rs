@@ -35,6 +35,7 @@ mod support;
 mod tls;
 mod topology;
 mod traces;
+mod transport;
 mod validation;
 mod watch;
 mod worker_guard;

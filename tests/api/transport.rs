@@ -1,0 +1,65 @@
+//! The gRPC listener's HTTP/2 limits, read from what the server sends.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::TestApp;
+
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113, 6.5.2).
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+/// Opens an HTTP/2 connection (prior knowledge, as gRPC clients do) and
+/// returns the parameters of the server's first SETTINGS frame.
+async fn server_settings(addr: std::net::SocketAddr) -> Vec<(u16, u32)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The client preface, then an empty SETTINGS frame.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).await.unwrap();
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            stream.read_exact(&mut header).await.unwrap();
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let (kind, flags) = (header[3], header[4]);
+            let mut payload = vec![0u8; length];
+            stream.read_exact(&mut payload).await.unwrap();
+            if kind == 0x4 && flags & 0x1 == 0 {
+                return payload
+                    .chunks_exact(6)
+                    .map(|p| {
+                        (
+                            u16::from_be_bytes([p[0], p[1]]),
+                            u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                        )
+                    })
+                    .collect();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the server sent its SETTINGS")
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn the_server_advertises_a_bound_on_concurrent_streams(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let app = TestApp::ready(database).await;
+    let settings = server_settings(app.grpc_addr).await;
+    let streams = settings
+        .iter()
+        .find(|(id, _)| *id == MAX_CONCURRENT_STREAMS)
+        .map(|(_, value)| *value);
+    assert_eq!(
+        streams,
+        Some(translation_jobs::api::transport::MAX_CONCURRENT_STREAMS),
+        "SETTINGS: {settings:?}"
+    );
+    assert!(streams.is_some_and(|n| n <= 1024));
+    app.stop().await;
+}
