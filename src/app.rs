@@ -18,6 +18,7 @@ use crate::{
         limits::Limits,
         observe::GrpcLayer,
         proto::FILE_DESCRIPTOR_SET,
+        scrape::{self, Scrape},
         tls::{self, TlsError},
     },
     backlog::Backlog,
@@ -199,8 +200,14 @@ impl App {
         let http_token = serving.clone();
         let router = api::http::router(
             HttpState {
-                pool: self.pool.clone(),
-                queue: self.queue.clone(),
+                scrape: Arc::new(Scrape::new(
+                    db::side_pool(
+                        &self.settings.database,
+                        "translation-jobs-metrics",
+                        scrape::SCRAPE_TIMEOUT,
+                    ),
+                    self.queue.clone(),
+                )),
                 health: health.clone(),
                 metrics: self.metrics.clone(),
                 hub: hub.clone(),

@@ -98,6 +98,19 @@ pub fn pool(settings: &DatabaseSettings) -> PgPool {
         .connect_lazy_with(settings.pool_options())
 }
 
+/// A lazy pool of one connection of its own, named `application_name`, for
+/// readings that must never take the API's connections (`/metrics`).
+pub fn side_pool(
+    settings: &DatabaseSettings,
+    application_name: &str,
+    acquire_timeout: Duration,
+) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(settings.pool_options().application_name(application_name))
+}
+
 /// Runs the migrations under sqlx's advisory lock (safe with any number of
 /// replicas starting at once) on a connection of their own, without the
 /// statement timeout (a migration may rewrite a large table), then

@@ -1,7 +1,7 @@
 //! The HTTP side on `HTTP_ADDR`: the dashboard page, Prometheus metrics,
 //! plain health checks, and the JSON endpoints of `rest`.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -11,25 +11,21 @@ use axum::{
     response::{Html, IntoResponse},
     routing::get,
 };
-use sqlx::PgPool;
 
-use super::{JobsApi, limits::http_guard, observe::HttpLayer, origin::same_origin_writes};
+use super::{
+    JobsApi, limits::http_guard, observe::HttpLayer, origin::same_origin_writes, scrape::Scrape,
+};
 use crate::{
     health::Health,
-    metrics::{self, Gauges, Metrics},
-    queue::{Lane, RedisQueue},
+    metrics::{self, Metrics},
     watch::WatchHub,
 };
-
-/// Longest a scrape waits for PostgreSQL and Redis (read side by side)
-/// before reporting them down.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// State of the HTTP handlers.
 #[derive(Clone)]
 pub struct HttpState {
-    pub pool: PgPool,
-    pub queue: RedisQueue,
+    /// What `/metrics` reads from PostgreSQL and Redis.
+    pub scrape: Arc<Scrape>,
     pub health: Health,
     pub metrics: Arc<Metrics>,
     /// Its open streams are a gauge.
@@ -100,56 +96,10 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let gauges = gauges(&state).await;
+    let mut gauges = state.scrape.gauges().await;
+    gauges.open_watch_streams = state.hub.open_streams();
     (
         [("content-type", metrics::CONTENT_TYPE)],
         state.metrics.render(&gauges),
     )
-}
-
-/// Reads the outbox backlog from PostgreSQL and the policy and lane
-/// lengths from Redis, side by side, within [`SCRAPE_TIMEOUT`]: a scrape
-/// never hangs on a dead peer, it reports it down.
-async fn gauges(state: &HttpState) -> Gauges {
-    let mut gauges = Gauges {
-        open_watch_streams: state.hub.open_streams(),
-        ..Gauges::default()
-    };
-    let backlog = tokio::time::timeout(
-        SCRAPE_TIMEOUT,
-        sqlx::query_as::<_, (i64, Option<f64>)>(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
-        )
-        .fetch_one(&state.pool),
-    );
-    let redis = tokio::time::timeout(SCRAPE_TIMEOUT, redis_readings(&state.queue));
-    let (backlog, redis) = tokio::join!(backlog, redis);
-    if let Ok(Ok((count, oldest))) = backlog {
-        gauges.database_up = true;
-        gauges.outbox_backlog = Some(count);
-        gauges.outbox_oldest_age = oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0)));
-    }
-    if let Ok((policy, lanes)) = redis {
-        gauges.redis_up = !lanes.is_empty();
-        gauges.redis_maxmemory_policy = policy;
-        gauges.lane_lengths = lanes;
-    }
-    gauges
-}
-
-/// Redis's `maxmemory-policy` (when `CONFIG GET` is allowed) and the length
-/// of each lane, up to the first that cannot be read.
-async fn redis_readings(queue: &RedisQueue) -> (Option<String>, Vec<(&'static str, u64)>) {
-    let mut lanes = Vec::with_capacity(Lane::ALL.len());
-    if !queue.is_connected() {
-        return (None, lanes);
-    }
-    let policy = queue.maxmemory_policy().await.ok();
-    for lane in Lane::ALL {
-        match queue.queue_length(lane).await {
-            Ok(length) => lanes.push((lane.as_str(), length)),
-            Err(_) => break,
-        }
-    }
-    (policy, lanes)
 }

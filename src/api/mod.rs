@@ -13,6 +13,7 @@ pub mod observe;
 pub mod origin;
 pub mod proto;
 mod rest;
+pub mod scrape;
 mod status;
 pub mod tls;
 pub mod transport;

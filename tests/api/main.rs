@@ -29,6 +29,7 @@ mod redrive;
 mod relay;
 mod relay_rounds;
 mod replicas;
+mod scrape;
 mod secrets;
 mod sentinel;
 mod support;
