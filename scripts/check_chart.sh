@@ -106,7 +106,10 @@ fail() { printf '  FAILED: %s\n' "$*"; failures=$((failures + 1)); }
 
 # name -> helm flags
 declare -a names=() flags=()
-names+=("defaults + DATABASE_URL"); flags+=("--set secret.databaseUrl=postgres://translation:pw@postgres:5432/translation_jobs")
+names+=("defaults + DATABASE_URL + HS256 secret (auth on)")
+flags+=("--set secret.databaseUrl=postgres://translation:pw@postgres:5432/translation_jobs --set secret.authJwtSecret=0123456789abcdef0123456789abcdef")
+names+=("defaults + DATABASE_URL + auth.mode none")
+flags+=("--set secret.databaseUrl=postgres://translation:pw@postgres:5432/translation_jobs --set auth.mode=none")
 for file in "$chart"/ci/*-values.yaml; do
     names+=("$(basename "$file")"); flags+=("-f $file")
 done
@@ -135,7 +138,8 @@ for i in "${!names[@]}"; do
 done
 
 say "chart: refuses bad values"
-base=(--set secret.databaseUrl=postgres://u:pw@db:5432/jobs)
+base=(--set secret.databaseUrl=postgres://u:pw@db:5432/jobs --set secret.authJwtSecret=0123456789abcdef0123456789abcdef)
+open=(--set secret.databaseUrl=postgres://u:pw@db:5432/jobs --set auth.mode=none)
 refuses() {
     local expect=$1; shift
     local out
@@ -148,7 +152,10 @@ refuses() {
         fail "refused without saying '$expect': $*"
     fi
 }
-refuses "DATABASE_URL is required"
+refuses "DATABASE_URL is required" --set auth.mode=none
+refuses "no key source is set" --set secret.databaseUrl=postgres://u:pw@db:5432/jobs
+refuses "auth.mode is none but secret.authJwtSecret" "${base[@]}" --set auth.mode=none
+refuses "auth.mode" "${open[@]}" --set auth.mode=off
 refuses "not both" "${base[@]}" --set existingSecret=my-secret
 refuses "not both" --set existingSecret=my-secret --set secret.redisUrl=redis://r:6379/0
 refuses "Additional property RELAY_BACTH_SIZE is not allowed" "${base[@]}" --set config.RELAY_BACTH_SIZE=10
@@ -156,7 +163,7 @@ refuses "Additional property SHUTDOWN_TIMEOUT is not allowed" "${base[@]}" --set
 refuses "Additional property replica is not allowed" "${base[@]}" --set replica=3
 refuses "config.STUCK_JOB_TIMEOUT" "${base[@]}" --set config.STUCK_JOB_TIMEOUT=an-hour
 refuses "tls.secretName" "${base[@]}" --set tls.enabled=true
-refuses "secret.databaseUrl" --set secret.databaseUrl=mysql://db/jobs
+refuses "secret.databaseUrl" --set secret.databaseUrl=mysql://db/jobs --set auth.mode=none
 refuses "secret.authJwtSecret" "${base[@]}" --set secret.authJwtSecret=too-short
 refuses "config.RPC_TIMEOUT" "${base[@]}" --set config.RPC_TIMEOUT=soon
 refuses "exactly one of minAvailable and maxUnavailable" "${base[@]}" \
@@ -185,10 +192,17 @@ if notes=$(render_notes "${base[@]}" 2>&1) \
         && has "grpcurl -plaintext -d '{\"service\":\"readiness\"}' localhost:50051 grpc.health.v1.Health/Check" \
         && has "grpcurl -plaintext -d '{\"novel_id\": \"0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e\", \"target_lang\": \"en\"}'" \
         && has "translation.v1.TranslationJobService/CreateTranslationJob"; then
-    echo "  ok   defaults: port-forward and grpcurl list, health check, CreateTranslationJob"
+    echo "  ok   auth on: port-forward and grpcurl list, health check, CreateTranslationJob"
 else
     printf '%s\n' "$notes" | sed 's/^/  | /'
     fail "NOTES.txt (defaults)"
+fi
+if notes=$(render_notes "${base[@]}" 2>&1) && has "Authentication is on (auth.mode: jwt)" \
+        && notes=$(render_notes "${open[@]}" 2>&1) && has "Authentication is OFF (auth.mode: none"; then
+    echo "  ok   NOTES say which authentication mode is on"
+else
+    printf '%s\n' "$notes" | sed 's/^/  | /'
+    fail "NOTES.txt (auth mode)"
 fi
 if notes=$(render_notes -f "$chart/ci/all-options-values.yaml" 2>&1) \
         && has "grpcurl -insecure localhost:50051 list" \

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Starts the service on this machine with everything it needs: PostgreSQL
 # and Redis (installed and started when missing), a database for the jobs,
-# then the service itself on GRPC_ADDR (default 0.0.0.0:50051) and
-# HTTP_ADDR (default 0.0.0.0:8000, the dashboard at /). Arguments go to the
-# binary (`scripts/run.sh stats`, `scripts/run.sh redrive-dead`).
+# then the service itself on GRPC_ADDR (default here 127.0.0.1:50051) and
+# HTTP_ADDR (default here 127.0.0.1:8000, the dashboard at /). On loopback
+# only, it runs without keys and without AUTH_MODE; to listen beyond this
+# machine set a key (AUTH_JWT_SECRET) or AUTH_MODE=none (see the README's
+# Security). Arguments go to the binary (`scripts/run.sh stats`,
+# `scripts/run.sh redrive-dead`).
 #
 # Environment: DATABASE_URL (default: the database TRANSLATION_JOBS_DB,
 # default translation_jobs, on the server scripts/services.sh starts),
@@ -25,6 +28,8 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL=${server_url%/*}/$database
 fi
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+export GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:50051}
+export HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:8000}
 
 case "${PROFILE:-dev}" in
   dev)

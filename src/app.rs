@@ -22,7 +22,7 @@ use crate::{
         tls::{self, TlsError},
     },
     backlog::Backlog,
-    config::{ListenAddr, Settings},
+    config::{AuthMode, ListenAddr, Settings},
     db,
     health::{self, Health},
     jobs::GroupCommit,
@@ -84,6 +84,21 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         let tls = settings.tls.as_ref().map(tls::server_config).transpose()?;
         let auth = Authenticator::new(&settings.auth);
+        let metrics = Arc::new(Metrics::default());
+        metrics.auth_open(settings.auth_mode.is_open());
+        match settings.auth_mode {
+            AuthMode::Jwt => {}
+            AuthMode::OpenAsked => tracing::warn!(
+                "authentication is off (AUTH_MODE=none): anyone who reaches the listeners can \
+                 read, create, cancel and retry any job; set AUTH_JWT_SECRET or \
+                 AUTH_JWT_PUBLIC_KEY (and unset AUTH_MODE) to require tokens"
+            ),
+            AuthMode::OpenLoopback => tracing::warn!(
+                "authentication is off: no key is set and every listener is on loopback, so \
+                 only this machine can call; to listen beyond it, set AUTH_JWT_SECRET or \
+                 AUTH_JWT_PUBLIC_KEY, or AUTH_MODE=none to run open deliberately"
+            ),
+        }
         let grpc_listener = bind(&settings.grpc_addr).await?;
         let http_listener = bind(&settings.http_addr).await?;
         let pool = db::pool(&settings.database);
@@ -96,7 +111,7 @@ impl App {
             http_listener,
             pool,
             queue,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             tls,
             auth,
         })

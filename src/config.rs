@@ -125,6 +125,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Bearer-token checking; off (the service runs open) without keys.
     pub auth: AuthSettings,
+    /// Whether tokens are required, and if not, why the service may run
+    /// open (`AUTH_MODE`).
+    pub auth_mode: AuthMode,
     /// TLS on the gRPC listener; plaintext when `None`.
     pub tls: Option<TlsSettings>,
     /// Message size, deadline, calls in flight, watch streams.
@@ -135,6 +138,18 @@ impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the process environment for an admin command (`migrate`,
+    /// `stats`, ...): it opens no listener, so without a key it needs no
+    /// `AUTH_MODE` either.
+    pub fn for_admin_command() -> Result<Self, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let keys = env("AUTH_JWT_SECRET").is_some() || env("AUTH_JWT_PUBLIC_KEY").is_some();
+        Self::from_lookup(|name| match name {
+            "AUTH_MODE" if !keys => env(name).or_else(|| Some("none".to_owned())),
+            _ => env(name),
+        })
     }
 
     /// Reads settings through `lookup` (the environment, or a map in tests).
@@ -245,6 +260,15 @@ impl Settings {
             ));
         }
 
+        let grpc_addr = address(&get, "GRPC_ADDR", DEFAULT_GRPC_ADDR)?;
+        let http_addr = address(&get, "HTTP_ADDR", DEFAULT_HTTP_ADDR)?;
+        let auth = auth_settings(&get)?;
+        let auth_mode = auth_mode(
+            &get,
+            &auth,
+            &[("GRPC_ADDR", &grpc_addr), ("HTTP_ADDR", &http_addr)],
+        )?;
+
         Ok(Self {
             database,
             redis: RedisSettings {
@@ -253,8 +277,8 @@ impl Settings {
             },
             redis_wait,
             queue,
-            grpc_addr: address(&get, "GRPC_ADDR", DEFAULT_GRPC_ADDR)?,
-            http_addr: address(&get, "HTTP_ADDR", DEFAULT_HTTP_ADDR)?,
+            grpc_addr,
+            http_addr,
             relay_enabled: boolean(&get, "RELAY_ENABLED", true)?,
             relay: RelaySettings {
                 batch_size: number(
@@ -330,7 +354,8 @@ impl Settings {
                 Some("json") => LogFormat::Json,
                 Some(_) => return Err(ConfigError::new("LOG_FORMAT", "must be text or json")),
             },
-            auth: auth_settings(&get)?,
+            auth,
+            auth_mode,
             tls: tls_settings(&get)?,
             limits: LimitSettings {
                 max_message_size: number(
@@ -365,6 +390,13 @@ impl Settings {
 fn auth_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AuthSettings, ConfigError> {
     let hs256_secret = match get("AUTH_JWT_SECRET") {
         None => None,
+        Some(secret) if secret.contains("-----BEGIN") => {
+            return Err(ConfigError::new(
+                "AUTH_JWT_SECRET",
+                "holds a PEM key, but it is the shared HS256 secret; put a PEM public key \
+                 (RS256 or ES256), or its path, in AUTH_JWT_PUBLIC_KEY instead",
+            ));
+        }
         Some(secret) if secret.len() < MIN_HS256_SECRET_LEN => {
             return Err(ConfigError::new(
                 "AUTH_JWT_SECRET",
@@ -411,6 +443,77 @@ fn auth_settings(get: &impl Fn(&str) -> Option<String>) -> Result<AuthSettings, 
         issuer: get("AUTH_JWT_ISSUER").map(|s| s.trim().to_owned()),
         audience: get("AUTH_JWT_AUDIENCE").map(|s| s.trim().to_owned()),
     })
+}
+
+/// Whether callers must carry bearer tokens, and if not, why the service
+/// may run open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A key is set: every call of the job service needs a token.
+    Jwt,
+    /// `AUTH_MODE=none`: open, deliberately.
+    OpenAsked,
+    /// No key and no `AUTH_MODE`, every listener on loopback: only this
+    /// machine can call (a developer's run, the README's run command).
+    OpenLoopback,
+}
+
+impl AuthMode {
+    pub fn is_open(self) -> bool {
+        self != AuthMode::Jwt
+    }
+}
+
+/// `AUTH_MODE` (`jwt` or `none`) with the key variables and the listeners:
+/// open only when asked, or when nobody but this machine can connect.
+/// Safe by default, as Redis's protected mode is.
+fn auth_mode(
+    get: &impl Fn(&str) -> Option<String>,
+    auth: &AuthSettings,
+    listeners: &[(&str, &ListenAddr)],
+) -> Result<AuthMode, ConfigError> {
+    const KEYS: &str = "AUTH_JWT_SECRET (HS256) or AUTH_JWT_PUBLIC_KEY (RS256/ES256)";
+    let keys = auth.enabled();
+    if !keys {
+        for name in ["AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"] {
+            if get(name).is_some() {
+                return Err(ConfigError::new(
+                    name,
+                    format!("is set but no key is: tokens cannot be checked; set {KEYS}"),
+                ));
+            }
+        }
+    }
+    let mode = get("AUTH_MODE").map(|mode| mode.trim().to_ascii_lowercase());
+    match (mode.as_deref(), keys) {
+        (Some("jwt") | None, true) => Ok(AuthMode::Jwt),
+        (Some("jwt"), false) => Err(ConfigError::new(
+            "AUTH_MODE",
+            format!("is jwt but no key is set: set {KEYS}"),
+        )),
+        (Some("none"), true) => Err(ConfigError::new(
+            "AUTH_MODE",
+            "is none but a key (AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY) is set: unset the key \
+             to run open, or unset AUTH_MODE (or set it to jwt) to require tokens",
+        )),
+        (Some("none"), false) => Ok(AuthMode::OpenAsked),
+        (Some(other), _) => Err(ConfigError::new(
+            "AUTH_MODE",
+            format!("must be jwt or none, got {other:?}"),
+        )),
+        (None, false) => match listeners.iter().find(|(_, addr)| !addr.is_loopback()) {
+            None => Ok(AuthMode::OpenLoopback),
+            Some((name, addr)) => Err(ConfigError::new(
+                "AUTH_MODE",
+                format!(
+                    "is not set and no key is ({KEYS}), while {name} listens on {addr}, beyond \
+                     this machine: the service would be open to anyone who reaches it. Set a \
+                     key to require tokens, set AUTH_MODE=none to run open deliberately, or \
+                     bind every listener to loopback (127.0.0.1)"
+                ),
+            )),
+        },
+    }
 }
 
 /// `GRPC_TLS_CERT` and `GRPC_TLS_KEY` together, `GRPC_TLS_CLIENT_CA` only
@@ -538,6 +641,17 @@ impl ListenAddr {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Whether only this machine can connect: a loopback address
+    /// (127.0.0.0/8, ::1) or `localhost`. Any other name counts as reachable
+    /// from elsewhere.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 impl fmt::Display for ListenAddr {
@@ -586,12 +700,104 @@ mod tests {
 
     use super::*;
 
+    /// Settings from `vars`; open by `AUTH_MODE=none` unless `vars` say
+    /// anything about authentication.
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if !map.keys().any(|name| name.starts_with("AUTH_")) {
+            map.insert("AUTH_MODE".into(), "none".into());
+        }
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    /// Settings from exactly `vars`.
+    fn exactly(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn the_service_runs_open_only_when_asked_or_on_loopback() {
+        let url = ("DATABASE_URL", "postgres://u@db:5432/jobs");
+        let secret = ("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        let loopback = [
+            ("GRPC_ADDR", "127.0.0.1:50051"),
+            ("HTTP_ADDR", "localhost:8000"),
+        ];
+        let mode = |vars: &[(&str, &str)]| exactly(vars).map(|s| s.auth_mode);
+
+        // Defaults listen on every interface: no key and no AUTH_MODE refuse.
+        let refused = mode(&[url]).unwrap_err();
+        assert_eq!(refused.name, "AUTH_MODE");
+        for named in [
+            "AUTH_JWT_SECRET",
+            "AUTH_JWT_PUBLIC_KEY",
+            "AUTH_MODE=none",
+            "0.0.0.0:50051",
+        ] {
+            assert!(refused.to_string().contains(named), "{refused}");
+        }
+        // One listener beyond loopback is enough to refuse.
+        let refused = mode(&[url, loopback[0]]).unwrap_err();
+        assert!(refused.to_string().contains("HTTP_ADDR"), "{refused}");
+        assert_eq!(
+            mode(&[url, loopback[0], loopback[1]]),
+            Ok(AuthMode::OpenLoopback)
+        );
+        assert_eq!(
+            mode(&[url, loopback[0], ("HTTP_ADDR", "[::1]:8000")]),
+            Ok(AuthMode::OpenLoopback)
+        );
+        assert_eq!(mode(&[url, ("AUTH_MODE", "none")]), Ok(AuthMode::OpenAsked));
+        assert_eq!(
+            mode(&[url, ("AUTH_MODE", " None ")]),
+            Ok(AuthMode::OpenAsked)
+        );
+        // Empty counts as unset.
+        assert_eq!(
+            mode(&[url, ("AUTH_MODE", " ")]).unwrap_err().name,
+            "AUTH_MODE"
+        );
+        assert_eq!(mode(&[url, secret]), Ok(AuthMode::Jwt));
+        assert_eq!(
+            mode(&[url, secret, ("AUTH_MODE", "jwt")]),
+            Ok(AuthMode::Jwt)
+        );
+        assert_eq!(
+            mode(&[url, secret, ("AUTH_MODE", "none")])
+                .unwrap_err()
+                .name,
+            "AUTH_MODE"
+        );
+        assert_eq!(
+            mode(&[url, ("AUTH_MODE", "jwt")]).unwrap_err().name,
+            "AUTH_MODE"
+        );
+        assert_eq!(
+            mode(&[url, ("AUTH_MODE", "off")]).unwrap_err().name,
+            "AUTH_MODE"
+        );
+        for name in ["AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"] {
+            let refused = mode(&[url, ("AUTH_MODE", "none"), (name, "x")]).unwrap_err();
+            assert_eq!(refused.name, name);
+        }
+        let pem = "-----BEGIN PUBLIC KEY-----\nMFkw...\n-----END PUBLIC KEY-----";
+        let refused = mode(&[url, ("AUTH_JWT_SECRET", pem)]).unwrap_err();
+        assert_eq!(refused.name, "AUTH_JWT_SECRET");
+        assert!(
+            refused.to_string().contains("AUTH_JWT_PUBLIC_KEY"),
+            "{refused}"
+        );
+        assert!(
+            !refused.to_string().contains("MFkw"),
+            "the key is never quoted"
+        );
     }
 
     #[test]

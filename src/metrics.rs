@@ -81,6 +81,7 @@ pub struct Metrics {
     relay_skipped: Counter,
     relay_failures: Counter,
     relay_lag: Gauge<f64, AtomicU64>,
+    auth_open: Gauge<i64>,
     relay_batch: Histogram,
     reaper_requeued: Counter,
     reaper_dead_lettered: Counter,
@@ -152,6 +153,12 @@ impl Metrics {
             Unit::Seconds,
             relay_lag.clone(),
         );
+        let auth_open = Gauge::<i64>::default();
+        registry.register(
+            "translation_auth_open",
+            "1 when the job service runs without authentication (AUTH_MODE=none, or no key with every listener on loopback)",
+            auth_open.clone(),
+        );
         let relay_batch = latency_histogram();
         registry.register_with_unit(
             "translation_relay_batch_duration",
@@ -213,6 +220,7 @@ impl Metrics {
             relay_skipped,
             relay_failures,
             relay_lag,
+            auth_open,
             relay_batch,
             reaper_requeued,
             reaper_dead_lettered,
@@ -246,6 +254,11 @@ impl Metrics {
 
     pub fn relay_failed(&self) {
         self.relay_failures.inc();
+    }
+
+    /// Whether the job service runs without authentication.
+    pub fn auth_open(&self, open: bool) {
+        self.auth_open.set(i64::from(open));
     }
 
     pub fn relay_lag(&self, lag: Duration) {

@@ -179,7 +179,7 @@ pub async fn run(command: Command, json: bool) -> ExitCode {
 }
 
 async fn run_command(command: Command, json: bool) -> Result<(), CliError> {
-    let settings = Settings::from_env()?;
+    let settings = Settings::for_admin_command()?;
     if let Command::Migrate = command {
         return migrate(&settings, json).await;
     }

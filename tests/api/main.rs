@@ -7,6 +7,7 @@
 mod common;
 
 mod auth;
+mod auth_mode;
 mod backpressure;
 mod binary;
 mod cli;

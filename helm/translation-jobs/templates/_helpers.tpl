@@ -120,6 +120,29 @@ AUTH_JWT_PUBLIC_KEY: {{ . | b64enc | quote }}
 {{- end }}
 {{- end }}
 
+{{/*
+AUTH_MODE after checking it has what it needs: jwt needs a key source, none must not
+have a key in secret.* (the service would refuse the contradiction at start-up).
+*/}}
+{{- define "translation-jobs.authMode" -}}
+{{- $s := .Values.secret }}
+{{- $chartKey := or $s.authJwtSecret $s.authJwtPublicKey }}
+{{- $envKey := false }}
+{{- range .Values.extraEnv }}
+{{- if has .name (list "AUTH_JWT_SECRET" "AUTH_JWT_PUBLIC_KEY") }}{{ $envKey = true }}{{ end }}
+{{- end }}
+{{- if eq .Values.auth.mode "none" }}
+{{- if $chartKey }}
+{{- fail "translation-jobs: auth.mode is none but secret.authJwtSecret or secret.authJwtPublicKey is set: drop the key to run open, or set auth.mode: jwt" }}
+{{- end }}
+{{- print "none" }}
+{{- else if or $chartKey .Values.existingSecret $envKey }}
+{{- print "jwt" }}
+{{- else }}
+{{- fail "translation-jobs: auth.mode is jwt (the default) but no key source is set: set secret.authJwtSecret (HS256, at least 32 bytes) or secret.authJwtPublicKey (RS256/ES256), or existingSecret holding AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY; or set auth.mode: none to run the service open, deliberately" }}
+{{- end }}
+{{- end }}
+
 {{- define "translation-jobs.tlsMountPath" -}}/etc/translation-jobs/tls{{- end }}
 {{- define "translation-jobs.clientCaMountPath" -}}/etc/translation-jobs/client-ca{{- end }}
 
@@ -133,6 +156,7 @@ derived ones. Used by the ConfigMap and, inline, by the migration Job.
 {{ $key }}: {{ toString $value | quote }}
 {{- end }}
 {{- end }}
+AUTH_MODE: {{ include "translation-jobs.authMode" . | quote }}
 GRPC_ADDR: {{ printf "%s:%d" .Values.listenAddress (int .Values.ports.grpc) | quote }}
 HTTP_ADDR: {{ printf "%s:%d" .Values.listenAddress (int .Values.ports.http) | quote }}
 SHUTDOWN_TIMEOUT: {{ printf "%ds" (int .Values.shutdownTimeoutSeconds) | quote }}
