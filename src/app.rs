@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 
@@ -15,6 +16,7 @@ use crate::{
         self, ApiDeps, JobsApi,
         auth::Authenticator,
         http::HttpState,
+        http_server,
         limits::Limits,
         observe::GrpcLayer,
         proto::FILE_DESCRIPTOR_SET,
@@ -70,11 +72,15 @@ pub struct App {
     settings: Settings,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    /// `MANAGEMENT_ADDR`: health and metrics only, plain HTTP.
+    management_listener: Option<TcpListener>,
     pool: PgPool,
     queue: RedisQueue,
     metrics: Arc<Metrics>,
     /// TLS of the gRPC listener, read and checked at build.
     tls: Option<ServerTlsConfig>,
+    /// TLS of the HTTP listener: the same certificate and client-CA policy.
+    https: Option<TlsAcceptor>,
     auth: Authenticator,
 }
 
@@ -83,6 +89,7 @@ impl App {
     /// [`grpc_addr`](Self::grpc_addr)) and creates the clients.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         let tls = settings.tls.as_ref().map(tls::server_config).transpose()?;
+        let https = settings.tls.as_ref().map(tls::https_acceptor).transpose()?;
         let auth = Authenticator::new(&settings.auth);
         let metrics = Arc::new(Metrics::default());
         metrics.auth_open(settings.auth_mode.is_open());
@@ -101,6 +108,10 @@ impl App {
         }
         let grpc_listener = bind(&settings.grpc_addr).await?;
         let http_listener = bind(&settings.http_addr).await?;
+        let management_listener = match &settings.management_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let pool = db::pool(&settings.database);
         let queue = RedisQueue::connect(&settings.redis, settings.queue.clone())?
             .with_replica_wait(settings.redis_wait);
@@ -109,10 +120,12 @@ impl App {
             settings,
             grpc_listener,
             http_listener,
+            management_listener,
             pool,
             queue,
             metrics,
             tls,
+            https,
             auth,
         })
     }
@@ -122,6 +135,13 @@ impl App {
             [0, 0, 0, 0],
             self.settings.grpc_addr.port(),
         )))
+    }
+
+    /// Where `MANAGEMENT_ADDR` listens, when set.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -212,32 +232,39 @@ impl App {
         let mut grpc_task = tokio::spawn(grpc);
         tracing::info!(addr = %grpc_addr, tls = self.tls.is_some(), "gRPC listening");
 
-        let http_token = serving.clone();
-        let router = api::http::router(
-            HttpState {
-                scrape: Arc::new(Scrape::new(
-                    db::side_pool(
-                        &self.settings.database,
-                        "translation-jobs-metrics",
-                        scrape::SCRAPE_TIMEOUT,
-                    ),
-                    self.queue.clone(),
-                )),
-                health: health.clone(),
-                metrics: self.metrics.clone(),
-                hub: hub.clone(),
-            },
-            jobs_api,
-        );
-        tasks.spawn(async move {
-            let served = axum::serve(self.http_listener, router)
-                .with_graceful_shutdown(http_token.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(error = %error, "HTTP server failed");
+        let state = HttpState {
+            scrape: Arc::new(Scrape::new(
+                db::side_pool(
+                    &self.settings.database,
+                    "translation-jobs-metrics",
+                    scrape::SCRAPE_TIMEOUT,
+                ),
+                self.queue.clone(),
+            )),
+            health: health.clone(),
+            metrics: self.metrics.clone(),
+            hub: hub.clone(),
+        };
+        if let Some(listener) = self.management_listener {
+            let addr = listener.local_addr().ok();
+            tasks.spawn(http_server::serve(
+                listener,
+                api::http::management_router(state.clone()),
+                None,
+                serving.clone(),
+            ));
+            if let Some(addr) = addr {
+                tracing::info!(%addr, "management listening (/healthz, /readyz, /metrics)");
             }
-        });
-        tracing::info!(addr = %http_addr, "HTTP listening");
+        }
+        let router = api::http::router(state, jobs_api);
+        tasks.spawn(http_server::serve(
+            self.http_listener,
+            router,
+            self.https.clone(),
+            serving.clone(),
+        ));
+        tracing::info!(addr = %http_addr, tls = self.https.is_some(), "HTTP listening");
 
         tasks.spawn(run_background(Background {
             pool: self.pool.clone(),

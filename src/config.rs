@@ -107,6 +107,9 @@ pub struct Settings {
     pub queue: QueueName,
     pub grpc_addr: ListenAddr,
     pub http_addr: ListenAddr,
+    /// `MANAGEMENT_ADDR`: a plain-HTTP listener for `/healthz`, `/readyz`
+    /// and `/metrics` only; none when unset.
+    pub management_addr: Option<ListenAddr>,
     /// Whether this process runs the relay; API-only replicas can turn it off.
     pub relay_enabled: bool,
     pub relay: RelaySettings,
@@ -279,6 +282,10 @@ impl Settings {
             queue,
             grpc_addr,
             http_addr,
+            management_addr: match get("MANAGEMENT_ADDR") {
+                None => None,
+                Some(_) => Some(address(&get, "MANAGEMENT_ADDR", "")?),
+            },
             relay_enabled: boolean(&get, "RELAY_ENABLED", true)?,
             relay: RelaySettings {
                 batch_size: number(

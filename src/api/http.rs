@@ -48,9 +48,7 @@ pub fn router(state: HttpState, api: JobsApi) -> Router {
     let observe = HttpLayer::new(state.metrics.clone());
     Router::new()
         .route("/", get(dashboard))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(probes_and_metrics())
         .with_state(state)
         .merge(
             super::rest::routes()
@@ -62,6 +60,26 @@ pub fn router(state: HttpState, api: JobsApi) -> Router {
         .route_layer(observe)
         .fallback(super::rest::not_found)
         .method_not_allowed_fallback(super::rest::method_not_allowed)
+}
+
+/// `MANAGEMENT_ADDR`: `/healthz`, `/readyz` and `/metrics` only, never the
+/// job API or the dashboard. Plain HTTP, for probes and scrapes on the
+/// cluster network (Kubernetes' HTTP probes cannot present a client
+/// certificate, and its gRPC probes cannot speak TLS).
+pub fn management_router(state: HttpState) -> Router {
+    let observe = HttpLayer::new(state.metrics.clone());
+    probes_and_metrics()
+        .with_state(state)
+        .route_layer(observe)
+        .fallback(super::rest::not_found)
+        .method_not_allowed_fallback(super::rest::method_not_allowed)
+}
+
+fn probes_and_metrics() -> Router<HttpState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 async fn dashboard() -> impl IntoResponse {

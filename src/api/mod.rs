@@ -7,6 +7,7 @@ pub mod body;
 pub mod convert;
 mod grpc;
 pub mod http;
+pub mod http_server;
 pub mod json;
 pub mod limits;
 pub mod observe;

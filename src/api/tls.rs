@@ -1,8 +1,15 @@
-//! TLS on the gRPC listener (rustls with ring), and mutual TLS when a
-//! client CA is given. The HTTP listener stays plaintext: it serves probes,
-//! `/metrics` and the old JSON endpoints inside the cluster.
+//! TLS on the gRPC and HTTP listeners (rustls with ring), the same
+//! certificate on both, and mutual TLS on both when a client CA is given.
+//! `MANAGEMENT_ADDR` (health and metrics only) stays plaintext.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio_rustls::TlsAcceptor;
 
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -38,6 +45,15 @@ pub enum TlsError {
          private key and CA in PEM (does the key belong to the certificate?)"
     )]
     Invalid(#[source] tonic::transport::Error),
+    #[error("{variable}: not a usable PEM {what} for the HTTPS listener")]
+    Pem {
+        variable: &'static str,
+        what: &'static str,
+    },
+    #[error(
+        "GRPC_TLS_CERT, GRPC_TLS_KEY, GRPC_TLS_CLIENT_CA: the HTTPS listener cannot serve with them"
+    )]
+    Https(#[source] rustls::Error),
 }
 
 /// Reads the files and checks that rustls can serve with them.
@@ -59,6 +75,55 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerTlsConfig, TlsError
         .tls_config(config.clone())
         .map_err(TlsError::Invalid)?;
     Ok(config)
+}
+
+/// The HTTPS listener's acceptor: the same certificate and key as the gRPC
+/// listener, and the same client-CA policy (a certificate signed by the CA
+/// required when one is given). HTTP/1.1 only.
+pub fn https_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read("GRPC_TLS_CERT", &settings.cert)?)
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|chain: &Vec<_>| !chain.is_empty())
+            .ok_or(TlsError::Pem {
+                variable: "GRPC_TLS_CERT",
+                what: "certificate chain",
+            })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&read("GRPC_TLS_KEY", &settings.key)?).map_err(|_| {
+            TlsError::Pem {
+                variable: "GRPC_TLS_KEY",
+                what: "private key",
+            }
+        })?;
+    let builder = ServerConfig::builder();
+    let builder = match &settings.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(&read("GRPC_TLS_CLIENT_CA", path)?) {
+                let ca = ca.map_err(|_| TlsError::Pem {
+                    variable: "GRPC_TLS_CLIENT_CA",
+                    what: "CA certificate",
+                })?;
+                roots.add(ca).map_err(TlsError::Https)?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|_| TlsError::Pem {
+                    variable: "GRPC_TLS_CLIENT_CA",
+                    what: "CA certificate",
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(TlsError::Https)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 fn read(variable: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TlsError> {

@@ -237,6 +237,8 @@ fn init_logs() {
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// `MANAGEMENT_ADDR`, when the test set it.
+    pub management_addr: Option<SocketAddr>,
     pub client: TranslationJobServiceClient<Channel>,
     pub queue: QueueName,
     redis_url: String,
@@ -262,6 +264,7 @@ impl TestApp {
             .expect("service builds");
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
+        let management_addr = app.management_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async {
@@ -280,6 +283,7 @@ impl TestApp {
         Self {
             grpc_addr,
             http_addr,
+            management_addr,
             client,
             queue,
             redis_url: redis_url.to_owned(),
@@ -305,8 +309,13 @@ impl TestApp {
     }
 
     /// Waits until the service reports SERVING (the database is migrated).
+    /// Waits for `/readyz`: on `MANAGEMENT_ADDR` when set (the HTTP
+    /// listener may speak TLS), else on the HTTP listener.
     pub async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.http_addr);
+        let url = format!(
+            "http://{}/readyz",
+            self.management_addr.unwrap_or(self.http_addr)
+        );
         let deadline = Instant::now() + PATIENCE;
         loop {
             if http_get(&url)

@@ -1,6 +1,8 @@
-//! TLS on the gRPC listener, with certificates made in the test (rcgen):
-//! a client trusting the CA gets in, a plaintext client does not; with a
-//! client CA, only clients with a certificate it signed get in.
+//! TLS on the gRPC and HTTP listeners, with certificates made in the test
+//! (rcgen): a client trusting the CA gets in, a plaintext client does not;
+//! with a client CA, only clients with a certificate it signed get in, on
+//! both listeners. `MANAGEMENT_ADDR` answers health and metrics in plain
+//! HTTP and nothing else.
 
 use std::path::Path;
 
@@ -73,6 +75,68 @@ async fn tls_channel(
         .await
 }
 
+/// An HTTPS request to the HTTP listener trusting `ca` (name `localhost`),
+/// with a client identity if given: (status, body), or why it failed.
+async fn https_request(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    identity: Option<(String, String)>,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no HTTP response: {response:?}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
 /// Whether a create goes through on `channel`.
 async fn create_over(channel: Channel) -> Result<(), tonic::Status> {
     TranslationJobServiceClient::new(channel)
@@ -95,7 +159,11 @@ async fn tls_clients_that_trust_the_ca_get_in_and_plaintext_clients_do_not(
         database,
         SHARED_REDIS_URL,
         unique_queue(),
-        &[("GRPC_TLS_CERT", &cert), ("GRPC_TLS_KEY", &key)],
+        &[
+            ("GRPC_TLS_CERT", &cert),
+            ("GRPC_TLS_KEY", &key),
+            ("MANAGEMENT_ADDR", "127.0.0.1:0"),
+        ],
     )
     .await;
     app.wait_ready().await;
@@ -118,6 +186,40 @@ async fn tls_clients_that_trust_the_ca_get_in_and_plaintext_clients_do_not(
     // A client that does not trust the CA refuses the server.
     let stranger = Ca::new("another CA");
     assert!(tls_channel(&app, &stranger, None).await.is_err());
+
+    // The HTTP listener speaks TLS with the same certificate: the job API
+    // and health over HTTPS, nothing over plain HTTP.
+    let (status, _) = https_request(app.http_addr, &ca, None, "GET", "/readyz")
+        .await
+        .expect("HTTPS");
+    assert_eq!(status, 200);
+    let (status, body) = https_request(app.http_addr, &ca, None, "GET", "/api/v1/translation-jobs")
+        .await
+        .expect("HTTPS");
+    assert_eq!(status, 200, "{body}");
+    let plain = crate::support::http_get(&format!("http://{}/readyz", app.http_addr)).await;
+    assert!(plain.is_none(), "plain HTTP got an answer: {plain:?}");
+    assert!(
+        https_request(app.http_addr, &stranger, None, "GET", "/readyz")
+            .await
+            .is_err()
+    );
+
+    // MANAGEMENT_ADDR: health and metrics in plain HTTP, never the job API
+    // or the dashboard.
+    let management = app.management_addr.expect("MANAGEMENT_ADDR is bound");
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _) = crate::support::http_get(&format!("http://{management}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{path}");
+    }
+    for path in ["/", "/api/v1/translation-jobs", "/api/v1/stats"] {
+        let (status, _) = crate::support::http_get(&format!("http://{management}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 404, "{path} on the management listener");
+    }
     app.stop().await;
 }
 
@@ -141,6 +243,7 @@ async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in(
             ("GRPC_TLS_CERT", &cert),
             ("GRPC_TLS_KEY", &key),
             ("GRPC_TLS_CLIENT_CA", &client_ca_path),
+            ("MANAGEMENT_ADDR", "127.0.0.1:0"),
         ],
     )
     .await;
@@ -162,12 +265,49 @@ async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in(
     assert!(rogue, "a client with a certificate of another CA got in");
 
     let identity = client_ca.issue(&["billing-service"]);
-    let channel = tls_channel(&app, &server_ca, Some(identity))
+    let channel = tls_channel(&app, &server_ca, Some(identity.clone()))
         .await
         .expect("mutual TLS handshake");
     create_over(channel)
         .await
         .expect("a create over mutual TLS");
+
+    // The HTTP listener keeps the same policy.
+    let anonymous = https_request(
+        app.http_addr,
+        &server_ca,
+        None,
+        "GET",
+        "/api/v1/translation-jobs",
+    )
+    .await;
+    assert!(
+        anonymous.is_err(),
+        "HTTPS without a client certificate: {anonymous:?}"
+    );
+    let (rogue_cert, rogue_key) = server_ca.issue(&["rogue-client"]);
+    let rogue = https_request(
+        app.http_addr,
+        &server_ca,
+        Some((rogue_cert, rogue_key)),
+        "GET",
+        "/api/v1/translation-jobs",
+    )
+    .await;
+    assert!(
+        rogue.is_err(),
+        "HTTPS with another CA's certificate: {rogue:?}"
+    );
+    let (status, body) = https_request(
+        app.http_addr,
+        &server_ca,
+        Some(identity),
+        "GET",
+        "/api/v1/translation-jobs",
+    )
+    .await
+    .expect("HTTPS with a client certificate");
+    assert_eq!(status, 200, "{body}");
     app.stop().await;
 }
 

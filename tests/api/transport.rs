@@ -63,3 +63,39 @@ async fn the_server_advertises_a_bound_on_concurrent_streams(
     assert!(streams.is_some_and(|n| n <= 1024));
     app.stop().await;
 }
+
+/// A client that sends its headers slowly is cut off after the header-read
+/// timeout instead of holding the connection for ever.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_slow_http_client_is_cut_off(_: PgPoolOptions, database: PgConnectOptions) {
+    use translation_jobs::api::http_server::HEADER_READ_TIMEOUT;
+    let app = TestApp::ready(database).await;
+    let mut stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(HEADER_READ_TIMEOUT * 3, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                // hyper may answer 408 before closing.
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open {:?} after the incomplete headers",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= HEADER_READ_TIMEOUT / 2,
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}
