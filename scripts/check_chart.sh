@@ -171,6 +171,31 @@ refuses "exactly one of minAvailable and maxUnavailable" "${base[@]}" \
 refuses "maxReplicas must be >= " "${base[@]}" --set autoscaling.enabled=true --set autoscaling.maxReplicas=1
 refuses "chart requires kubeVersion" "${base[@]}" --kube-version 1.29.0
 
+say "chart: TLS on: probes and scrapes on the plain-HTTP management port"
+if manifests=$("$helm" template translation-jobs "$chart" --namespace translation \
+        -f "$chart/ci/all-options-values.yaml" 2>&1) \
+        && "$venv/bin/python" - "$manifests" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.argv[1]) if d]
+kinds = {d["kind"]: d for d in docs}
+config = kinds["ConfigMap"]["data"]
+assert config.get("MANAGEMENT_ADDR", "").endswith(":9090"), config
+container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+assert any(p["name"] == "management" for p in container["ports"]), container["ports"]
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    assert container[probe]["httpGet"]["port"] == "management", (probe, container[probe])
+assert kinds["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "management"
+rules = kinds["NetworkPolicy"]["spec"]["ingress"]
+ports = [[p["port"] for p in rule["ports"]] for rule in rules]
+assert ["management"] in ports and ["grpc", "http"] in ports, ports
+PY
+then
+    echo "  ok   MANAGEMENT_ADDR set, probes and ServiceMonitor on it, its own NetworkPolicy rule"
+else
+    printf '%s\n' "$manifests" | tail -n 5 | sed 's/^/  /'
+    fail "TLS on: management port"
+fi
+
 say "chart: NOTES.txt"
 # `helm install --dry-run` wants a cluster and `helm template` skips NOTES.txt: render it
 # through a throw-away template in a copy of the chart (any template file, NOTES.txt

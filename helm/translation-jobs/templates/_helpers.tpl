@@ -161,6 +161,7 @@ GRPC_ADDR: {{ printf "%s:%d" .Values.listenAddress (int .Values.ports.grpc) | qu
 HTTP_ADDR: {{ printf "%s:%d" .Values.listenAddress (int .Values.ports.http) | quote }}
 SHUTDOWN_TIMEOUT: {{ printf "%ds" (int .Values.shutdownTimeoutSeconds) | quote }}
 {{- if .Values.tls.enabled }}
+MANAGEMENT_ADDR: {{ printf "%s:%d" .Values.listenAddress (int .Values.ports.management) | quote }}
 GRPC_TLS_CERT: {{ printf "%s/tls.crt" (include "translation-jobs.tlsMountPath" .) | quote }}
 GRPC_TLS_KEY: {{ printf "%s/tls.key" (include "translation-jobs.tlsMountPath" .) | quote }}
 {{- if .Values.tls.clientCaSecretName }}
@@ -186,7 +187,7 @@ Probe handlers. "liveness" or "readiness" as the argument's .check.
 {{- if or $v.tls.enabled (eq $v.probes.type "http") }}
 httpGet:
   path: {{ ternary "/readyz" "/healthz" (eq .check "readiness") }}
-  port: http
+  port: {{ ternary "management" "http" $v.tls.enabled }}
 {{- else }}
 grpc:
   port: {{ $v.ports.grpc }}
