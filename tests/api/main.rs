@@ -33,5 +33,6 @@ mod support;
 mod tls;
 mod topology;
 mod traces;
+mod unknown_commit;
 mod validation;
 mod watch;
