@@ -12,6 +12,7 @@ mod binary;
 mod cli;
 mod cluster;
 mod create;
+mod dropped_connections;
 mod exactly_once;
 mod group_commit;
 mod health;
