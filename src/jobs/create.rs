@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{Job, JobError, NewJob, fields::TraceParent, get::find_by_request_id};
 use crate::{
-    db::{bounded, is_outage},
+    db::{bounded, call_timeout_of, is_outage},
     telemetry::error_chain,
 };
 
@@ -168,7 +168,14 @@ pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>,
         })
         .collect();
     let mut conn = pool.acquire().await?;
-    let error = match insert_batch(&mut conn, &items, false).await {
+    // The API bounds the whole call by the call timeout; the first try ends
+    // early enough to leave the settling its time.
+    let first = insert_batch(&mut conn, &items, false);
+    let tried = match call_timeout_of(pool) {
+        Some(call) => bounded(call.saturating_sub(SETTLE_TIMEOUT + SETTLE_MARGIN), first).await,
+        None => first.await,
+    };
+    let error = match tried {
         Ok(created) => return Ok(created),
         Err(error) if !batch_outcome_unknown(&error) => return Err(error),
         Err(error) => error,
@@ -380,6 +387,9 @@ pub(crate) async fn create_group(
 /// Short enough that a caller in flight when PostgreSQL went down still
 /// gets its UNAVAILABLE well inside a deadline of a few seconds.
 const SETTLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// What a batch's first try leaves unused of the call timeout besides
+/// [`SETTLE_TIMEOUT`]: the connection's close and the answer.
+const SETTLE_MARGIN: Duration = Duration::from_millis(500);
 /// Connections tried while settling, each after the previous one broke or
 /// could not be had.
 const SETTLE_ATTEMPTS: usize = 6;

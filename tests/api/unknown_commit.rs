@@ -7,7 +7,9 @@
 //!
 //! A proxy between the service and PostgreSQL cuts the one connection that
 //! sends a marker (a unique `output_dir`), right after forwarding the
-//! statement (its reply is lost) or right before (PostgreSQL never sees it).
+//! statement (its reply is lost), right before (PostgreSQL never sees it),
+//! or holds it open with the reply withheld (the service's own time limit
+//! ends the wait).
 
 use std::time::Duration;
 
@@ -91,13 +93,18 @@ async fn stored(pool: &PgPool, prefix: &str) -> Vec<Uuid> {
     .expect("read the jobs")
 }
 
+/// The service's statement limit in the tests of a reply that never
+/// comes: the client gives up after this plus 5 s.
+const SHORT_STATEMENT_TIMEOUT: (&str, &str) = ("DATABASE_STATEMENT_TIMEOUT", "1s");
+
 async fn a_lost_commit_reply_is_answered_with_the_committed_job(
     database: PgConnectOptions,
     overrides: &[(&str, &str)],
+    at: CutAt,
 ) {
     let (app, proxy, pool) = service_behind_proxy(database, overrides).await;
     let marker = marker();
-    proxy.cut_once(&[marker.as_bytes()], CutAt::Reply);
+    proxy.cut_once(&[marker.as_bytes()], at);
 
     let answer = create(&app, marked(&marker)).await;
 
@@ -127,7 +134,20 @@ async fn a_create_whose_commit_reply_is_lost_is_answered_with_the_committed_job(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    a_lost_commit_reply_is_answered_with_the_committed_job(database, &[]).await;
+    a_lost_commit_reply_is_answered_with_the_committed_job(database, &[], CutAt::Reply).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_create_whose_commit_reply_never_comes_is_answered_with_the_committed_job(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    a_lost_commit_reply_is_answered_with_the_committed_job(
+        database,
+        &[SHORT_STATEMENT_TIMEOUT],
+        CutAt::HoldReply,
+    )
+    .await;
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -138,6 +158,7 @@ async fn without_group_commit_a_create_whose_commit_reply_is_lost_is_answered_wi
     a_lost_commit_reply_is_answered_with_the_committed_job(
         database,
         &[("CREATE_GROUP_MAX_JOBS", "1")],
+        CutAt::Reply,
     )
     .await;
 }
@@ -211,16 +232,16 @@ async fn every_caller_of_a_group_whose_commit_reply_is_lost_gets_its_committed_j
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
-async fn a_batch_whose_commit_reply_is_lost_is_answered_with_its_committed_jobs(
-    _: PgPoolOptions,
+async fn a_batch_whose_commit_reply_is_lost_is_answered(
     database: PgConnectOptions,
+    overrides: &[(&str, &str)],
+    at: CutAt,
 ) {
-    let (app, proxy, pool) = service_behind_proxy(database, &[]).await;
+    let (app, proxy, pool) = service_behind_proxy(database, overrides).await;
     let marker = marker();
     // The batch's transaction: the marked job's insert, then its COMMIT,
     // whose reply is lost.
-    proxy.cut_once(&[marker.as_bytes(), b"COMMIT"], CutAt::Reply);
+    proxy.cut_once(&[marker.as_bytes(), b"COMMIT"], at);
     let requests: Vec<CreateTranslationJobRequest> =
         (0..3).map(|i| marked(&format!("{marker}/{i}"))).collect();
     let mut call = Request::new(BatchCreateTranslationJobsRequest { requests });
@@ -247,6 +268,27 @@ async fn a_batch_whose_commit_reply_is_lost_is_answered_with_its_committed_jobs(
     answered.sort();
     assert_eq!(answered, ids(&jobs), "answered with the stored jobs");
     app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_batch_whose_commit_reply_is_lost_is_answered_with_its_committed_jobs(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    a_batch_whose_commit_reply_is_lost_is_answered(database, &[], CutAt::Reply).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_batch_whose_commit_reply_never_comes_is_answered_with_its_committed_jobs(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    a_batch_whose_commit_reply_is_lost_is_answered(
+        database,
+        &[SHORT_STATEMENT_TIMEOUT],
+        CutAt::HoldReply,
+    )
+    .await;
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -44,6 +44,9 @@ pub enum CutAt {
     /// Forward them, then close it instead of forwarding the server's next
     /// bytes: the server acts on the request and its reply is lost.
     Reply,
+    /// Forward them, then keep the connection open but forward nothing more
+    /// from the server: the reply never comes, as on a path that went dark.
+    HoldReply,
 }
 
 /// A cut waiting for the connection that sends its sequence.
@@ -179,8 +182,17 @@ struct Watch {
     trigger: Arc<Trigger>,
     /// The arming followed, and how many of its byte strings were seen.
     following: Option<(u64, usize)>,
-    /// Set when the server's next bytes must not reach the client.
-    cut_reply: Arc<AtomicBool>,
+    /// What becomes of the server's bytes from now on (see [`Replies`]).
+    replies: Arc<AtomicU8>,
+}
+
+/// What the server-to-client pump does with what it reads.
+struct Replies;
+
+impl Replies {
+    const FORWARD: u8 = 0;
+    const CUT: u8 = 1;
+    const HOLD: u8 = 2;
 }
 
 impl Watch {
@@ -208,8 +220,10 @@ impl Watch {
         let at = current.at;
         *armed = None;
         self.trigger.fired.fetch_add(1, Ordering::SeqCst);
-        if at == CutAt::Reply {
-            self.cut_reply.store(true, Ordering::SeqCst);
+        match at {
+            CutAt::Request => {}
+            CutAt::Reply => self.replies.store(Replies::CUT, Ordering::SeqCst),
+            CutAt::HoldReply => self.replies.store(Replies::HOLD, Ordering::SeqCst),
         }
         Some(at)
     }
@@ -238,13 +252,13 @@ async fn connection(
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let cut_reply = Arc::new(AtomicBool::new(false));
+    let replies = Arc::new(AtomicU8::new(Replies::FORWARD));
     let requests = Side::Client(Watch {
         trigger,
         following: None,
-        cut_reply: cut_reply.clone(),
+        replies: replies.clone(),
     });
-    let replies = Side::Server(cut_reply);
+    let replies = Side::Server(replies);
     // Whichever direction ends first closes both.
     tokio::select! {
         () = pump(client_read, server_write, mode.clone(), stranded.clone(), requests) => {}
@@ -256,16 +270,31 @@ async fn connection(
 enum Side {
     /// Client to server: watches for the armed sequence.
     Client(Watch),
-    /// Server to client: stops when told to cut the reply.
-    Server(Arc<AtomicBool>),
+    /// Server to client: stops or goes dark when told to.
+    Server(Arc<AtomicU8>),
+}
+
+/// What a pump does with a chunk it read.
+enum Fate {
+    Forward,
+    /// Swallowed: the connection stays open.
+    Hold,
+    /// The connection ends.
+    Cut,
 }
 
 impl Side {
-    /// Whether the connection ends here instead of forwarding `chunk`.
-    fn cut_before_forwarding(&mut self, chunk: &[u8]) -> bool {
+    fn fate(&mut self, chunk: &[u8]) -> Fate {
         match self {
-            Side::Client(watch) => watch.client_sent(chunk) == Some(CutAt::Request),
-            Side::Server(cut_reply) => cut_reply.load(Ordering::SeqCst),
+            Side::Client(watch) => match watch.client_sent(chunk) {
+                Some(CutAt::Request) => Fate::Cut,
+                _ => Fate::Forward,
+            },
+            Side::Server(replies) => match replies.load(Ordering::SeqCst) {
+                Replies::CUT => Fate::Cut,
+                Replies::HOLD => Fate::Hold,
+                _ => Fate::Forward,
+            },
         }
     }
 }
@@ -310,8 +339,10 @@ async fn pump(
         if stranded.now() {
             continue;
         }
-        if side.cut_before_forwarding(&buffer[..count]) {
-            return;
+        match side.fate(&buffer[..count]) {
+            Fate::Forward => {}
+            Fate::Hold => continue,
+            Fate::Cut => return,
         }
         if to.write_all(&buffer[..count]).await.is_err() {
             return;
