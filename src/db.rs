@@ -146,6 +146,22 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     migrated
 }
 
+/// The longest one database call may take on `pool`'s connections
+/// ([`DatabaseSettings::call_timeout`]), read back from the statement
+/// timeout [`pool`] set on them; None for a pool made otherwise. For code
+/// that is given only the pool and must finish inside its caller's bound.
+pub fn call_timeout_of(pool: &PgPool) -> Option<Duration> {
+    let options = pool.connect_options();
+    let millis: u64 = options
+        .get_options()?
+        .split_whitespace()
+        .find_map(|option| option.strip_prefix("statement_timeout="))?
+        .strip_suffix("ms")?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(millis) + CALL_MARGIN)
+}
+
 /// Runs one database call (or a few in one transaction) with a time limit.
 /// A call that does not finish in time fails as an I/O timeout (mapped to
 /// UNAVAILABLE); dropping it drops its connection's work (an open
@@ -200,4 +216,25 @@ pub fn timed_out(limit: Duration) -> sqlx::Error {
             humantime::format_duration(limit)
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_call_timeout_is_read_back_from_the_pool() {
+        let settings = DatabaseSettings {
+            connect: PgConnectOptions::new(),
+            pool_size: 1,
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_millis(2500),
+        };
+        assert_eq!(
+            call_timeout_of(&pool(&settings)),
+            Some(settings.call_timeout())
+        );
+        let plain = PgPoolOptions::new().connect_lazy_with(PgConnectOptions::new());
+        assert_eq!(call_timeout_of(&plain), None);
+    }
 }

@@ -1,6 +1,11 @@
 //! The database probe: readiness follows whether PostgreSQL answers, on a
 //! connection of the probe's own (a pool busy with real work must not look
 //! like an outage, and an outage must not wait for a pool's timeout).
+//!
+//! A connection ended while PostgreSQL is fine (a pooler or a failover proxy
+//! restarting, `pg_terminate_backend`) is not an outage: when the probe's
+//! kept connection fails, it asks again at once on a fresh one, within the
+//! same time limit, and only a fresh connection's failure counts.
 
 use std::time::Duration;
 
@@ -46,17 +51,33 @@ pub async fn run_database_probe(
     }
 }
 
+/// One probe: on the kept connection, or on a fresh one when there is none
+/// or the kept one failed; all within [`PROBE_TIMEOUT`] (a black-holed
+/// server takes the whole limit on the first try and gets no second).
 async fn probe(
     options: &PgConnectOptions,
     connection: &mut Option<PgConnection>,
 ) -> Result<(), sqlx::Error> {
     bounded(PROBE_TIMEOUT, async {
-        let conn = match connection {
-            Some(conn) => conn,
-            None => connection.insert(PgConnection::connect_with(options).await?),
-        };
-        sqlx::query("SELECT 1").execute(&mut *conn).await?;
-        Ok(())
+        if let Some(conn) = connection.as_mut() {
+            match select_one(conn).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::info!(
+                        error = %error_chain(&error),
+                        "PostgreSQL probe failed on its kept connection; asking again on a fresh one"
+                    );
+                    *connection = None;
+                }
+            }
+        }
+        let conn = connection.insert(PgConnection::connect_with(options).await?);
+        select_one(conn).await
     })
     .await
+}
+
+async fn select_one(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(conn).await?;
+    Ok(())
 }

@@ -1,15 +1,26 @@
 //! The create transaction: job, subtasks and outbox row in one statement.
+//!
+//! Unknown outcomes: when the connection breaks (or the client stops
+//! waiting) after a create's statement or COMMIT may have reached
+//! PostgreSQL, the jobs may be committed, and an UNAVAILABLE would make a
+//! retrying caller create them twice. The job ids are drawn here, before
+//! the statement, so a look-up by id on another connection settles it: the
+//! jobs found are answered as stored; the others run again with the same
+//! ids, which the primary key makes safe (of two statements with the same
+//! ids, at most one commits). Only when that cannot be done in time is the
+//! caller told UNAVAILABLE. This file is longer than the house's 600 lines
+//! because the settling belongs beside the statements it runs again.
 
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
 use tracing::{Instrument, instrument};
 use uuid::Uuid;
 
 use super::{Job, JobError, NewJob, fields::TraceParent, get::find_by_request_id};
 use crate::{
-    db::{bounded, is_outage},
+    db::{bounded, call_timeout_of, is_outage},
     telemetry::error_chain,
 };
 
@@ -113,33 +124,195 @@ pub fn statement_span(new: &mut NewJob) -> tracing::Span {
 }
 
 /// Stores a new job with its subtasks and queues its message through the
-/// outbox, all in one statement. Never touches Redis.
+/// outbox, all in one statement. Never touches Redis. When the connection
+/// fails after the statement may have reached PostgreSQL, the outcome is
+/// settled on another connection (see [`settle`]) before answering.
 #[instrument(skip_all, fields(novel_id = %new.novel_id), err(level = "debug"))]
 pub async fn create_job(pool: &PgPool, new: &NewJob) -> Result<Created, JobError> {
     let mut conn = pool.acquire().await?;
-    insert_job(&mut conn, new).await
+    let prepared = Prepared::new(new);
+    let stored = insert_settled(pool, &mut conn, &[&prepared], None).await?;
+    match stored.get(&prepared.job.id) {
+        Some(at) => Ok(prepared.created(*at)),
+        None => replay(&mut conn, new).await,
+    }
+}
+
+/// One job of a batch: the request, the job as it will be inserted (its
+/// ids drawn once, kept for a second try) and the span of its statement.
+struct BatchItem {
+    new: NewJob,
+    prepared: Prepared,
+    span: tracing::Span,
 }
 
 /// Stores several jobs in one transaction: all of them or none. A failure
-/// names the index of the job that caused it.
+/// names the index of the job that caused it. When the connection fails
+/// after the COMMIT may have reached PostgreSQL (or before it, on a
+/// connection that broke), the batch is settled on another connection:
+/// found committed, it is answered; found absent, it runs once more with
+/// the same ids.
 #[instrument(skip_all, fields(count = jobs.len()), err(level = "debug"))]
 pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>, JobError> {
-    let mut tx = pool.begin().await?;
-    let mut created = Vec::with_capacity(jobs.len());
-    for (index, new) in jobs.iter().enumerate() {
-        let mut new = new.clone();
-        let span = statement_span(&mut new);
-        let one = insert_job(&mut tx, &new)
-            .instrument(span)
+    let items: Vec<BatchItem> = jobs
+        .iter()
+        .map(|new| {
+            let mut new = new.clone();
+            let span = statement_span(&mut new);
+            let prepared = Prepared::new(&new);
+            BatchItem {
+                new,
+                prepared,
+                span,
+            }
+        })
+        .collect();
+    let mut conn = pool.acquire().await?;
+    // The API bounds the whole call by the call timeout; the first try ends
+    // early enough to leave the settling its time.
+    let first = insert_batch(&mut conn, &items, false);
+    let tried = match call_timeout_of(pool) {
+        Some(call) => bounded(call.saturating_sub(SETTLE_TIMEOUT + SETTLE_MARGIN), first).await,
+        None => first.await,
+    };
+    let error = match tried {
+        Ok(created) => return Ok(created),
+        Err(error) if !batch_outcome_unknown(&error) => return Err(error),
+        Err(error) => error,
+    };
+    conn.close_on_drop();
+    drop(conn);
+    tracing::warn!(error = %error_chain(&error), jobs = items.len(), "a batch create's connection failed; settling it on another connection");
+    match bounded(SETTLE_TIMEOUT, settle_batch(pool, &items)).await {
+        Ok(created) => Ok(created),
+        Err(settling) => {
+            tracing::warn!(error = %error_chain(&settling), jobs = items.len(), "could not settle a batch create; answering UNAVAILABLE");
+            Err(error)
+        }
+    }
+}
+
+/// The batch's transaction on `conn`; `again` when settling (see
+/// [`SETTLE_STATEMENT_TIMEOUT`]).
+async fn insert_batch(
+    conn: &mut PgConnection,
+    items: &[BatchItem],
+    again: bool,
+) -> Result<Vec<Created>, JobError> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    if again {
+        sqlx::query(SETTLE_STATEMENT_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut created = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let in_batch = |error: JobError| JobError::InBatch {
+            index,
+            source: Box::new(error),
+        };
+        let inserted = insert_one(&mut tx, &item.prepared)
+            .instrument(item.span.clone())
             .await
-            .map_err(|error| JobError::InBatch {
-                index,
-                source: Box::new(error),
-            })?;
+            .map_err(|error| in_batch(error.into()))?;
+        let one = match inserted {
+            Some(at) => item.prepared.clone().created(at),
+            None => replay(&mut tx, &item.new).await.map_err(in_batch)?,
+        };
         created.push(one);
     }
     tx.commit().await?;
     Ok(created)
+}
+
+/// Whether a batch failed in a way that leaves its outcome unknown, or that
+/// another connection may cure (see [`outcome_unknown`]).
+fn batch_outcome_unknown(error: &JobError) -> bool {
+    match error {
+        JobError::Database(error) => outcome_unknown(error),
+        JobError::InBatch { source, .. } => batch_outcome_unknown(source),
+        _ => false,
+    }
+}
+
+/// Settles a batch whose outcome is unknown, on fresh connections: the
+/// jobs found by id were committed (a job of the batch not found then had
+/// its request_id taken: a replay); none found, the batch was not
+/// committed and runs again with the same ids, so that, should the first
+/// try still commit, one of the two fails on the primary key.
+async fn settle_batch(pool: &PgPool, items: &[BatchItem]) -> Result<Vec<Created>, JobError> {
+    let ids: Vec<Uuid> = items.iter().map(|item| item.prepared.job.id).collect();
+    let mut last = JobError::Database(sqlx::Error::PoolTimedOut);
+    let mut pause = SETTLE_FIRST_PAUSE;
+    for attempt in 0..SETTLE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(error) if is_outage(&error) => {
+                last = error.into();
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let stored = match find_stored(&mut conn, &ids).await {
+            Ok(stored) => stored,
+            Err(error) if outcome_unknown(&error) => {
+                conn.close_on_drop();
+                last = error.into();
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if stored.is_empty() {
+            match insert_batch(&mut conn, items, true).await {
+                Ok(created) => {
+                    tracing::info!(
+                        jobs = items.len(),
+                        "a batch create not committed was stored on another connection"
+                    );
+                    return Ok(created);
+                }
+                // The first try committed meanwhile: found next time.
+                Err(error) if batch_id_taken(&error) => last = error,
+                Err(error) if batch_outcome_unknown(&error) => {
+                    conn.close_on_drop();
+                    last = error;
+                }
+                Err(error) => return Err(error),
+            }
+            continue;
+        }
+        let mut created = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let one = match stored.get(&item.prepared.job.id) {
+                Some(at) => item.prepared.clone().created(*at),
+                None => replay(&mut conn, &item.new)
+                    .await
+                    .map_err(|error| JobError::InBatch {
+                        index,
+                        source: Box::new(error),
+                    })?,
+            };
+            created.push(one);
+        }
+        tracing::info!(
+            jobs = items.len(),
+            "a batch create whose reply was lost was found committed"
+        );
+        return Ok(created);
+    }
+    Err(last)
+}
+
+fn batch_id_taken(error: &JobError) -> bool {
+    match error {
+        JobError::Database(error) => id_taken(error),
+        JobError::InBatch { source, .. } => batch_id_taken(source),
+        _ => false,
+    }
 }
 
 /// Stores several jobs, each with its own outcome, in as few statements as
@@ -147,7 +320,8 @@ pub async fn create_jobs(pool: &PgPool, jobs: &[NewJob]) -> Result<Vec<Created>,
 /// for a reason other than an outage, each job again on its own, so a job
 /// the database refuses fails alone and its neighbours are stored. Every
 /// database call is bounded by `limit`, the wait for a connection by `wait`.
-/// Outcomes in the order of `jobs`.
+/// A statement whose outcome is unknown is settled (see [`settle`]) before
+/// anyone is answered. Outcomes in the order of `jobs`.
 pub(crate) async fn create_group(
     pool: &PgPool,
     jobs: &[&NewJob],
@@ -159,16 +333,13 @@ pub(crate) async fn create_group(
         Ok(Err(error)) => return fail_all(jobs.len(), error),
         Err(_) => return fail_all(jobs.len(), sqlx::Error::PoolTimedOut),
     };
-    if let [one] = jobs {
-        return vec![bounded(limit, insert_job(&mut conn, one)).await];
-    }
     let prepared: Vec<Prepared> = jobs.iter().map(|new| Prepared::new(new)).collect();
-    let inserted = bounded(limit, insert_jobs(&mut conn, &prepared)).await;
-    match inserted {
-        Ok(created_at) => {
+    let all: Vec<&Prepared> = prepared.iter().collect();
+    match insert_settled(pool, &mut conn, &all, Some(limit)).await {
+        Ok(stored) => {
             let mut outcomes = Vec::with_capacity(jobs.len());
             for (new, prepared) in jobs.iter().zip(prepared) {
-                let outcome = match created_at.get(&prepared.job.id) {
+                let outcome = match stored.get(&prepared.job.id) {
                     Some(at) => Ok(prepared.created(*at)),
                     None => bounded(limit, replay(&mut conn, new)).await,
                 };
@@ -182,25 +353,219 @@ pub(crate) async fn create_group(
             tracing::warn!(error = %error_chain(&error), jobs = jobs.len(), "group commit failed");
             fail_all(jobs.len(), error)
         }
+        Err(error) if jobs.len() == 1 => vec![Err(error.into())],
         Err(error) => {
             // The data of one job, a deadlock between two groups over
-            // request_ids, ...: each job again on its own.
+            // request_ids, ...: each job again on its own, with the ids it
+            // has (the group's statement was refused, so none is stored).
             tracing::info!(error = %error_chain(&error), jobs = jobs.len(), "group commit refused; storing its jobs one by one");
             let mut outcomes: Vec<Result<Created, JobError>> = Vec::with_capacity(jobs.len());
-            for new in jobs {
+            for (new, prepared) in jobs.iter().zip(prepared) {
                 let outcome = match outcomes.last() {
                     // PostgreSQL went away meanwhile: the rest would wait for
                     // it one after the other.
                     Some(Err(JobError::Database(error))) if is_outage(error) => {
                         Err(JobError::Database(same_kind(error)))
                     }
-                    _ => bounded(limit, insert_job(&mut conn, new)).await,
+                    _ => match insert_settled(pool, &mut conn, &[&prepared], Some(limit)).await {
+                        Ok(stored) => match stored.get(&prepared.job.id) {
+                            Some(at) => Ok(prepared.created(*at)),
+                            None => bounded(limit, replay(&mut conn, new)).await,
+                        },
+                        Err(error) => Err(error.into()),
+                    },
                 };
                 outcomes.push(outcome);
             }
             outcomes
         }
     }
+}
+
+/// Longest a create whose outcome is unknown may spend settling it: a
+/// connection, a look-up by id, the statement again for the jobs not found.
+/// Short enough that a caller in flight when PostgreSQL went down still
+/// gets its UNAVAILABLE well inside a deadline of a few seconds.
+const SETTLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// What a batch's first try leaves unused of the call timeout besides
+/// [`SETTLE_TIMEOUT`]: the connection's close and the answer.
+const SETTLE_MARGIN: Duration = Duration::from_millis(500);
+/// Connections tried while settling, each after the previous one broke or
+/// could not be had.
+const SETTLE_ATTEMPTS: usize = 6;
+/// The pause before the second try at a connection, doubled before each
+/// further one: a path that was cut a moment ago often works again soon.
+const SETTLE_FIRST_PAUSE: Duration = Duration::from_millis(25);
+/// The server-side limit on a statement run again while settling, well
+/// inside [`SETTLE_TIMEOUT`]: PostgreSQL cancels it before the caller is
+/// told UNAVAILABLE, so a second try can never commit after that answer.
+const SETTLE_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '500ms'";
+
+/// Whether a failed statement may have been committed all the same, or may
+/// succeed on another connection: the connection broke (I/O, TLS, a
+/// protocol error, SQLSTATE class 08, or the session was ended: 57P01 admin
+/// shutdown, as `pg_terminate_backend` or a pooler restart does, 57P02 crash
+/// shutdown) or the client stopped waiting (`bounded`'s limit: an I/O
+/// timeout) after the statement may have reached PostgreSQL. Everything
+/// else is PostgreSQL's own answer: the statement did not commit.
+fn outcome_unknown(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P02"),
+        _ => false,
+    }
+}
+
+/// Whether a statement failed because a job's or subtask's id is taken:
+/// the same statement with the same ids committed first.
+fn id_taken(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database)
+    if database.code().as_deref() == Some("23505")
+        && matches!(
+            database.constraint(),
+            Some("translation_jobs_pkey" | "translation_subtasks_pkey")
+        ))
+}
+
+/// Inserts `prepared` on `conn` (within `limit`, when given); the commit
+/// time of each job inserted, by id (a job missing had its request_id
+/// taken). When the outcome is unknown (see [`outcome_unknown`]) it is
+/// settled on a fresh connection, which then replaces `conn`.
+async fn insert_settled(
+    pool: &PgPool,
+    conn: &mut PoolConnection<Postgres>,
+    prepared: &[&Prepared],
+    limit: Option<Duration>,
+) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
+    let inserted = match limit {
+        Some(limit) => bounded(limit, insert_prepared(conn, prepared)).await,
+        None => insert_prepared(conn, prepared).await,
+    };
+    let error = match inserted {
+        Ok(stored) => return Ok(stored),
+        Err(error) if !outcome_unknown(&error) => return Err(error),
+        Err(error) => error,
+    };
+    conn.close_on_drop();
+    tracing::warn!(error = %error_chain(&error), jobs = prepared.len(), "a create's connection failed; settling it on another connection");
+    match bounded(SETTLE_TIMEOUT, settle(pool, prepared)).await {
+        Ok((fresh, stored)) => {
+            *conn = fresh;
+            Ok(stored)
+        }
+        Err(settling) => {
+            tracing::warn!(error = %error_chain(&settling), jobs = prepared.len(), "could not settle a create; answering UNAVAILABLE");
+            Err(error)
+        }
+    }
+}
+
+/// Settles creates whose statement may or may not have committed, on a
+/// fresh connection: the jobs found by id were committed; the others were
+/// not (or not yet), and their statement runs again with the same ids. The
+/// ids make the second try safe: should the first still commit, one of the
+/// two fails on the primary key, never both stored; when the second fails
+/// so, the look-up finds the first's jobs. A connection that breaks too is
+/// replaced, up to [`SETTLE_ATTEMPTS`] times. The connection it ends on
+/// and, by id, the commit time of every job stored (a job missing had its
+/// request_id taken: a replay).
+async fn settle(
+    pool: &PgPool,
+    prepared: &[&Prepared],
+) -> Result<(PoolConnection<Postgres>, HashMap<Uuid, DateTime<Utc>>), sqlx::Error> {
+    let ids: Vec<Uuid> = prepared.iter().map(|p| p.job.id).collect();
+    let mut last = sqlx::Error::PoolTimedOut;
+    let mut pause = SETTLE_FIRST_PAUSE;
+    for attempt in 0..SETTLE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(error) if is_outage(&error) => {
+                last = error;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        match settle_on(&mut conn, prepared, &ids).await {
+            Ok(stored) => return Ok((conn, stored)),
+            Err(error) if outcome_unknown(&error) || id_taken(&error) => {
+                if outcome_unknown(&error) {
+                    conn.close_on_drop();
+                }
+                last = error;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last)
+}
+
+async fn settle_on(
+    conn: &mut PgConnection,
+    prepared: &[&Prepared],
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
+    let mut stored = find_stored(conn, ids).await?;
+    let missing: Vec<&Prepared> = prepared
+        .iter()
+        .copied()
+        .filter(|p| !stored.contains_key(&p.job.id))
+        .collect();
+    if missing.is_empty() {
+        tracing::info!(
+            jobs = ids.len(),
+            "a create whose reply was lost was found committed"
+        );
+        return Ok(stored);
+    }
+    // In a transaction of its own, under a short server-side limit.
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    sqlx::query(SETTLE_STATEMENT_TIMEOUT)
+        .execute(&mut *tx)
+        .await?;
+    let inserted = insert_prepared(&mut tx, &missing).await?;
+    tx.commit().await?;
+    tracing::info!(
+        found = stored.len(),
+        stored_again = inserted.len(),
+        "a create not committed was stored on another connection"
+    );
+    stored.extend(inserted);
+    Ok(stored)
+}
+
+/// The commit time of each of `ids` stored, by id.
+async fn find_stored(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
+    let rows: Vec<(Uuid, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, created_at FROM translation_jobs WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// [`INSERT_JOB`] for one job, [`INSERT_JOBS`] for more: the commit time of
+/// each job inserted, by id.
+async fn insert_prepared(
+    conn: &mut PgConnection,
+    prepared: &[&Prepared],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
+    if let [one] = prepared {
+        let inserted = insert_one(conn, one).await?;
+        return Ok(inserted.map(|at| (one.job.id, at)).into_iter().collect());
+    }
+    insert_jobs(conn, prepared).await
 }
 
 /// The outcome of every job of a group that failed as a whole: the first
@@ -228,6 +593,7 @@ fn same_kind(error: &sqlx::Error) -> sqlx::Error {
 }
 
 /// A job ready to insert: its ids drawn, its message built.
+#[derive(Clone)]
 struct Prepared {
     job: Job,
     payload: String,
@@ -269,7 +635,7 @@ impl Prepared {
 /// [`INSERT_JOBS`]: the commit time of each job inserted, by id.
 async fn insert_jobs(
     conn: &mut PgConnection,
-    jobs: &[Prepared],
+    jobs: &[&Prepared],
 ) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
     let count = jobs.len();
     let mut ids = Vec::with_capacity(count);
@@ -289,7 +655,7 @@ async fn insert_jobs(
     let mut subtask_ids = Vec::with_capacity(subtask_count);
     let mut entity_types = Vec::with_capacity(subtask_count);
     let mut entity_ids = Vec::with_capacity(subtask_count);
-    for Prepared { job, payload } in jobs {
+    for Prepared { job, payload } in jobs.iter().copied() {
         ids.push(job.id);
         user_ids.push(job.user_id.as_str());
         novel_ids.push(job.novel_id);
@@ -353,41 +719,38 @@ fn array_literal(items: &[String]) -> String {
     literal
 }
 
-/// The create statement on one connection (or inside a transaction).
-async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> Result<Created, JobError> {
-    let prepared = Prepared::new(new);
+/// [`INSERT_JOB`] on one connection (or inside a transaction): the commit
+/// time, or None when the request_id was taken (see [`replay`]).
+async fn insert_one(
+    conn: &mut PgConnection,
+    prepared: &Prepared,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let job = &prepared.job;
     let subtask_ids: Vec<Uuid> = job.subtasks.iter().map(|s| s.id).collect();
-    let entity_types: Vec<&str> = new
+    let entity_types: Vec<&str> = job
         .subtasks
         .iter()
         .map(|s| s.entity_type.as_str())
         .collect();
-    let entity_ids: Vec<&str> = new.subtasks.iter().map(|s| s.entity_id.as_str()).collect();
-
-    let created_at: Option<DateTime<Utc>> = sqlx::query_scalar(INSERT_JOB)
+    let entity_ids: Vec<&str> = job.subtasks.iter().map(|s| s.entity_id.as_str()).collect();
+    sqlx::query_scalar(INSERT_JOB)
         .bind(job.id)
-        .bind(new.user_id.as_str())
-        .bind(new.novel_id)
-        .bind(new.source_lang.as_ref().map_or("", |l| l.as_str()))
-        .bind(new.target_lang.as_str())
-        .bind(new.target_fields.as_slice())
-        .bind(new.enable_code_filter)
-        .bind(new.output_dir.as_str())
-        .bind(new.priority.as_str())
-        .bind(new.request_id.as_ref().map(|r| r.as_str()))
+        .bind(job.user_id.as_str())
+        .bind(job.novel_id)
+        .bind(job.source_lang.as_str())
+        .bind(job.target_lang.as_str())
+        .bind(job.target_fields.as_slice())
+        .bind(job.enable_code_filter)
+        .bind(job.output_dir.as_str())
+        .bind(job.priority.as_str())
+        .bind(job.request_id.as_deref())
         .bind(&subtask_ids)
         .bind(&entity_types)
         .bind(&entity_ids)
-        .bind(new.priority.lane().as_str())
+        .bind(job.priority.lane().as_str())
         .bind(prepared.payload.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-
-    match created_at {
-        Some(created_at) => Ok(prepared.created(created_at)),
-        None => replay(conn, new).await,
-    }
+        .fetch_optional(conn)
+        .await
 }
 
 /// The request_id was taken: return the earlier job when the request is the

@@ -14,7 +14,11 @@
 //! own outcome: a request_id seen before is a replay (or ALREADY_EXISTS) for
 //! that caller only; a group the database refuses for another reason is
 //! stored again job by job, so one bad job fails alone; an outage fails the
-//! whole group (every caller gets UNAVAILABLE). The commits run on tasks of
+//! whole group (every caller gets UNAVAILABLE). A connection that breaks
+//! after the group's statement may have reached PostgreSQL leaves the
+//! commit's outcome unknown: the group's jobs are then looked up by id on
+//! another connection, and those not committed stored with the same ids,
+//! before anyone is answered (see `create`). The commits run on tasks of
 //! the collector, not on the callers', so a caller that goes away (its
 //! client disconnected) neither cancels nor duplicates its neighbours'
 //! jobs; a caller gone before its group was formed is left out of it.
@@ -35,12 +39,8 @@ use tracing::Instrument;
 use super::{
     Created, JobError, NewJob,
     create::{create_group, statement_span},
-    create_job,
 };
-use crate::{
-    db::{bounded, timed_out},
-    supervise::Beat,
-};
+use crate::{db::timed_out, supervise::Beat};
 
 /// Most subtasks in one group: a group stops growing before it would pass
 /// this (a single job may still be larger), so one statement stays short.
@@ -84,6 +84,8 @@ pub struct GroupCommit {
     pool: PgPool,
     /// None when grouping is off.
     queue: Option<mpsc::Sender<Request>>,
+    /// With grouping off, each caller's wait for a connection.
+    acquire_timeout: Duration,
     call_timeout: Duration,
 }
 
@@ -95,6 +97,7 @@ impl GroupCommit {
             let direct = Self {
                 pool,
                 queue: None,
+                acquire_timeout: settings.acquire_timeout,
                 call_timeout: settings.call_timeout,
             };
             return (direct, None);
@@ -103,6 +106,7 @@ impl GroupCommit {
         let handle = Self {
             pool: pool.clone(),
             queue: Some(sender),
+            acquire_timeout: settings.acquire_timeout,
             call_timeout: settings.call_timeout,
         };
         let collector = Collector {
@@ -114,7 +118,9 @@ impl GroupCommit {
     }
 
     /// Stores a new job with its subtasks and outbox row (see
-    /// [`create_job`]), in the next group commit. Answers after the commit.
+    /// [`create_job`](super::create_job)), in the next group commit. Answers
+    /// after the commit, or, when the connection failed with the commit's
+    /// outcome unknown, after looking the job up (see `create::settle`).
     pub async fn create(&self, mut new: NewJob) -> Result<Created, JobError> {
         let span = statement_span(&mut new);
         self.store(new).instrument(span).await
@@ -122,8 +128,19 @@ impl GroupCommit {
 
     async fn store(&self, new: NewJob) -> Result<Created, JobError> {
         let Some(queue) = &self.queue else {
-            // Boxed, so that the grouped path's future stays small.
-            return Box::pin(bounded(self.call_timeout, create_job(&self.pool, &new))).await;
+            // A group of one, on the caller's task. Boxed, so that the
+            // grouped path's future stays small.
+            let outcomes = Box::pin(create_group(
+                &self.pool,
+                &[&new],
+                self.acquire_timeout,
+                self.call_timeout,
+            ))
+            .await;
+            return outcomes
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(stopped()));
         };
         let (reply, outcome) = oneshot::channel();
         queue

@@ -15,6 +15,7 @@
 mod common;
 
 mod bloat;
+mod commit_cuts;
 mod consumer;
 mod count;
 mod crashes;
