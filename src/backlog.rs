@@ -125,11 +125,24 @@ impl Backlog {
         // about 40 KB, and embedded it would make every create's future as
         // large, copied on every call, though a sample is taken only every
         // SAMPLE_TTL.
-        let measured = Box::pin(crate::db::bounded(
+        let mut measured = Box::pin(crate::db::bounded(
             DATABASE_SAMPLE_TIMEOUT,
             self.measure(Some(self.limit)),
         ))
         .await;
+        // A session ended under the sample (a pooler restart, a failover
+        // proxy) is not an outage: ask once more at once, on another
+        // connection, before refusing creates for a whole SAMPLE_TTL.
+        if let Err(BacklogError::Database(error)) = &measured
+            && crate::db::connection_lost(error)
+            && !matches!(error, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            measured = Box::pin(crate::db::bounded(
+                DATABASE_SAMPLE_TIMEOUT,
+                self.measure(Some(self.limit)),
+            ))
+            .await;
+        }
         *cached = Some((Instant::now(), measured.as_ref().ok().copied()));
         self.admitted_since_sample.store(0, Ordering::Relaxed);
         measured

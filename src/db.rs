@@ -207,6 +207,25 @@ pub fn is_outage(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the connection under a call was lost, so the call may have run
+/// or not and may succeed on another connection: it broke (I/O, TLS, a
+/// protocol error, SQLSTATE class 08), its session was ended (57P01 admin
+/// shutdown, as `pg_terminate_backend` or a pooler restart does; 57P02
+/// crash shutdown), or the client stopped waiting ([`bounded`]'s limit, an
+/// I/O timeout). Everything else is PostgreSQL's own answer.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P02"),
+        _ => false,
+    }
+}
+
 /// The error of a call abandoned after `limit`.
 pub fn timed_out(limit: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(

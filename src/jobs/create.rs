@@ -409,16 +409,7 @@ const SETTLE_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '500ms'";
 /// timeout) after the statement may have reached PostgreSQL. Everything
 /// else is PostgreSQL's own answer: the statement did not commit.
 fn outcome_unknown(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(database) => database
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P02"),
-        _ => false,
-    }
+    crate::db::connection_lost(error)
 }
 
 /// Whether a statement failed because a job's or subtask's id is taken:
