@@ -6,12 +6,13 @@
 //! `eventually` misses violations at joins of paths, while an `always` over
 //! quiescent states does not.
 
-use stateright::Property;
+use stateright::{Model, Property};
 
 use crate::protocol::{Action, Protocol};
 use crate::state::{State, Status, Worker};
 
 pub const ONE_WORKER_PER_ATTEMPT: &str = "an attempt is worked by one worker only";
+pub const COMPLETED_MEANS_DONE: &str = "a COMPLETED job has its subtask COMPLETED";
 pub const PUSHED_ONCE: &str = "an attempt waits in the lane at most once";
 pub const NO_PENDING_WITHOUT_MESSAGE: &str =
     "once the reaper has run, every PENDING job has a message";
@@ -26,6 +27,11 @@ pub fn all() -> Vec<Property<Protocol>> {
     vec![
         Property::always(ONE_WORKER_PER_ATTEMPT, |_, s: &State| {
             !s.ghost.stale_write && !s.ghost.double_claim
+        }),
+        Property::always(COMPLETED_MEANS_DONE, |_, s: &State| {
+            s.jobs
+                .iter()
+                .all(|j| j.status != Status::Completed || j.subtask.status == Status::Completed)
         }),
         Property::always(PUSHED_ONCE, |_, s: &State| {
             let lane = &s.redis.lane;
@@ -84,10 +90,7 @@ fn jobs(s: &State) -> impl Iterator<Item = (u8, &crate::state::Job)> {
 /// pass and the reaper has not had its chance.
 fn reaper_settled(m: &Protocol, s: &State) -> bool {
     !s.workers.iter().any(|w| matches!(w, Worker::Holding(_)))
-        && !m.progress_possible(s, |a| {
-            matches!(
-                a,
-                Action::ReaperPass | Action::Tick | Action::StartGeneration
-            )
-        })
+        && [Action::ReaperPass, Action::Tick, Action::StartGeneration]
+            .into_iter()
+            .all(|a| m.next_state(s, a).is_none_or(|next| next == *s))
 }

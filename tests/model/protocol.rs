@@ -244,8 +244,7 @@ impl Model for Protocol {
                 Worker::Working { next, failed, .. } => match next {
                     Some(stmt) => {
                         actions.push(Action::Begin(w));
-                        if *stmt == Stmt::CompleteSubtask && !failed && s.budget.worker_failures > 0
-                        {
+                        if *stmt == Stmt::Complete && !failed && s.budget.worker_failures > 0 {
                             actions.push(Action::Falter(w));
                         }
                     }
@@ -408,6 +407,9 @@ impl Model for Protocol {
                 }
             }
             Action::StartGeneration => {
+                if s.redis.generation == Some(s.generation) {
+                    return None;
+                }
                 s.generation += 1;
                 let generation = s.generation;
                 let dead: Vec<Msg> = if fixes.dead_lane_rebuilt {
@@ -478,8 +480,7 @@ impl Model for Protocol {
                 if job.status == Status::Pending && job.attempts == msg.attempt {
                     job.status = Status::InProgress;
                     job.quiet = false;
-                    let next =
-                        (job.subtask.status != Status::Completed).then_some(Stmt::StartSubtask);
+                    let next = (job.subtask.status != Status::Completed).then_some(Stmt::Start);
                     let bit = 1u16 << msg.attempt;
                     if s.claims[msg.job as usize] & bit != 0 {
                         s.ghost.double_claim = true;
@@ -527,7 +528,7 @@ impl Model for Protocol {
                 // What PostgreSQL re-checks on the newest version of the row.
                 let sub = s.jobs[msg.job as usize].subtask;
                 let row_ok = (!fixes.guard_on_updated_row || sub.job_attempt == msg.attempt as i8)
-                    && (stmt == Stmt::StartSubtask || sub.status == Status::InProgress);
+                    && (stmt == Stmt::Start || sub.status == Status::InProgress);
                 if !(snapshot_ok && row_ok) {
                     // Matched nothing: the job is not ours any more.
                     s.workers[w as usize] = Worker::Idle;
@@ -537,9 +538,9 @@ impl Model for Protocol {
                 let job = &mut s.jobs[msg.job as usize];
                 job.quiet = false;
                 let (status, next, failed) = match stmt {
-                    Stmt::StartSubtask => (Status::InProgress, Some(Stmt::CompleteSubtask), false),
-                    Stmt::CompleteSubtask => (Status::Completed, None, false),
-                    Stmt::FailSubtask => (Status::Failed, None, true),
+                    Stmt::Start => (Status::InProgress, Some(Stmt::Complete), false),
+                    Stmt::Complete => (Status::Completed, None, false),
+                    Stmt::Fail => (Status::Failed, None, true),
                 };
                 job.subtask = Subtask {
                     status,
@@ -554,7 +555,7 @@ impl Model for Protocol {
                 s.budget.worker_failures -= 1;
                 s.workers[w as usize] = Worker::Working {
                     msg,
-                    next: Some(Stmt::FailSubtask),
+                    next: Some(Stmt::Fail),
                     failed: true,
                 };
             }

@@ -136,9 +136,12 @@ pub struct Relay {
 /// A statement of the worker contract after the claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stmt {
-    StartSubtask,
-    CompleteSubtask,
-    FailSubtask,
+    /// `SET status = 'IN_PROGRESS'` on the subtask.
+    Start,
+    /// `SET status = 'COMPLETED' WHERE status = 'IN_PROGRESS'`.
+    Complete,
+    /// `SET status = 'FAILED' WHERE status = 'IN_PROGRESS'`.
+    Fail,
 }
 
 /// Where a worker is in its loop.
@@ -254,7 +257,7 @@ impl State {
             .any(|row| row.lane == Lane::Work && row.msg == current)
             || (self.redis.generation == Some(self.generation)
                 && self.redis.lane.contains(&current))
-            || self.workers.iter().any(|w| *w == Worker::Holding(current))
+            || self.workers.contains(&Worker::Holding(current))
     }
 
     /// A dead-lettered job's message waits in the dead lane (or on its way
