@@ -111,7 +111,11 @@ fn with_every_fix_relay_crashes_and_expired_markers_break_nothing() {
 
 #[test]
 fn with_every_fix_a_failover_that_drops_writes_breaks_nothing() {
-    assert_holds("failover", FAILOVER, &[SOME_JOB_COMPLETES]);
+    assert_holds(
+        "failover",
+        FAILOVER,
+        &[SOME_JOB_COMPLETES, SOME_JOB_RECOVERS],
+    );
 }
 
 #[test]
@@ -119,7 +123,11 @@ fn with_every_fix_redis_losing_its_data_breaks_nothing() {
     assert_holds(
         "data loss",
         DATA_LOSS,
-        &[SOME_JOB_COMPLETES, SOME_JOB_DEAD_LETTERED],
+        &[
+            SOME_JOB_COMPLETES,
+            SOME_JOB_DEAD_LETTERED,
+            SOME_JOB_RECOVERS,
+        ],
     );
 }
 
