@@ -231,3 +231,23 @@ fn even_with_every_fix_a_failover_can_drop_a_dead_letter() {
         DEAD_LETTERS_KEPT,
     );
 }
+
+#[test]
+fn even_with_every_fix_a_push_in_flight_during_a_failover_can_hide_behind_a_later_push() {
+    // Relay 1 pushes job A and has not committed; a failover drops the
+    // push; relay 0 pushes job B onto A's position (PostgreSQL has recorded
+    // no position yet, so the counter is not below one); relay 1 commits
+    // A's position. A looks waiting until B is popped and the popped
+    // message is judged (`STUCK_JOB_TIMEOUT`): no counter tells it; what
+    // sits at a position would.
+    assert_finds(
+        "two relays and a failover",
+        Fixes::ALL,
+        Bounds {
+            relays: 2,
+            max_attempt: 1,
+            ..FAILOVER
+        },
+        NO_PENDING_WITHOUT_MESSAGE,
+    );
+}
