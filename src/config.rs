@@ -10,8 +10,9 @@ use crate::{
     api::{
         auth::{AuthSettings, MIN_HS256_SECRET_LEN, PublicKey},
         limits::{
-            DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_WATCH_STREAMS,
-            DEFAULT_RPC_TIMEOUT, LimitSettings,
+            DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_CONCURRENT_REQUESTS_PER_CALLER,
+            DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_WATCH_STREAMS,
+            DEFAULT_MAX_WATCH_STREAMS_PER_CALLER, DEFAULT_RPC_TIMEOUT, LimitSettings,
         },
         tls::TlsSettings,
     },
@@ -384,6 +385,20 @@ impl Settings {
                     &get,
                     "MAX_WATCH_STREAMS",
                     DEFAULT_MAX_WATCH_STREAMS,
+                    1,
+                    1_000_000,
+                )?,
+                max_concurrent_requests_per_caller: number(
+                    &get,
+                    "MAX_CONCURRENT_REQUESTS_PER_CALLER",
+                    DEFAULT_MAX_CONCURRENT_REQUESTS_PER_CALLER,
+                    1,
+                    1_000_000,
+                )?,
+                max_watch_streams_per_caller: number(
+                    &get,
+                    "MAX_WATCH_STREAMS_PER_CALLER",
+                    DEFAULT_MAX_WATCH_STREAMS_PER_CALLER,
                     1,
                     1_000_000,
                 )?,

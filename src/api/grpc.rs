@@ -15,6 +15,7 @@ use super::{
     convert::{self, Caller},
     limits::Limits,
     proto::{self, translation_job_service_server::TranslationJobService},
+    shares::Share,
     status::ApiError,
 };
 use crate::{
@@ -79,6 +80,18 @@ impl JobsApi {
         &self.deps.limits
     }
 
+    /// The caller's share of the calls in flight (fair shares), held until
+    /// the call ends. Counted only with authentication on: without it an
+    /// identity is whatever the caller says.
+    fn share(&self, caller: &Caller) -> Result<Option<Share>, ApiError> {
+        if self.deps.auth.is_open() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.deps.limits.try_caller_call(caller.user_id.as_str())?,
+        ))
+    }
+
     fn ensure_ready(&self) -> Result<(), ApiError> {
         if self.deps.health.is_ready() {
             Ok(())
@@ -94,6 +107,7 @@ impl JobsApi {
         caller: Caller,
         request: proto::CreateTranslationJobRequest,
     ) -> Result<(proto::TranslationJob, bool), ApiError> {
+        let _share = self.share(&caller)?;
         let mut new = convert::new_job(caller.user_id, request, self.deps.max_subtasks_per_job)?;
         new.traceparent = caller.traceparent;
         self.ensure_ready()?;
@@ -117,6 +131,7 @@ impl JobsApi {
         id: &str,
         view: JobView,
     ) -> Result<proto::TranslationJob, ApiError> {
+        let _share = self.share(caller)?;
         let id = parse_uuid("id", id)?;
         self.ensure_ready()?;
         let (pool, scope) = (&self.deps.pool, &caller.scope);
@@ -139,6 +154,7 @@ impl JobsApi {
         caller: &Caller,
         id: &str,
     ) -> Result<proto::TranslationJob, ApiError> {
+        let _share = self.share(caller)?;
         let id = parse_uuid("id", id)?;
         self.ensure_ready()?;
         let job = bounded(
@@ -155,6 +171,7 @@ impl JobsApi {
         caller: &Caller,
         id: &str,
     ) -> Result<proto::TranslationJob, ApiError> {
+        let _share = self.share(caller)?;
         let id = parse_uuid("id", id)?;
         self.ensure_ready()?;
         let job = bounded(
@@ -171,6 +188,7 @@ impl JobsApi {
         caller: Caller,
         request: proto::BatchCreateTranslationJobsRequest,
     ) -> Result<Vec<proto::TranslationJob>, ApiError> {
+        let _share = self.share(&caller)?;
         let count = request.requests.len();
         if count == 0 {
             return Err(FieldError::new("requests", "must hold at least one job").into());
@@ -221,6 +239,7 @@ impl JobsApi {
 
     /// Queue statistics, shared by gRPC and HTTP. Admins only.
     pub async fn queue_stats(&self, caller: &Caller) -> Result<stats::QueueStats, ApiError> {
+        let _share = self.share(caller)?;
         require_admin(caller, "GetQueueStats")?;
         self.ensure_ready()?;
         stats::read_stats(
@@ -240,6 +259,7 @@ impl JobsApi {
         caller: &Caller,
         request: &proto::ListTranslationJobsRequest,
     ) -> Result<proto::ListTranslationJobsResponse, ApiError> {
+        let _share = self.share(caller)?;
         let query = convert::list_query(request)?;
         self.ensure_ready()?;
         let page = bounded(
@@ -274,6 +294,7 @@ impl JobsApi {
         caller: &Caller,
         request: &proto::RedriveDeadLettersRequest,
     ) -> Result<proto::RedriveDeadLettersResponse, ApiError> {
+        let _share = self.share(caller)?;
         require_admin(caller, "RedriveDeadLetters")?;
         let limit = usize::try_from(request.limit)
             .map_err(|_| FieldError::new("limit", "must not be negative"))?;
@@ -362,7 +383,18 @@ impl TranslationJobService for JobsApi {
         let caller = auth::grpc_caller(&request)?;
         let id: Uuid = parse_uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
         self.ensure_ready()?;
-        // Held until the stream ends.
+        // Held until the stream ends: a place among all streams, and the
+        // caller's share of them (with authentication on).
+        let caller_share = if self.deps.auth.is_open() {
+            None
+        } else {
+            Some(
+                self.deps
+                    .limits
+                    .try_caller_watch(caller.user_id.as_str())
+                    .map_err(ApiError::from)?,
+            )
+        };
         let stream_permit = self.deps.limits.try_watch().map_err(ApiError::from)?;
         // Subscribe first: a change between the read and the subscription
         // would otherwise be missed (and one the read already holds is
@@ -391,6 +423,7 @@ impl TranslationJobService for JobsApi {
         tokio::spawn(async move {
             follow.await;
             drop(stream_permit);
+            drop(caller_share);
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }

@@ -30,7 +30,11 @@ use tonic::{
     server::NamedService,
 };
 
-use super::{rest::HttpError, status::ApiError};
+use super::{
+    rest::HttpError,
+    shares::{Share, Shares},
+    status::ApiError,
+};
 
 /// Largest request message, decoded (gRPC) or as sent (HTTP body).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -43,6 +47,10 @@ pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 /// Open WatchTranslationJob streams (about 16 KiB of memory each).
 pub const DEFAULT_MAX_WATCH_STREAMS: usize = 5000;
+/// Calls one authenticated caller may have in flight at once.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS_PER_CALLER: usize = 64;
+/// Watch streams one authenticated caller may have open at once.
+pub const DEFAULT_MAX_WATCH_STREAMS_PER_CALLER: usize = 100;
 
 /// Status of gRPC's OUT_OF_RANGE in the `grpc-status` header.
 const GRPC_OUT_OF_RANGE: &str = "11";
@@ -58,6 +66,10 @@ pub struct LimitSettings {
     pub max_concurrent_requests: usize,
     /// `MAX_WATCH_STREAMS`.
     pub max_watch_streams: usize,
+    /// `MAX_CONCURRENT_REQUESTS_PER_CALLER`.
+    pub max_concurrent_requests_per_caller: usize,
+    /// `MAX_WATCH_STREAMS_PER_CALLER`.
+    pub max_watch_streams_per_caller: usize,
 }
 
 impl Default for LimitSettings {
@@ -67,6 +79,8 @@ impl Default for LimitSettings {
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_watch_streams: DEFAULT_MAX_WATCH_STREAMS,
+            max_concurrent_requests_per_caller: DEFAULT_MAX_CONCURRENT_REQUESTS_PER_CALLER,
+            max_watch_streams_per_caller: DEFAULT_MAX_WATCH_STREAMS_PER_CALLER,
         }
     }
 }
@@ -84,6 +98,16 @@ pub enum LimitError {
          retry later or poll GetTranslationJob"
     )]
     WatchStreams { limit: usize },
+    #[error(
+        "this caller has its limit of {limit} calls in flight \
+         (MAX_CONCURRENT_REQUESTS_PER_CALLER); retry shortly"
+    )]
+    CallerCalls { limit: usize },
+    #[error(
+        "this caller holds its limit of {limit} open watch streams \
+         (MAX_WATCH_STREAMS_PER_CALLER); close one, or poll GetTranslationJob"
+    )]
+    CallerWatchStreams { limit: usize },
 }
 
 /// The limits and the permits they hand out. Cheap to clone; clones share
@@ -93,6 +117,8 @@ pub struct Limits {
     settings: LimitSettings,
     calls: Arc<Semaphore>,
     watch_streams: Arc<Semaphore>,
+    caller_calls: Shares,
+    caller_watch_streams: Shares,
 }
 
 impl Limits {
@@ -101,7 +127,29 @@ impl Limits {
             settings,
             calls: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             watch_streams: Arc::new(Semaphore::new(settings.max_watch_streams)),
+            caller_calls: Shares::new(settings.max_concurrent_requests_per_caller),
+            caller_watch_streams: Shares::new(settings.max_watch_streams_per_caller),
         }
+    }
+
+    /// `caller`'s share of the calls in flight, held by the handler for
+    /// the call (taken once the request is read, so a body still arriving
+    /// holds none).
+    pub fn try_caller_call(&self, caller: &str) -> Result<Share, LimitError> {
+        self.caller_calls
+            .try_take(caller)
+            .ok_or(LimitError::CallerCalls {
+                limit: self.caller_calls.limit(),
+            })
+    }
+
+    /// `caller`'s share of the open watch streams, held by the stream.
+    pub fn try_caller_watch(&self, caller: &str) -> Result<Share, LimitError> {
+        self.caller_watch_streams
+            .try_take(caller)
+            .ok_or(LimitError::CallerWatchStreams {
+                limit: self.caller_watch_streams.limit(),
+            })
     }
 
     pub fn settings(&self) -> LimitSettings {

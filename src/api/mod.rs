@@ -15,6 +15,7 @@ pub mod origin;
 pub mod proto;
 mod rest;
 pub mod scrape;
+pub mod shares;
 mod status;
 pub mod tls;
 pub mod transport;

@@ -160,7 +160,10 @@ mod tests {
         let _second = watch(&service).await.unwrap();
         let refused = watch(&service).await.err().unwrap();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("health Watch streams"), "{refused:?}");
+        assert!(
+            refused.message().contains("health Watch streams"),
+            "{refused:?}"
+        );
         // The first stream's client goes away: its place comes back.
         assert!(first.next().await.is_some());
         drop(first);
@@ -172,6 +175,9 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert!(reopened.is_some(), "the place of a closed stream never came back");
+        assert!(
+            reopened.is_some(),
+            "the place of a closed stream never came back"
+        );
     }
 }

@@ -34,6 +34,7 @@ mod replicas;
 mod scrape;
 mod secrets;
 mod sentinel;
+mod shares;
 mod support;
 mod tls;
 mod topology;
