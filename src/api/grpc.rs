@@ -17,6 +17,7 @@ use super::{
     proto::{self, translation_job_service_server::TranslationJobService},
     shares::Share,
     status::ApiError,
+    wire::WireLimits,
 };
 use crate::{
     backlog::Backlog,
@@ -73,6 +74,15 @@ impl JobsApi {
     /// The check of the HTTP routes (the gRPC service has its interceptor).
     pub fn authenticator(&self) -> &Authenticator {
         &self.deps.auth
+    }
+
+    /// What the counts of a request's repeated fields are held to before
+    /// it is decoded (see `wire`).
+    pub fn wire_limits(&self) -> WireLimits {
+        WireLimits {
+            max_subtasks: self.deps.max_subtasks_per_job,
+            max_batch: self.deps.max_batch_size,
+        }
     }
 
     /// The limits the HTTP routes share with the gRPC service.

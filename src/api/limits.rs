@@ -34,7 +34,9 @@ use super::{
     rest::HttpError,
     shares::{Share, Shares},
     status::ApiError,
+    wire::{self, WireLimits},
 };
+use crate::jobs::fields::FieldError;
 
 /// Largest request message, decoded (gRPC) or as sent (HTTP body).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -200,12 +202,50 @@ impl Limits {
 pub struct Guarded<S> {
     inner: S,
     limits: Limits,
+    wire: WireLimits,
 }
 
 impl<S> Guarded<S> {
-    pub fn new(inner: S, limits: Limits) -> Self {
-        Self { inner, limits }
+    pub fn new(inner: S, limits: Limits, wire: WireLimits) -> Self {
+        Self {
+            inner,
+            limits,
+            wire,
+        }
     }
+}
+
+/// The wire check of a method whose request holds repeated fields that
+/// could be inflated (see `wire`); `None` for the others.
+type WireCheck = fn(&[u8], &WireLimits) -> Result<(), FieldError>;
+
+fn wire_check(path: &str) -> Option<WireCheck> {
+    if path.ends_with("/CreateTranslationJob") {
+        Some(|message, limits| wire::check_create(message, limits, ""))
+    } else if path.ends_with("/BatchCreateTranslationJobs") {
+        Some(wire::check_batch)
+    } else {
+        None
+    }
+}
+
+/// Runs `check` over every uncompressed gRPC frame of `body` (a unary
+/// request has one). Malformed or compressed frames are left to tonic,
+/// which refuses them with its own error.
+fn check_frames(body: &[u8], check: WireCheck, limits: &WireLimits) -> Result<(), FieldError> {
+    let mut rest = body;
+    while rest.len() >= 5 {
+        let compressed = rest[0] != 0;
+        let length = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let Some(message) = rest.get(5..5 + length) else {
+            return Ok(());
+        };
+        if !compressed {
+            check(message, limits)?;
+        }
+        rest = &rest[5 + length..];
+    }
+    Ok(())
 }
 
 impl<S: NamedService> NamedService for Guarded<S> {
@@ -214,7 +254,10 @@ impl<S: NamedService> NamedService for Guarded<S> {
 
 impl<S, B> Service<http::Request<Body>> for Guarded<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError>,
@@ -228,6 +271,18 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if let Some(check) = wire_check(request.uri().path()) {
+            // The ready service goes into the future; a clone stays.
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            return Box::pin(checked_call(
+                inner,
+                request,
+                self.limits.clone(),
+                self.wire,
+                check,
+            ));
+        }
         let permit = match self.limits.try_call() {
             Ok(permit) => permit,
             Err(full) => {
@@ -243,6 +298,51 @@ where
             Ok(reword_too_large(response, too_large))
         })
     }
+}
+
+/// A create or batch create: the whole body is read first (it is at most
+/// the message size limit, which tonic would buffer anyway), its repeated
+/// fields counted on the wire, and only then does the call take its place
+/// among the calls in flight and go on to be decoded. A body still
+/// arriving holds no place; a request over a count is refused before
+/// anything of it is decoded.
+async fn checked_call<S, B>(
+    mut inner: S,
+    request: http::Request<Body>,
+    limits: Limits,
+    wire: WireLimits,
+    check: WireCheck,
+) -> Result<http::Response<Body>, Infallible>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible> + Send,
+    S::Future: Send,
+    B: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    use http_body_util::{BodyExt, Full, Limited};
+    let (parts, body) = request.into_parts();
+    // One frame: five bytes of header and the message.
+    let most = limits.settings.max_message_size.saturating_add(5);
+    let bytes = match Limited::new(body, most).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Ok(Status::out_of_range(limits.too_large()).into_http());
+        }
+        Err(_) => {
+            return Ok(Status::cancelled("the request did not arrive whole").into_http());
+        }
+    };
+    if let Err(field) = check_frames(&bytes, check, &wire) {
+        return Ok(Status::from(ApiError::from(field)).into_http());
+    }
+    let permit = match limits.try_call() {
+        Ok(permit) => permit,
+        Err(full) => return Ok(Status::from(ApiError::from(full)).into_http()),
+    };
+    let request = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
+    let response = inner.call(request).await?.map(Body::new);
+    drop(permit);
+    Ok(reword_too_large(response, limits.too_large()))
 }
 
 /// tonic refuses an oversized message with OUT_OF_RANGE before the handler

@@ -19,6 +19,7 @@ pub mod shares;
 mod status;
 pub mod tls;
 pub mod transport;
+pub mod wire;
 
 pub use grpc::{ApiDeps, JobsApi};
 pub use status::ApiError;
@@ -34,11 +35,13 @@ pub fn job_service(
     >,
 > {
     let limits = api.limits().clone();
+    let wire = api.wire_limits();
     let interceptor = auth::AuthInterceptor::new(api.authenticator().clone());
     let server = proto::translation_job_service_server::TranslationJobServiceServer::new(api)
         .max_decoding_message_size(limits.settings().max_message_size);
     limits::Guarded::new(
         tonic::codegen::InterceptedService::new(server, interceptor),
         limits,
+        wire,
     )
 }

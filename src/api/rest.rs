@@ -159,7 +159,11 @@ async fn create(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HttpError> {
-    let request = body::create_request(&body?)?;
+    let body = body?;
+    // Counted before anything is built: an array of a million entries is
+    // refused without becoming a million values.
+    super::wire::check_create_json(&body, &api.wire_limits())?;
+    let request = body::create_request(&body)?;
     let (job, replayed) = api.create(caller, request).await?;
     let status = if replayed {
         StatusCode::OK

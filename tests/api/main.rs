@@ -19,6 +19,7 @@ mod exactly_once;
 mod group_commit;
 mod health;
 mod http_json;
+mod inflation;
 mod lifecycle;
 mod limits;
 mod marker_expiry;
