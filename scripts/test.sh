@@ -41,6 +41,8 @@ section "reference worker end to end (against the binary the tests just built)"
 bash examples/worker/run_tests.sh
 section "dashboard in a headless Chromium (against the same binary)"
 bash examples/dashboard_test/run_tests.sh
+section "fuzz: a short run of each target (scripts/fuzz.sh 20; a real run is minutes per target)"
+bash scripts/fuzz.sh 20
 section "benchmark smoke run (tiny runs on the debug build: the figures mean nothing)"
 bash bench/smoke.sh
 
