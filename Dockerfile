@@ -1,14 +1,21 @@
 # translation-jobs: the service binary on a distroless base (no shell, non-root).
 #
 #   docker build -t translation-jobs:dev .
-#   docker run --rm -p 50051:50051 -p 8000:8000 \
-#     -e DATABASE_URL=postgres://... -e REDIS_URL=redis://... translation-jobs:dev
+#   docker run --rm -p 127.0.0.1:50051:50051 -p 127.0.0.1:8000:8000 \
+#     -e DATABASE_URL=postgres://... -e REDIS_URL=redis://... \
+#     -e AUTH_JWT_SECRET=<32 bytes or more> translation-jobs:dev
+# (Inside the container the service listens on every interface, so without a key it
+# starts only with -e AUTH_MODE=none: see the README's Security section.)
+#
+# Base images are pinned by digest, so a rebuild gets the bytes that were reviewed.
+# To move to newer ones: `docker buildx imagetools inspect rust:1-bookworm` (and the
+# distroless tag), review, and replace the digests.
 #
 # The migrations are embedded in the binary (sqlx::migrate! at compile time) and run at
 # start-up, or with `translation-jobs migrate`: migrations/ is needed to build, not to run,
 # and is not copied into the runtime image.
 
-FROM rust:1-bookworm AS build
+FROM rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e AS build
 WORKDIR /src
 
 # Dependencies first, in their own layer, rebuilt only when Cargo.toml or Cargo.lock
@@ -33,7 +40,7 @@ RUN touch build.rs src/main.rs src/lib.rs \
  && cp target/release/translation-jobs /usr/local/bin/translation-jobs
 
 # glibc and libgcc, CA certificates, user nonroot (65532); nothing else.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 LABEL org.opencontainers.image.title="translation-jobs" \
       org.opencontainers.image.description="gRPC service for translation jobs: PostgreSQL, transactional outbox, Redis queue" \
       org.opencontainers.image.licenses="MIT"

@@ -79,6 +79,9 @@ def check_dockerfile(root: Path) -> None:
     check(len(stages) >= 2, "Dockerfile is not multi-stage")
     check(instructions[0][0] == "FROM" and instructions[0][1].startswith("rust:1-bookworm"),
           "build stage is not FROM rust:1-bookworm")
+    for index in stages:
+        image = instructions[index][1].split()[0]
+        check("@sha256:" in image, f"base image {image!r} is not pinned by digest")
     final = instructions[stages[-1]:]
     base = final[0][1]
     check(base.startswith("gcr.io/distroless/cc-debian12") or base.startswith("debian:bookworm-slim"),
