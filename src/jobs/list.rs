@@ -36,12 +36,28 @@ pub struct Page {
     pub more: bool,
 }
 
+/// Most subtasks one [`JobView::Full`] page carries (about 1 MB): a page
+/// stops before the job that would pass it (and says more follow), so a
+/// page's size is bounded in bytes, not only in jobs. A job with more
+/// subtasks than this comes alone on its page.
+pub const MAX_SUBTASKS_PER_PAGE: i64 = 10_000;
+
 /// Jobs newest first, those inside `scope` only. Job ids are UUIDv7,
 /// time-ordered, so `id DESC` is creation order and a page continues
 /// strictly after the previous page's last id: jobs created meanwhile
 /// appear on earlier pages, never shift later ones.
-#[instrument(skip(pool), err(level = "debug"))]
 pub async fn list_jobs(pool: &PgPool, query: &ListQuery, scope: &Scope) -> Result<Page, JobError> {
+    list_jobs_within(pool, query, scope, MAX_SUBTASKS_PER_PAGE).await
+}
+
+/// [`list_jobs`] with a budget of subtasks per full page of its own.
+#[instrument(skip(pool), err(level = "debug"))]
+pub async fn list_jobs_within(
+    pool: &PgPool,
+    query: &ListQuery,
+    scope: &Scope,
+    max_subtasks: i64,
+) -> Result<Page, JobError> {
     let mut conn = pool.acquire().await?;
     let mut rows = sqlx::query_as::<_, JobRow>(&format!(
         "{SELECT_JOBS} \
@@ -58,12 +74,32 @@ pub async fn list_jobs(pool: &PgPool, query: &ListQuery, scope: &Scope) -> Resul
     .bind(scope.owner())
     .fetch_all(&mut *conn)
     .await?;
-    let more = rows.len() > query.limit as usize;
+    let mut more = rows.len() > query.limit as usize;
     rows.truncate(query.limit as usize);
 
-    let ids: Vec<Uuid> = rows.iter().map(JobRow::id).collect();
+    let mut ids: Vec<Uuid> = rows.iter().map(JobRow::id).collect();
     let (jobs, counts) = match query.view {
         JobView::Full => {
+            // Counted first: the page stops where its subtasks would pass
+            // the budget, before any of them is read.
+            let counts = subtask_counts(&mut conn, &ids).await?;
+            let mut carried = 0i64;
+            let fit = ids
+                .iter()
+                .take_while(|id| {
+                    let own = counts.get(id).map_or(0, |c| c.total);
+                    let first = carried == 0;
+                    carried = carried.saturating_add(own);
+                    first || carried <= max_subtasks
+                })
+                .count()
+                .max(1)
+                .min(ids.len());
+            if fit < ids.len() {
+                more = true;
+                rows.truncate(fit);
+                ids.truncate(fit);
+            }
             let mut subtasks = subtasks_of_many(&mut conn, &ids).await?;
             let jobs = rows
                 .into_iter()

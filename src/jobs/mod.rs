@@ -22,7 +22,7 @@ pub use create::{Created, create_job, create_jobs};
 pub use error::JobError;
 pub use get::{TxSnapshot, get_job, get_job_basic, read_job_with_snapshot};
 pub use group_commit::{Collector, GroupCommit, GroupCommitSettings};
-pub use list::{ListQuery, Page, list_jobs};
+pub use list::{ListQuery, MAX_SUBTASKS_PER_PAGE, Page, list_jobs, list_jobs_within};
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
 pub use redrive::{
     DEFAULT_REDRIVE_LIMIT, MAX_REDRIVE_LIMIT, RedriveError, Redriven, finish_interrupted_redrive,

@@ -102,7 +102,10 @@ async fn a_million_empty_entries_are_refused_before_they_are_decoded(
     assert!(answer.contains("subtasks: at most"), "{answer}");
 
     let grown = peak_rss(binary.pid()).saturating_sub(before);
-    println!("inflation: peak resident memory grew by {} KiB", grown / 1024);
+    println!(
+        "inflation: peak resident memory grew by {} KiB",
+        grown / 1024
+    );
     assert!(
         grown < BOUND_BYTES,
         "the peak resident memory grew by {} MiB",

@@ -22,6 +22,7 @@ mod http_json;
 mod inflation;
 mod lifecycle;
 mod limits;
+mod list_pages;
 mod marker_expiry;
 mod metrics;
 mod outage;
