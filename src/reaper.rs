@@ -1,10 +1,16 @@
-//! The reaper: every `REAPER_INTERVAL` (and at once when the relay finds
-//! that Redis lost its data) it hands out again the jobs nobody works on:
-//! jobs stuck IN_PROGRESS (see `jobs::rescue_stuck_jobs`) and PENDING jobs
-//! whose message is gone (see `jobs::lost_candidates`); then it wakes the
-//! relay to publish them.
+//! The reaper: every `REAPER_INTERVAL` it hands out again the jobs nobody
+//! works on, in two parts that run independently of each other: jobs stuck
+//! IN_PROGRESS (see `jobs::rescue_stuck_batch`), and PENDING jobs whose
+//! message is gone (see `jobs::lost_candidates`; this part also runs at once
+//! when the relay finds that Redis lost data). Then it wakes the relay to
+//! publish them. Neither part waits for a row another transaction holds.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
@@ -57,6 +63,9 @@ pub struct Reaper {
     owner: OnceCell<String>,
     /// Counts what is handed out again.
     metrics: Arc<Metrics>,
+    /// Stuck jobs the last pass skipped (held by another transaction), so
+    /// that each is logged once while it stays held.
+    held: Mutex<HashSet<uuid::Uuid>>,
 }
 
 impl Reaper {
@@ -68,6 +77,7 @@ impl Reaper {
             relay,
             owner: OnceCell::new(),
             metrics: Arc::new(Metrics::default()),
+            held: Mutex::new(HashSet::new()),
         }
     }
 
@@ -78,45 +88,95 @@ impl Reaper {
         self
     }
 
-    /// One pass: stuck jobs, then lost messages, batch after batch until a
-    /// batch comes back short. Returns everything it handed out again. The
-    /// part that needs Redis is skipped while Redis is unreachable.
+    /// One pass of both parts, stuck jobs and lost messages, run side by side:
+    /// each runs to its end whatever the other does (neither waits for a
+    /// lock another transaction holds, and a failure of one does not stop
+    /// the other). Returns everything handed out again, or the first error
+    /// once both ended (what the other part did is committed and counted
+    /// all the same).
     pub async fn reap_once(&self) -> Result<Rescued, ReaperError> {
+        let (stuck, lost) = tokio::join!(self.reap_stuck_once(), self.reap_lost_once());
+        let mut all = stuck?;
+        all.extend(lost?);
+        Ok(all)
+    }
+
+    /// Stuck jobs, batch after batch until a batch comes back short. A job
+    /// whose rows another transaction holds is skipped for this pass (and
+    /// logged once per pass; again at debug level while it stays held).
+    pub async fn reap_stuck_once(&self) -> Result<Rescued, ReaperError> {
+        let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
+        let mut all = Rescued::default();
+        let mut passed_over: Vec<uuid::Uuid> = Vec::new();
+        let outcome = loop {
+            let batch = match bounded(
+                self.settings.call_timeout,
+                jobs::rescue_stuck_batch(&self.pool, self.settings.policy, &passed_over),
+            )
+            .await
+            {
+                Ok(batch) => batch,
+                Err(error) => break Err(error.into()),
+            };
+            self.handed_out(&batch.rescued);
+            all.extend(batch.rescued);
+            passed_over.extend(batch.skipped);
+            if batch.candidates < full {
+                break Ok(());
+            }
+        };
+        self.log_skipped(passed_over);
+        outcome.map(|()| all)
+    }
+
+    /// Logs each stuck job this pass skipped: at WARN the first pass it is
+    /// held, at DEBUG while it stays held.
+    fn log_skipped(&self, skipped: Vec<uuid::Uuid>) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for job_id in &skipped {
+            if held.contains(job_id) {
+                tracing::debug!(%job_id, "stuck job still held by another transaction; skipped again");
+            } else {
+                tracing::warn!(
+                    %job_id,
+                    "stuck job skipped this pass: another transaction holds its row or a subtask's"
+                );
+            }
+        }
+        *held = skipped.into_iter().collect();
+    }
+
+    /// Lost messages: batch after batch of PENDING jobs whose message is
+    /// gone, until a batch comes back short. Nothing while Redis is
+    /// unreachable.
+    pub async fn reap_lost_once(&self) -> Result<Rescued, ReaperError> {
+        if !self.queue.is_connected() {
+            return Ok(Rescued::default());
+        }
         let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
         let mut all = Rescued::default();
         loop {
-            let batch = bounded(
-                self.settings.call_timeout,
-                jobs::rescue_stuck_jobs(&self.pool, self.settings.policy),
-            )
-            .await?;
-            let more = batch.len() >= full;
+            let lost = self.requeue_lost_once().await?;
+            let more = lost.len() >= full;
+            let batch = Rescued {
+                republished: lost,
+                ..Rescued::default()
+            };
             self.handed_out(&batch);
             all.extend(batch);
             if !more {
                 break;
             }
         }
-        if self.queue.is_connected() {
-            loop {
-                let lost = self.requeue_lost_once().await?;
-                let more = lost.len() >= full;
-                let batch = Rescued {
-                    republished: lost,
-                    ..Rescued::default()
-                };
-                self.handed_out(&batch);
-                all.extend(batch);
-                if !more {
-                    break;
-                }
-            }
-        }
         Ok(all)
     }
 
     /// One batch of lost messages: settle the generation, read Redis, find
-    /// candidates, read Redis again to confirm, hand the lost ones out again.
+    /// candidates, read Redis again to
+    /// confirm, hand the lost ones out again.
     async fn requeue_lost_once(&self) -> Result<Vec<uuid::Uuid>, ReaperError> {
         let limit = self.settings.call_timeout;
         let owner = self
@@ -164,8 +224,10 @@ impl Reaper {
         }
     }
 
-    /// Runs until `token` is cancelled: a pass every interval, or at once
-    /// when `lost_data` is woken.
+    /// Runs until `token` is cancelled: each part, stuck jobs and lost
+    /// messages, in a loop of its own, a pass every interval; the lost-message
+    /// part also at once when `lost_data` is woken. A part that waits or
+    /// fails delays only its own next pass.
     pub async fn run(self, token: CancellationToken, lost_data: Wake, beat: Beat) {
         tracing::info!(
             interval = ?self.settings.interval,
@@ -173,17 +235,42 @@ impl Reaper {
             max_attempts = self.settings.policy.max_attempts,
             "reaper started"
         );
+        let stuck = self.run_part(&token, None, &beat, "stuck jobs", || self.reap_stuck_once());
+        let lost = self.run_part(&token, Some(&lost_data), &beat, "lost messages", || {
+            self.reap_lost_once()
+        });
+        tokio::join!(stuck, lost);
+        tracing::info!("reaper stopped");
+    }
+
+    async fn run_part<'a, F, P>(
+        &'a self,
+        token: &CancellationToken,
+        woken_by: Option<&Wake>,
+        beat: &Beat,
+        part: &'static str,
+        pass: P,
+    ) where
+        P: Fn() -> F,
+        F: Future<Output = Result<Rescued, ReaperError>> + 'a,
+    {
         loop {
             beat.beat();
             tokio::select! {
                 () = token.cancelled() => break,
                 () = tokio::time::sleep(self.settings.interval) => {}
-                () = lost_data.woken() => {}
+                () = async {
+                    match woken_by {
+                        Some(wake) => wake.woken().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
             beat.beat();
-            match self.reap_once().await {
+            match pass().await {
                 Ok(rescued) if !rescued.is_empty() => {
                     tracing::info!(
+                        part,
                         requeued = rescued.requeued.len(),
                         dead = rescued.dead.len(),
                         republished = rescued.republished.len(),
@@ -191,9 +278,10 @@ impl Reaper {
                     );
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(error = %error_chain(&error), "reaper pass failed"),
+                Err(error) => {
+                    tracing::warn!(part, error = %error_chain(&error), "reaper pass failed");
+                }
             }
         }
-        tracing::info!("reaper stopped");
     }
 }

@@ -29,7 +29,8 @@ pub use redrive::{
     redrive_dead_letters, redrive_limit,
 };
 pub use rescue::{
-    LostCandidate, RescuePolicy, Rescued, lost_candidates, requeue_lost, rescue_stuck_jobs,
+    LostCandidate, RescuePolicy, Rescued, StuckBatch, lost_candidates, requeue_lost,
+    rescue_stuck_batch, rescue_stuck_jobs,
 };
 pub use scope::{JobView, Scope, SubtaskCounts};
 pub use transitions::{cancel_job, retry_job};

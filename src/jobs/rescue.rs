@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     JobError,
     get::{JobRow, RETURNING_JOB},
-    requeue::{Reason, forget_messages, hand_out_again, lock_subtasks},
+    requeue::{Reason, forget_messages, hand_out_again, try_lock_subtasks},
 };
 use crate::{
     outbox::{Pending, enqueue},
@@ -63,47 +63,94 @@ pub struct RescuePolicy {
 /// maximum it becomes FAILED with the reason and its message goes to the
 /// dead lane; otherwise its unfinished subtasks and itself go back to
 /// PENDING under a new attempt, queued again. Safe with several replicas.
+/// Never waits for a lock: a job another transaction holds is left for a
+/// later pass (see [`rescue_stuck_batch`]).
 #[instrument(skip_all, err)]
 pub async fn rescue_stuck_jobs(pool: &PgPool, policy: RescuePolicy) -> Result<Rescued, JobError> {
+    Ok(rescue_stuck_batch(pool, policy, &[]).await?.rescued)
+}
+
+/// What one batch of the stuck-job rescue did.
+#[derive(Debug, Clone, Default)]
+pub struct StuckBatch {
+    pub rescued: Rescued,
+    /// Jobs looked at (at most the batch size): fewer than the batch size
+    /// means there are no more.
+    pub candidates: usize,
+    /// Stuck jobs left alone because another transaction holds their row or
+    /// one of their subtasks' (a worker's statement, or a session that
+    /// keeps a transaction open).
+    pub skipped: Vec<Uuid>,
+}
+
+/// One batch of [`rescue_stuck_jobs`], passing over `passed_over` (the jobs
+/// earlier batches of the same pass skipped, so that a pass ends).
+///
+/// Locks with `SKIP LOCKED`, subtasks first and then the job (the order a
+/// worker's subtask update takes them in, see `lock_subtasks`), so that one
+/// transaction holding one job's rows never stops the rescue of the others.
+#[instrument(skip_all, err)]
+pub async fn rescue_stuck_batch(
+    pool: &PgPool,
+    policy: RescuePolicy,
+    passed_over: &[Uuid],
+) -> Result<StuckBatch, JobError> {
     let mut tx = pool.begin().await?;
-    let rescued = rescue_in_progress(&mut tx, policy).await?;
+    let batch = rescue_in_progress(&mut tx, policy, passed_over).await?;
     tx.commit().await?;
-    Ok(rescued)
+    Ok(batch)
 }
 
 async fn rescue_in_progress(
     tx: &mut PgConnection,
     policy: RescuePolicy,
-) -> Result<Rescued, JobError> {
+    passed_over: &[Uuid],
+) -> Result<StuckBatch, JobError> {
     let stuck_secs = policy.stuck_after.as_secs_f64();
     let candidates: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM translation_jobs \
          WHERE status = 'IN_PROGRESS' AND updated_at < now() - make_interval(secs => $1) \
+           AND NOT (id = ANY($3)) \
          ORDER BY updated_at LIMIT $2",
     )
     .bind(stuck_secs)
     .bind(policy.batch_size)
+    .bind(passed_over)
     .fetch_all(&mut *tx)
     .await?;
     if candidates.is_empty() {
-        return Ok(Rescued::default());
+        return Ok(StuckBatch::default());
     }
-    // Subtasks first, then jobs: the order a worker's subtask update takes
-    // them in (see `lock_subtasks`). Then check again: a worker may have
-    // made progress while we waited.
-    lock_subtasks(tx, &candidates).await?;
-    let stuck: Vec<(Uuid, i32)> = sqlx::query_as(
-        "SELECT id, rescues FROM translation_jobs \
-         WHERE id = ANY($1) AND status = 'IN_PROGRESS' \
-           AND updated_at < now() - make_interval(secs => $2) \
-         ORDER BY id FOR UPDATE",
+    // Subtasks first, then jobs, neither waiting. Then check again: a worker
+    // may have made progress since the candidates were read.
+    let free = try_lock_subtasks(tx, &candidates).await?;
+    let locked: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+        "SELECT id, rescues, \
+                status = 'IN_PROGRESS' AND updated_at < now() - make_interval(secs => $2) \
+         FROM translation_jobs WHERE id = ANY($1) \
+         ORDER BY id FOR UPDATE SKIP LOCKED",
     )
-    .bind(&candidates)
+    .bind(&free)
     .bind(stuck_secs)
     .fetch_all(&mut *tx)
     .await?;
+    let skipped: Vec<Uuid> = candidates
+        .iter()
+        .filter(|id| !locked.iter().any(|(locked, _, _)| locked == *id))
+        .copied()
+        .collect();
+    let stuck: Vec<(Uuid, i32)> = locked
+        .into_iter()
+        .filter(|(_, _, still_stuck)| *still_stuck)
+        .map(|(id, rescues, _)| (id, rescues))
+        .collect();
+    let mut batch = StuckBatch {
+        rescued: Rescued::default(),
+        candidates: candidates.len(),
+        skipped,
+    };
     if stuck.is_empty() {
-        return Ok(Rescued::default());
+        return Ok(batch);
     }
     let out_of_rescues = |rescues: i32| rescues.saturating_add(1) >= policy.max_attempts;
     let dead: Vec<Uuid> = stuck
@@ -135,11 +182,12 @@ async fn rescue_in_progress(
         tracing::warn!(job_id = %job.id, attempt = job.attempts, "rescued a job stuck IN_PROGRESS; queued again");
     }
     dead_letter(tx, &dead, policy).await?;
-    Ok(Rescued {
+    batch.rescued = Rescued {
         requeued,
         dead,
         republished: Vec::new(),
-    })
+    };
+    Ok(batch)
 }
 
 /// Fails jobs out of rescues and sends their message to the dead lane (for
