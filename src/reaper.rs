@@ -1,9 +1,9 @@
 //! The reaper: every `REAPER_INTERVAL` it hands out again the jobs nobody
 //! works on, in two parts that run independently of each other: jobs stuck
 //! IN_PROGRESS (see `jobs::rescue_stuck_batch`), and PENDING jobs whose
-//! message is gone (see `jobs::lost_candidates`; this part also runs at once
-//! when the relay finds that Redis lost data). Then it wakes the relay to
-//! publish them. Neither part waits for a row another transaction holds.
+//! message is gone (see `jobs::lost_candidates`; this part also runs at
+//! once when the relay finds that Redis lost data). Then it wakes the relay
+//! to publish them. Neither part waits for a row another transaction holds.
 
 use std::{
     collections::HashSet,
@@ -149,9 +149,8 @@ impl Reaper {
         *held = skipped.into_iter().collect();
     }
 
-    /// Lost messages: batch after batch of PENDING jobs whose message is
-    /// gone, until a batch comes back short. Nothing while Redis is
-    /// unreachable.
+    /// Lost messages: batch after batch of PENDING jobs whose message is gone, until a
+    /// batch comes back short. Nothing while Redis is unreachable.
     pub async fn reap_lost_once(&self) -> Result<Rescued, ReaperError> {
         if !self.queue.is_connected() {
             return Ok(Rescued::default());
@@ -174,8 +173,8 @@ impl Reaper {
         Ok(all)
     }
 
-    /// One batch of lost messages: settle the generation, read Redis, find
-    /// candidates, read Redis again to
+    /// One batch of lost messages: settle the generation, read Redis, note
+    /// the messages seen popped, find candidates, read Redis again to
     /// confirm, hand the lost ones out again.
     async fn requeue_lost_once(&self) -> Result<Vec<uuid::Uuid>, ReaperError> {
         let limit = self.settings.call_timeout;
@@ -189,6 +188,11 @@ impl Reaper {
             // Changed since: the next pass settles it.
             return Ok(Vec::new());
         }
+        bounded(
+            limit,
+            jobs::note_popped(&self.pool, synced.generation, &before),
+        )
+        .await?;
         let mut tx = bounded(limit, self.pool.begin()).await?;
         let candidates = bounded(
             limit,

@@ -29,7 +29,7 @@ pub use redrive::{
     redrive_dead_letters, redrive_limit,
 };
 pub use rescue::{
-    LostCandidate, RescuePolicy, Rescued, StuckBatch, lost_candidates, requeue_lost,
+    LostCandidate, RescuePolicy, Rescued, StuckBatch, lost_candidates, note_popped, requeue_lost,
     rescue_stuck_batch, rescue_stuck_jobs,
 };
 pub use scope::{JobView, Scope, SubtaskCounts};

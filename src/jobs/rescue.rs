@@ -267,13 +267,44 @@ impl LostCandidate {
     }
 }
 
+/// Notes when a reaper first saw each PENDING job's current message popped
+/// (its position at or below its lane's popped count in `snapshot`): a
+/// message counts as popped and never claimed only once it has been seen
+/// popped for the policy's `stuck_after`, however long it waited before the
+/// pop. Rows another transaction holds are noted by a later pass.
+pub async fn note_popped(
+    pool: &PgPool,
+    generation: i64,
+    snapshot: &Snapshot,
+) -> Result<u64, JobError> {
+    let lanes: Vec<&str> = snapshot.lanes.iter().map(|c| c.lane.as_str()).collect();
+    let popped: Vec<i64> = snapshot.lanes.iter().map(|c| c.popped()).collect();
+    let noted = sqlx::query(
+        "UPDATE job_publications SET popped_seen_at = now() \
+         WHERE job_id IN ( \
+             SELECT p.job_id FROM translation_jobs AS j \
+             JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
+             JOIN UNNEST($2::text[], $3::int8[]) AS l (lane, popped) ON l.lane = p.lane \
+             WHERE j.status = 'PENDING' AND p.generation = $1 AND p.seq <= l.popped \
+               AND p.popped_seen_at IS NULL \
+             FOR UPDATE OF p SKIP LOCKED)",
+    )
+    .bind(generation)
+    .bind(&lanes)
+    .bind(&popped)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(noted)
+}
+
 /// PENDING jobs whose current attempt's message may be gone, judged by a
 /// snapshot of Redis taken before (`before`): pushed under another
 /// generation, at a position beyond the lane's counter, or at a position
-/// workers popped longer than `stuck_after` ago. Locks them (skipping locked
-/// ones); the caller confirms with a second snapshot
-/// ([`LostCandidate::is_lost`]) and hands the lost ones out again with
-/// [`requeue_lost`] in the same transaction.
+/// workers popped, seen popped (see [`note_popped`]) longer than
+/// `stuck_after` ago. Locks them (skipping locked ones); the caller
+/// confirms with a second snapshot ([`LostCandidate::is_lost`]) and hands
+/// the lost ones out again with [`requeue_lost`] in the same transaction.
 pub async fn lost_candidates(
     tx: &mut PgConnection,
     generation: i64,
@@ -283,9 +314,14 @@ pub async fn lost_candidates(
     let lanes: Vec<&str> = before.lanes.iter().map(|c| c.lane.as_str()).collect();
     let pushed: Vec<i64> = before.lanes.iter().map(|c| c.pushed).collect();
     let popped: Vec<i64> = before.lanes.iter().map(|c| c.popped()).collect();
+    // A publication without a position (an older version's) is judged by
+    // its age, as that version did.
     let candidates = sqlx::query_as::<_, LostCandidate>(
         "SELECT j.id AS job_id, p.lane, p.seq, p.generation, \
-                p.published_at < now() - make_interval(secs => $5) AS overdue \
+                CASE WHEN p.generation IS NULL \
+                     THEN p.published_at < now() - make_interval(secs => $5) \
+                     ELSE coalesce(p.popped_seen_at < now() - make_interval(secs => $5), false) \
+                END AS overdue \
          FROM translation_jobs AS j \
          JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
          LEFT JOIN UNNEST($2::text[], $3::int8[], $4::int8[]) AS l (lane, pushed, popped) \
@@ -294,7 +330,8 @@ pub async fn lost_candidates(
            AND ((p.generation IS NULL AND p.published_at < now() - make_interval(secs => $5)) \
                 OR p.generation <> $1 \
                 OR p.seq > l.pushed \
-                OR (p.seq <= l.popped AND p.published_at < now() - make_interval(secs => $5))) \
+                OR (p.seq <= l.popped \
+                    AND p.popped_seen_at < now() - make_interval(secs => $5))) \
          ORDER BY j.id LIMIT $6 \
          FOR UPDATE OF j SKIP LOCKED",
     )

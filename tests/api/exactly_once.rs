@@ -50,6 +50,18 @@ async fn publications_an_hour_and_more_ago(pool: &PgPool) {
         .unwrap();
 }
 
+/// Makes every message a reaper has seen popped look popped longer ago than
+/// the reaper's timeout.
+async fn popped_an_hour_and_more_ago(pool: &PgPool) {
+    sqlx::query(
+        "UPDATE job_publications SET popped_seen_at = now() - interval '2 hours' \
+         WHERE popped_seen_at IS NOT NULL",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 async fn outbox_ids(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
         .fetch_all(pool)
@@ -353,6 +365,7 @@ async fn a_message_popped_by_a_worker_that_died_is_queued_again_after_the_timeou
     );
 
     publications_an_hour_and_more_ago(&pool).await;
+    popped_an_hour_and_more_ago(&pool).await;
     let rescued = reaper.reap_once().await.unwrap();
     assert_eq!(
         rescued.republished,
@@ -448,5 +461,36 @@ async fn the_lanes_share_the_queue_s_slot_and_old_lane_keys_are_moved(pool: PgPo
     let exists: i64 = redis.exists(&legacy).await.unwrap();
     assert_eq!(exists, 0);
     assert!(PATIENCE > Duration::ZERO);
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_message_popped_just_now_is_judged_from_its_pop_not_its_publication(pool: PgPool) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let created = create_jobs(&pool, 2).await;
+    relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    let reaper = reaper(&pool, queue(&name).await);
+
+    // A backlog older than the timeout: the messages waited an hour, and a
+    // healthy worker pops the first one just now, a moment before its claim.
+    publications_an_hour_and_more_ago(&pool).await;
+    let _: String = redis.lpop(name.key(Lane::Normal), None).await.unwrap();
+    let rescued = reaper.reap_once().await.unwrap();
+    assert!(
+        rescued.is_empty(),
+        "a message popped just now is not queued again: {rescued:?}"
+    );
+    assert_eq!(messages(&redis, &name, Lane::Normal).await.len(), 1);
+
+    // The worker died after all: a pass once the pop is older than the
+    // timeout queues it again.
+    popped_an_hour_and_more_ago(&pool).await;
+    let rescued = reaper.reap_once().await.unwrap();
+    assert_eq!(rescued.republished, [Uuid::parse_str(&created[0]).unwrap()]);
     cleanup(&redis, &name).await;
 }
