@@ -2,13 +2,17 @@
 //! works on, in two parts that run independently of each other: jobs stuck
 //! IN_PROGRESS (see `jobs::rescue_stuck_batch`), and PENDING jobs whose
 //! message is gone (see `jobs::lost_candidates`; this part also runs at
-//! once when the relay finds that Redis lost data). Then it wakes the relay
-//! to publish them. Neither part waits for a row another transaction holds.
+//! once when the relay finds that Redis lost data), with the dead letters Redis lost (see
+//! `jobs::restore_lost_dead_letters`). Then it wakes the relay to publish
+//! them. Neither part waits for a row another transaction holds.
 
 use std::{
     collections::HashSet,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -66,6 +70,9 @@ pub struct Reaper {
     /// Stuck jobs the last pass skipped (held by another transaction), so
     /// that each is logged once while it stays held.
     held: Mutex<HashSet<uuid::Uuid>>,
+    /// The generation whose lost dead letters this reaper has restored (0:
+    /// none yet, so the first pass after start looks).
+    dead_letters_of: AtomicI64,
 }
 
 impl Reaper {
@@ -78,6 +85,7 @@ impl Reaper {
             owner: OnceCell::new(),
             metrics: Arc::new(Metrics::default()),
             held: Mutex::new(HashSet::new()),
+            dead_letters_of: AtomicI64::new(0),
         }
     }
 
@@ -149,7 +157,8 @@ impl Reaper {
         *held = skipped.into_iter().collect();
     }
 
-    /// Lost messages: batch after batch of PENDING jobs whose message is gone, until a
+    /// Lost messages: dead letters Redis lost (once per generation), then
+    /// batch after batch of PENDING jobs whose message is gone, until a
     /// batch comes back short. Nothing while Redis is unreachable.
     pub async fn reap_lost_once(&self) -> Result<Rescued, ReaperError> {
         if !self.queue.is_connected() {
@@ -157,6 +166,13 @@ impl Reaper {
         }
         let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
         let mut all = Rescued::default();
+        let limit = self.settings.call_timeout;
+        let owner = self
+            .owner
+            .get_or_try_init(|| generation::database_identity(&self.pool, limit))
+            .await?;
+        let synced = generation::sync(&self.pool, &self.queue, owner, limit).await?;
+        self.restore_dead_letters(synced.generation).await?;
         loop {
             let lost = self.requeue_lost_once().await?;
             let more = lost.len() >= full;
@@ -171,6 +187,44 @@ impl Reaper {
             }
         }
         Ok(all)
+    }
+
+    /// Once per generation (and once after the process starts): queues
+    /// again, for the dead lane, the dead letters pushed under an older
+    /// generation, which Redis lost with its data.
+    async fn restore_dead_letters(&self, generation: i64) -> Result<(), ReaperError> {
+        if self.dead_letters_of.load(Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        let mut restored = 0;
+        loop {
+            let batch = bounded(
+                self.settings.call_timeout,
+                jobs::restore_lost_dead_letters(
+                    &self.pool,
+                    generation,
+                    self.settings.policy.batch_size,
+                ),
+            )
+            .await?;
+            restored += batch.len();
+            if !batch.is_empty() {
+                self.relay.wake();
+            }
+            if batch.len() < usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX)
+            {
+                break;
+            }
+        }
+        if restored > 0 {
+            tracing::warn!(
+                restored,
+                generation,
+                "dead letters lost with Redis's data are queued for the dead lane again"
+            );
+        }
+        self.dead_letters_of.store(generation, Ordering::Release);
+        Ok(())
     }
 
     /// One batch of lost messages: settle the generation, read Redis, note

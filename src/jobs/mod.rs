@@ -26,7 +26,7 @@ pub use list::{ListQuery, Page, list_jobs};
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
 pub use redrive::{
     DEFAULT_REDRIVE_LIMIT, MAX_REDRIVE_LIMIT, RedriveError, Redriven, finish_interrupted_redrive,
-    redrive_dead_letters, redrive_limit,
+    redrive_dead_letters, redrive_limit, restore_lost_dead_letters,
 };
 pub use rescue::{
     LostCandidate, RescuePolicy, Rescued, StuckBatch, lost_candidates, note_popped, requeue_lost,
