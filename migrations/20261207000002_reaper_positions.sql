@@ -6,5 +6,34 @@
 --   claimed only once it has been seen so for STUCK_JOB_TIMEOUT: a healthy
 --   worker between its BLPOP and its claim is not taken for a dead one,
 --   however long the message waited before the pop.
+-- * `lane_positions`: the highest position recorded per queue, generation
+--   and lane (the relay raises it with each round it records). A push that
+--   finds its lane's counter below it has met a Redis that lost writes (a
+--   failover to a replica that missed the last pushes): the positions above
+--   that counter are handed out again to new messages, so they can no longer
+--   tell the lost messages from the waiting ones.
+-- * `lane_rollbacks`: such a rollback, as the relay found it: the lane's
+--   counter before the push that found it (`after_seq`) and a time before
+--   that push (`pushed_before`). Every PENDING job whose current message
+--   was recorded at a position above `after_seq` before `pushed_before` is
+--   lost; the reaper queues those again and then deletes the row.
 
 ALTER TABLE job_publications ADD COLUMN popped_seen_at timestamptz;
+
+CREATE TABLE lane_positions (
+    queue      text   NOT NULL,
+    generation bigint NOT NULL,
+    lane       text   NOT NULL,
+    seq        bigint NOT NULL,
+    PRIMARY KEY (queue, generation, lane)
+);
+
+CREATE TABLE lane_rollbacks (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue         text        NOT NULL,
+    generation    bigint      NOT NULL,
+    lane          text        NOT NULL,
+    after_seq     bigint      NOT NULL,
+    pushed_before timestamptz NOT NULL,
+    found_at      timestamptz NOT NULL DEFAULT now()
+);

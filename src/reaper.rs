@@ -1,8 +1,9 @@
 //! The reaper: every `REAPER_INTERVAL` it hands out again the jobs nobody
 //! works on, in two parts that run independently of each other: jobs stuck
 //! IN_PROGRESS (see `jobs::rescue_stuck_batch`), and PENDING jobs whose
-//! message is gone (see `jobs::lost_candidates`; this part also runs at
-//! once when the relay finds that Redis lost data), with the dead letters Redis lost (see
+//! message is gone (see `jobs::lost_candidates` and
+//! `jobs::requeue_rolled_back`; this part also runs at once when the relay
+//! finds that Redis lost data), with the dead letters Redis lost (see
 //! `jobs::restore_lost_dead_letters`). Then it wakes the relay to publish
 //! them. Neither part waits for a row another transaction holds.
 
@@ -157,7 +158,8 @@ impl Reaper {
         *held = skipped.into_iter().collect();
     }
 
-    /// Lost messages: dead letters Redis lost (once per generation), then
+    /// Lost messages: dead letters Redis lost (once per generation), jobs
+    /// whose messages a Redis failover dropped (as the relay found), then
     /// batch after batch of PENDING jobs whose message is gone, until a
     /// batch comes back short. Nothing while Redis is unreachable.
     pub async fn reap_lost_once(&self) -> Result<Rescued, ReaperError> {
@@ -173,6 +175,32 @@ impl Reaper {
             .await?;
         let synced = generation::sync(&self.pool, &self.queue, owner, limit).await?;
         self.restore_dead_letters(synced.generation).await?;
+        // Rollbacks the relay found, each until done (or only held jobs
+        // are left), oldest first.
+        let mut after = 0;
+        loop {
+            let found = bounded(
+                limit,
+                jobs::requeue_rolled_back(
+                    &self.pool,
+                    self.queue.queue().as_str(),
+                    synced.generation,
+                    self.settings.policy.batch_size,
+                    after,
+                ),
+            )
+            .await?;
+            let Some(rolled_back) = found else { break };
+            if !rolled_back.more {
+                after = rolled_back.id;
+            }
+            let batch = Rescued {
+                republished: rolled_back.job_ids,
+                ..Rescued::default()
+            };
+            self.handed_out(&batch);
+            all.extend(batch);
+        }
         loop {
             let lost = self.requeue_lost_once().await?;
             let more = lost.len() >= full;

@@ -29,8 +29,8 @@ pub use redrive::{
     redrive_dead_letters, redrive_limit, restore_lost_dead_letters,
 };
 pub use rescue::{
-    LostCandidate, RescuePolicy, Rescued, StuckBatch, lost_candidates, note_popped, requeue_lost,
-    rescue_stuck_batch, rescue_stuck_jobs,
+    LostCandidate, RescuePolicy, Rescued, RolledBack, StuckBatch, lost_candidates, note_popped,
+    requeue_lost, requeue_rolled_back, rescue_stuck_batch, rescue_stuck_jobs,
 };
 pub use scope::{JobView, Scope, SubtaskCounts};
 pub use transitions::{cancel_job, retry_job};

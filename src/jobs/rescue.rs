@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
@@ -344,6 +345,106 @@ pub async fn lost_candidates(
     .fetch_all(&mut *tx)
     .await?;
     Ok(candidates)
+}
+
+/// Works off the oldest rollback the relay found (see the `lane_rollbacks`
+/// table) that no other reaper holds: hands out again, as new attempts, up
+/// to `limit` PENDING jobs whose current message was recorded at a
+/// position above the lane's counter before the failover, before the push
+/// that found it. The messages at or below that counter are still in
+/// Redis and are left alone; so are messages pushed after the rollback,
+/// which reuse the lost positions. The rollback is deleted once none of its
+/// jobs is left (a job another transaction holds is taken by a later pass),
+/// or at once when it belongs to another generation (the new generation
+/// queues everything again). Only rollbacks with an id above `after` are
+/// looked at; returns `None` when none is waiting.
+#[instrument(skip_all, err)]
+pub async fn requeue_rolled_back(
+    pool: &PgPool,
+    queue: &str,
+    generation: i64,
+    limit: i64,
+    after: i64,
+) -> Result<Option<RolledBack>, JobError> {
+    let mut tx = pool.begin().await?;
+    let rollback: Option<(i64, i64, String, i64, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, generation, lane, after_seq, pushed_before FROM lane_rollbacks \
+         WHERE queue = $1 AND id > $2 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(queue)
+    .bind(after)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, pushed_under, lane, after_seq, pushed_before)) = rollback else {
+        return Ok(None);
+    };
+    let lost: Vec<Uuid> = if pushed_under == generation {
+        sqlx::query_scalar(
+            "SELECT j.id FROM translation_jobs AS j \
+             JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
+             WHERE j.status = 'PENDING' AND p.generation = $1 AND p.lane = $2 \
+               AND p.seq > $3 AND p.published_at < $4 \
+             ORDER BY j.id LIMIT $5 \
+             FOR UPDATE OF j SKIP LOCKED",
+        )
+        .bind(pushed_under)
+        .bind(&lane)
+        .bind(after_seq)
+        .bind(pushed_before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
+    requeue_lost(&mut tx, &lost).await?;
+    let left: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM translation_jobs AS j \
+             JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
+             WHERE j.status = 'PENDING' AND p.generation = $1 AND p.lane = $2 \
+               AND p.seq > $3 AND p.published_at < $4 AND $1 = $5)",
+    )
+    .bind(pushed_under)
+    .bind(&lane)
+    .bind(after_seq)
+    .bind(pushed_before)
+    .bind(generation)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !left {
+        sqlx::query("DELETE FROM lane_rollbacks WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if !lost.is_empty() {
+        tracing::warn!(
+            lane = %lane,
+            after_seq,
+            jobs = lost.len(),
+            "Redis lost pushes in a failover (the lane's counter went back); their jobs are queued again"
+        );
+    }
+    let more = left && i64::try_from(lost.len()).unwrap_or(i64::MAX) >= limit;
+    Ok(Some(RolledBack {
+        id,
+        job_ids: lost,
+        more,
+    }))
+}
+
+/// What one call of [`requeue_rolled_back`] did.
+#[derive(Debug, Clone)]
+pub struct RolledBack {
+    /// The rollback worked on.
+    pub id: i64,
+    /// Its jobs handed out again.
+    pub job_ids: Vec<Uuid>,
+    /// A full batch and more of its jobs left: call again for the same
+    /// rollback. False when it is done, or when only jobs another
+    /// transaction holds are left (a later pass takes them).
+    pub more: bool,
 }
 
 /// Hands jobs whose message was lost out again (a new attempt, a new

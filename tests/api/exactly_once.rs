@@ -494,3 +494,63 @@ async fn a_message_popped_just_now_is_judged_from_its_pop_not_its_publication(po
     assert_eq!(rescued.republished, [Uuid::parse_str(&created[0]).unwrap()]);
     cleanup(&redis, &name).await;
 }
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn messages_a_failover_lost_are_queued_again_once_even_after_later_pushes_reuse_their_positions(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let first = create_jobs(&pool, 6).await;
+    let drained = relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!(drained.pushed, 6);
+
+    // A failover to a replica that missed the last three pushes: the lane's
+    // counter is back at 3 and the last three messages are gone.
+    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
+    let _: () = redis
+        .hset(name.tagged("state"), ("pushed:normal", 3))
+        .await
+        .unwrap();
+
+    // Later creates, pushed by another relay (another replica of the
+    // service), land on positions 4 to 8: past the lost ones' positions.
+    let later = create_jobs(&pool, 5).await;
+    let drained = relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!(drained.pushed, 5);
+
+    let reaper = reaper(&pool, queue(&name).await);
+    let rescued = reaper.reap_once().await.unwrap();
+    let mut republished: Vec<String> = rescued.republished.iter().map(Uuid::to_string).collect();
+    republished.sort();
+    let mut lost = first[3..].to_vec();
+    lost.sort();
+    assert_eq!(republished, lost, "the lost messages, and only they");
+    relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    assert!(
+        reaper.reap_once().await.unwrap().is_empty(),
+        "once, not on every pass"
+    );
+
+    let found = messages(&redis, &name, Lane::Normal).await;
+    let present: Vec<String> = first[..3].iter().chain(&later).cloned().collect();
+    assert_eq!(ids(&found[..8]), present, "nothing present was copied");
+    assert!(found[..8].iter().all(|m| m.attempt == 0));
+    let mut again = ids(&found[8..]);
+    again.sort();
+    assert_eq!(again, lost, "each lost job once more");
+    assert!(found[8..].iter().all(|m| m.attempt == 1));
+    cleanup(&redis, &name).await;
+}
