@@ -161,36 +161,49 @@ impl Reaper {
     /// Lost messages: dead letters Redis lost (once per generation), jobs
     /// whose messages a Redis failover dropped (as the relay found), then
     /// batch after batch of PENDING jobs whose message is gone, until a
-    /// batch comes back short. Nothing while Redis is unreachable.
+    /// batch comes back short. Each of the three runs even when one before
+    /// it failed; the first error is returned at the end. Nothing while
+    /// Redis is unreachable.
     pub async fn reap_lost_once(&self) -> Result<Rescued, ReaperError> {
         if !self.queue.is_connected() {
             return Ok(Rescued::default());
         }
-        let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
-        let mut all = Rescued::default();
         let limit = self.settings.call_timeout;
         let owner = self
             .owner
             .get_or_try_init(|| generation::database_identity(&self.pool, limit))
             .await?;
         let synced = generation::sync(&self.pool, &self.queue, owner, limit).await?;
-        self.restore_dead_letters(synced.generation).await?;
-        // Rollbacks the relay found, each until done (or only held jobs
-        // are left), oldest first.
+        let mut all = Rescued::default();
+        let restored = self.restore_dead_letters(synced.generation).await;
+        let rolled_back = self.requeue_rolled_back(synced.generation, &mut all).await;
+        let lost = self.requeue_lost(&mut all).await;
+        restored.and(rolled_back).and(lost).map(|()| all)
+    }
+
+    /// The rollbacks the relay found, each until done (or until only jobs
+    /// another transaction holds are left), oldest first.
+    async fn requeue_rolled_back(
+        &self,
+        generation: i64,
+        all: &mut Rescued,
+    ) -> Result<(), ReaperError> {
         let mut after = 0;
         loop {
             let found = bounded(
-                limit,
+                self.settings.call_timeout,
                 jobs::requeue_rolled_back(
                     &self.pool,
                     self.queue.queue().as_str(),
-                    synced.generation,
+                    generation,
                     self.settings.policy.batch_size,
                     after,
                 ),
             )
             .await?;
-            let Some(rolled_back) = found else { break };
+            let Some(rolled_back) = found else {
+                return Ok(());
+            };
             if !rolled_back.more {
                 after = rolled_back.id;
             }
@@ -201,6 +214,12 @@ impl Reaper {
             self.handed_out(&batch);
             all.extend(batch);
         }
+    }
+
+    /// PENDING jobs whose message is gone, judged by Redis's counters and
+    /// lengths, batch after batch until one comes back short.
+    async fn requeue_lost(&self, all: &mut Rescued) -> Result<(), ReaperError> {
+        let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
         loop {
             let lost = self.requeue_lost_once().await?;
             let more = lost.len() >= full;
@@ -211,10 +230,9 @@ impl Reaper {
             self.handed_out(&batch);
             all.extend(batch);
             if !more {
-                break;
+                return Ok(());
             }
         }
-        Ok(all)
     }
 
     /// Once per generation (and once after the process starts): queues
