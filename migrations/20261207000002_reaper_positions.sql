@@ -12,11 +12,15 @@
 --   failover to a replica that missed the last pushes): the positions above
 --   that counter are handed out again to new messages, so they can no longer
 --   tell the lost messages from the waiting ones.
--- * `lane_rollbacks`: such a rollback, as the relay found it: the lane's
---   counter before the push that found it (`after_seq`) and a time before
---   that push (`pushed_before`). Every PENDING job whose current message
---   was recorded at a position above `after_seq` before `pushed_before` is
---   lost; the reaper queues those again and then deletes the row.
+-- * `lane_rollbacks`: such a rollback, as a push found it: the lane's
+--   counter before and after that push (`after_seq`, `own_up_to`), the jobs
+--   it put there (`own_jobs`), and a time before it (`pushed_before`). Every
+--   PENDING job whose current message was recorded above `after_seq`, other
+--   than those jobs, is lost if it is at or below `own_up_to` (only that
+--   push took those positions since the rollback) or was recorded before
+--   `pushed_before` (later pushes by other relays were recorded after it).
+--   The reaper queues those again, and deletes the row once none is left
+--   and no round pushed before the rollback can still commit.
 
 ALTER TABLE job_publications ADD COLUMN popped_seen_at timestamptz;
 
@@ -34,6 +38,8 @@ CREATE TABLE lane_rollbacks (
     generation    bigint      NOT NULL,
     lane          text        NOT NULL,
     after_seq     bigint      NOT NULL,
+    own_up_to     bigint      NOT NULL,
+    own_jobs      uuid[]      NOT NULL,
     pushed_before timestamptz NOT NULL,
     found_at      timestamptz NOT NULL DEFAULT now()
 );

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use tracing::instrument;
 use uuid::Uuid;
@@ -15,6 +14,7 @@ use super::{
     requeue::{Reason, forget_messages, hand_out_again, try_lock_subtasks},
 };
 use crate::{
+    db::IDLE_IN_TRANSACTION_TIMEOUT,
     outbox::{Pending, enqueue},
     queue::{Lane, Snapshot},
 };
@@ -347,17 +347,27 @@ pub async fn lost_candidates(
     Ok(candidates)
 }
 
+/// How long a rollback the relay found is kept after it was worked off: a
+/// round pushed before the rollback may still commit (its publications
+/// then show lost jobs) until PostgreSQL ends its transaction, which it
+/// does to a session idle in a transaction after
+/// [`IDLE_IN_TRANSACTION_TIMEOUT`].
+pub const ROLLBACK_KEPT_FOR: Duration = IDLE_IN_TRANSACTION_TIMEOUT.saturating_mul(2);
+
 /// Works off the oldest rollback the relay found (see the `lane_rollbacks`
 /// table) that no other reaper holds: hands out again, as new attempts, up
-/// to `limit` PENDING jobs whose current message was recorded at a
-/// position above the lane's counter before the failover, before the push
-/// that found it. The messages at or below that counter are still in
-/// Redis and are left alone; so are messages pushed after the rollback,
-/// which reuse the lost positions. The rollback is deleted once none of its
-/// jobs is left (a job another transaction holds is taken by a later pass),
-/// or at once when it belongs to another generation (the new generation
-/// queues everything again). Only rollbacks with an id above `after` are
-/// looked at; returns `None` when none is waiting.
+/// to `limit` PENDING jobs whose current message was recorded at a position
+/// above the lane's counter before the push that found it, other than that
+/// push's own jobs, and either at or below the counter after that push
+/// (only that push took those positions since the rollback) or recorded
+/// before that push (later pushes were recorded after it). The messages at
+/// or below the counter are still in Redis and are left alone; so are the
+/// messages pushed after the rollback, which reuse the lost positions. The
+/// rollback is deleted once none of its jobs is left and it is older than
+/// [`ROLLBACK_KEPT_FOR`] (a job another transaction holds is taken by a
+/// later pass), or at once when it belongs to another generation (the new
+/// generation queues everything again). Only rollbacks with an id above
+/// `after` are looked at; returns `None` when none is waiting.
 #[instrument(skip_all, err)]
 pub async fn requeue_rolled_back(
     pool: &PgPool,
@@ -367,30 +377,24 @@ pub async fn requeue_rolled_back(
     after: i64,
 ) -> Result<Option<RolledBack>, JobError> {
     let mut tx = pool.begin().await?;
-    let rollback: Option<(i64, i64, String, i64, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, generation, lane, after_seq, pushed_before FROM lane_rollbacks \
+    let rollback: Option<(i64, i64, bool)> = sqlx::query_as(
+        "SELECT id, generation, found_at < now() - make_interval(secs => $3) \
+         FROM lane_rollbacks \
          WHERE queue = $1 AND id > $2 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .bind(queue)
     .bind(after)
+    .bind(ROLLBACK_KEPT_FOR.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, pushed_under, lane, after_seq, pushed_before)) = rollback else {
+    let Some((id, pushed_under, expired)) = rollback else {
         return Ok(None);
     };
     let lost: Vec<Uuid> = if pushed_under == generation {
-        sqlx::query_scalar(
-            "SELECT j.id FROM translation_jobs AS j \
-             JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
-             WHERE j.status = 'PENDING' AND p.generation = $1 AND p.lane = $2 \
-               AND p.seq > $3 AND p.published_at < $4 \
-             ORDER BY j.id LIMIT $5 \
-             FOR UPDATE OF j SKIP LOCKED",
-        )
-        .bind(pushed_under)
-        .bind(&lane)
-        .bind(after_seq)
-        .bind(pushed_before)
+        sqlx::query_scalar(&format!(
+            "SELECT j.id {ROLLED_BACK} ORDER BY j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
+        ))
+        .bind(id)
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?
@@ -398,20 +402,12 @@ pub async fn requeue_rolled_back(
         Vec::new()
     };
     requeue_lost(&mut tx, &lost).await?;
-    let left: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM translation_jobs AS j \
-             JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
-             WHERE j.status = 'PENDING' AND p.generation = $1 AND p.lane = $2 \
-               AND p.seq > $3 AND p.published_at < $4 AND $1 = $5)",
-    )
-    .bind(pushed_under)
-    .bind(&lane)
-    .bind(after_seq)
-    .bind(pushed_before)
-    .bind(generation)
-    .fetch_one(&mut *tx)
-    .await?;
-    if !left {
+    let left = pushed_under == generation
+        && sqlx::query_scalar::<_, bool>(&format!("SELECT EXISTS (SELECT 1 {ROLLED_BACK})"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !left && (expired || pushed_under != generation) {
         sqlx::query("DELETE FROM lane_rollbacks WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -420,8 +416,7 @@ pub async fn requeue_rolled_back(
     tx.commit().await?;
     if !lost.is_empty() {
         tracing::warn!(
-            lane = %lane,
-            after_seq,
+            rollback = id,
             jobs = lost.len(),
             "Redis lost pushes in a failover (the lane's counter went back); their jobs are queued again"
         );
@@ -433,6 +428,15 @@ pub async fn requeue_rolled_back(
         more,
     }))
 }
+
+/// The PENDING jobs a rollback (`$1`) lost, as a `FROM` clause.
+const ROLLED_BACK: &str = "FROM lane_rollbacks AS r \
+     JOIN job_publications AS p \
+       ON p.generation = r.generation AND p.lane = r.lane AND p.seq > r.after_seq \
+      AND (p.seq <= r.own_up_to OR p.published_at < r.pushed_before) \
+      AND NOT (p.job_id = ANY(r.own_jobs)) \
+     JOIN translation_jobs AS j ON j.id = p.job_id AND j.attempts = p.attempt \
+     WHERE r.id = $1 AND j.status = 'PENDING'";
 
 /// What one call of [`requeue_rolled_back`] did.
 #[derive(Debug, Clone)]

@@ -100,14 +100,12 @@ const READ_POSITIONS: &str = "SELECT clock_timestamp(), g.generation, \
                WHERE l.queue = $1 AND l.generation = g.generation ORDER BY lane) \
      FROM (SELECT (SELECT generation FROM queue_generations WHERE queue = $1) AS generation) AS g";
 
-/// A rollback found by a push: recorded for the reaper (see
-/// `jobs::requeue_rolled_back`), and the lane's highest recorded position
-/// brought down to the counter after the push, so that the next rounds do
-/// not find the same rollback again.
-const RECORD_ROLLBACK: &str = "WITH lowered AS (UPDATE lane_positions SET seq = $5 \
-         WHERE queue = $1 AND generation = $2 AND lane = $3 AND seq > $5) \
-     INSERT INTO lane_rollbacks (queue, generation, lane, after_seq, pushed_before) \
-     VALUES ($1, $2, $3, $4, $6)";
+/// A rollback found by a push, recorded for the reaper (see
+/// `jobs::requeue_rolled_back`): the lane's counter before and after the
+/// push, the jobs the push put there, and a time before the push.
+const RECORD_ROLLBACK: &str = "INSERT INTO lane_rollbacks \
+         (queue, generation, lane, after_seq, own_up_to, own_jobs, pushed_before) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// Errors of one drain.
 #[derive(Debug, thiserror::Error)]
@@ -520,6 +518,7 @@ impl Relay {
     /// counter now go to new messages, so the reaper could no longer tell
     /// the lost messages by their position. The rollback is recorded for the
     /// reaper, which queues the lost jobs again, and the reaper is woken.
+    /// (The messages of `claimed.rows` are `messages`, in the same order.)
     async fn find_rollbacks(
         &self,
         claimed: &Claimed,
@@ -543,6 +542,10 @@ impl Relay {
                 None => lanes.push((message.lane, before, placement.seq)),
             }
         }
+        // Until the counter passes the highest position recorded, every push
+        // finds the rollback again (from PostgreSQL's record, or from this
+        // relay's own earlier pushes): each records the positions it took,
+        // so that the reaper tells the lost messages there from its own.
         let mut rolled_back = Vec::new();
         {
             let mut seen = self
@@ -555,16 +558,21 @@ impl Relay {
                 let highest = claimed.recorded.highest(generation, lane).max(*seen);
                 if before < highest {
                     rolled_back.push((lane, before, after, highest));
-                    *seen = after;
-                } else {
-                    *seen = (*seen).max(after);
                 }
+                *seen = (*seen).max(after);
             }
         }
         let Some(pushed_before) = claimed.recorded.at else {
             return Ok(());
         };
         for &(lane, before, after, highest) in &rolled_back {
+            let own_jobs: Vec<Uuid> = claimed
+                .rows
+                .iter()
+                .zip(messages)
+                .filter(|(_, message)| message.lane == lane)
+                .map(|(row, _)| row.job_id)
+                .collect();
             tracing::warn!(
                 lane = %lane.as_str(),
                 counter = before,
@@ -580,6 +588,7 @@ impl Relay {
                     .bind(lane.as_str())
                     .bind(before)
                     .bind(after)
+                    .bind(&own_jobs)
                     .bind(pushed_before)
                     .execute(&self.pool),
             )

@@ -554,3 +554,53 @@ async fn messages_a_failover_lost_are_queued_again_once_even_after_later_pushes_
     assert!(found[8..].iter().all(|m| m.attempt == 1));
     cleanup(&redis, &name).await;
 }
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_round_pushed_before_a_failover_and_committed_after_the_next_push_is_still_found(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let relay = relay(&pool, queue(&name).await, 100).await;
+    let kept = create_jobs(&pool, 3).await;
+    assert_eq!(relay.drain_once().await.unwrap().pushed, 3);
+
+    // A round is pushed (positions 4 to 6) but not committed yet when
+    // Redis fails over to a replica that missed it.
+    let lost = create_jobs(&pool, 3).await;
+    let round = relay.claim().await.unwrap();
+    let pushed = relay.publish(&round).await.unwrap();
+    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
+    let _: () = redis
+        .hset(name.tagged("state"), ("pushed:normal", 3))
+        .await
+        .unwrap();
+    // The relay's next round takes positions 4 to 8 again; the lost round
+    // commits only after that push.
+    let later = create_jobs(&pool, 5).await;
+    let next = relay.claim().await.unwrap();
+    let next_pushed = relay.publish(&next).await.unwrap();
+    relay.commit(round, pushed).await.unwrap();
+    relay.commit(next, next_pushed).await.unwrap();
+
+    let reaper = reaper(&pool, queue(&name).await);
+    let mut republished: Vec<String> = reaper
+        .reap_once()
+        .await
+        .unwrap()
+        .republished
+        .iter()
+        .map(Uuid::to_string)
+        .collect();
+    republished.sort();
+    let mut expected = lost.clone();
+    expected.sort();
+    assert_eq!(republished, expected, "the lost round, and only it");
+    relay.drain_once().await.unwrap();
+    assert!(reaper.reap_once().await.unwrap().is_empty());
+    let found = ids(&messages(&redis, &name, Lane::Normal).await);
+    let present: Vec<String> = kept.iter().chain(&later).cloned().collect();
+    assert_eq!(found[..8], present[..]);
+    assert_eq!(found.len(), 11);
+    cleanup(&redis, &name).await;
+}
