@@ -9,7 +9,10 @@
 //! them with one script call, every lane at once, each row at most once
 //! (see `queue::push`); [`Relay::commit`] records where each message went
 //! and commits. A relay that dies before the commit leaves the rows to the
-//! next attempt, whose push skips what already reached Redis.
+//! next attempt, whose push skips what already reached Redis. Each push is
+//! also checked against the highest positions PostgreSQL recorded: a lane
+//! counter below them means a Redis failover dropped pushes, which the
+//! relay records for the reaper (see [`Relay::publish`]).
 
 use std::{
     collections::HashMap,
@@ -468,7 +471,8 @@ impl Relay {
     }
 
     /// Pushes the claimed rows, each lane in id order, under the current
-    /// Redis generation (settling it first when unknown).
+    /// Redis generation (settling it first when unknown), and records a
+    /// rollback the push finds (see `find_rollbacks`).
     pub async fn publish(&self, claimed: &Claimed) -> Result<Published, RelayError> {
         let generation = match self.generation.load(Ordering::Acquire) {
             0 => self.settle_generation().await?,
