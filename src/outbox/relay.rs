@@ -67,15 +67,16 @@ const CLAIM: &str = "DELETE FROM outbox WHERE id = ANY(ARRAY( \
      RETURNING id, job_id, lane, payload, created_at, attempt, token";
 
 /// The publications of one claiming transaction, one row per job, and the
-/// highest position recorded per lane raised to the round's (in lane order,
-/// so that concurrent rounds lock those rows in one order).
+/// highest position recorded per lane raised to the round's ($7, $8: one
+/// part of a round does that for the whole round; in lane order, so that
+/// concurrent rounds lock those rows in one order).
 const INSERT_PUBLICATIONS: &str = "WITH recorded AS (INSERT INTO job_publications \
          (job_id, published_at, attempt, lane, seq, generation) \
      SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
      FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq)) \
      INSERT INTO lane_positions AS m (queue, generation, lane, seq) \
-     SELECT $6, $5, u.lane, max(u.seq) FROM UNNEST($3::text[], $4::int8[]) AS u (lane, seq) \
-     GROUP BY u.lane ORDER BY u.lane \
+     SELECT $6, $5, u.lane, u.seq FROM UNNEST($7::text[], $8::int8[]) AS u (lane, seq) \
+     ORDER BY u.lane \
      ON CONFLICT (queue, generation, lane) DO UPDATE SET seq = excluded.seq \
      WHERE m.seq < excluded.seq";
 
@@ -89,8 +90,8 @@ const UPSERT_PUBLICATIONS: &str = "WITH recorded AS (INSERT INTO job_publication
          lane = excluded.lane, seq = excluded.seq, generation = excluded.generation \
      WHERE excluded.attempt >= p.attempt) \
      INSERT INTO lane_positions AS m (queue, generation, lane, seq) \
-     SELECT $6, $5, u.lane, max(u.seq) FROM UNNEST($3::text[], $4::int8[]) AS u (lane, seq) \
-     GROUP BY u.lane ORDER BY u.lane \
+     SELECT $6, $5, u.lane, u.seq FROM UNNEST($7::text[], $8::int8[]) AS u (lane, seq) \
+     ORDER BY u.lane \
      ON CONFLICT (queue, generation, lane) DO UPDATE SET seq = excluded.seq \
      WHERE m.seq < excluded.seq";
 
@@ -637,6 +638,19 @@ impl Relay {
             record.lanes.push(&row.lane);
             record.seqs.push(placement.seq);
         }
+        // The round's highest position per lane, raised by its first part.
+        if let Some(first) = records.first_mut() {
+            let mut highest: Vec<(&str, i64)> = Vec::new();
+            for (row, placement) in rows.iter().zip(&published.placements) {
+                match highest.iter_mut().find(|(lane, _)| *lane == row.lane) {
+                    Some((_, seq)) => *seq = (*seq).max(placement.seq),
+                    None => highest.push((&row.lane, placement.seq)),
+                }
+            }
+            highest.sort_unstable();
+            first.highest_lanes = highest.iter().map(|(lane, _)| *lane).collect();
+            first.highest_seqs = highest.iter().map(|(_, seq)| *seq).collect();
+        }
         let commits = parts
             .into_iter()
             .zip(&records)
@@ -683,6 +697,8 @@ impl Relay {
                 .bind(&records.seqs)
                 .bind(generation)
                 .bind(self.queue.queue().as_str())
+                .bind(&records.highest_lanes)
+                .bind(&records.highest_seqs)
                 .execute(&mut *tx),
             )
             .await;
@@ -934,6 +950,10 @@ struct Records<'a> {
     attempts: Vec<i32>,
     lanes: Vec<&'a str>,
     seqs: Vec<i64>,
+    /// The round's highest position per lane, in lane order (in one part
+    /// of the round only).
+    highest_lanes: Vec<&'a str>,
+    highest_seqs: Vec<i64>,
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
