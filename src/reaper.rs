@@ -1,10 +1,21 @@
-//! The reaper: every `REAPER_INTERVAL` (and at once when the relay finds
-//! that Redis lost its data) it hands out again the jobs nobody works on:
-//! jobs stuck IN_PROGRESS (see `jobs::rescue_stuck_jobs`) and PENDING jobs
-//! whose message is gone (see `jobs::lost_candidates`); then it wakes the
-//! relay to publish them.
+//! The reaper: every `REAPER_INTERVAL` it hands out again the jobs nobody
+//! works on, in two parts that run independently of each other: jobs stuck
+//! IN_PROGRESS (see `jobs::rescue_stuck_batch`), and PENDING jobs whose
+//! message is gone (see `jobs::lost_candidates` and
+//! `jobs::requeue_rolled_back`; this part also runs at once when the relay
+//! finds that Redis lost data), with the dead letters Redis lost (see
+//! `jobs::restore_lost_dead_letters`). Then it wakes the relay to publish
+//! them. Neither part waits for a row another transaction holds.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
@@ -57,6 +68,12 @@ pub struct Reaper {
     owner: OnceCell<String>,
     /// Counts what is handed out again.
     metrics: Arc<Metrics>,
+    /// Stuck jobs the last pass skipped (held by another transaction), so
+    /// that each is logged once while it stays held.
+    held: Mutex<HashSet<uuid::Uuid>>,
+    /// The generation whose lost dead letters this reaper has restored (0:
+    /// none yet, so the first pass after start looks).
+    dead_letters_of: AtomicI64,
 }
 
 impl Reaper {
@@ -68,6 +85,8 @@ impl Reaper {
             relay,
             owner: OnceCell::new(),
             metrics: Arc::new(Metrics::default()),
+            held: Mutex::new(HashSet::new()),
+            dead_letters_of: AtomicI64::new(0),
         }
     }
 
@@ -78,45 +97,185 @@ impl Reaper {
         self
     }
 
-    /// One pass: stuck jobs, then lost messages, batch after batch until a
-    /// batch comes back short. Returns everything it handed out again. The
-    /// part that needs Redis is skipped while Redis is unreachable.
+    /// One pass of both parts, stuck jobs and lost messages, run side by side:
+    /// each runs to its end whatever the other does (neither waits for a
+    /// lock another transaction holds, and a failure of one does not stop
+    /// the other). Returns everything handed out again, or the first error
+    /// once both ended (what the other part did is committed and counted
+    /// all the same).
     pub async fn reap_once(&self) -> Result<Rescued, ReaperError> {
-        let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
-        let mut all = Rescued::default();
-        loop {
-            let batch = bounded(
-                self.settings.call_timeout,
-                jobs::rescue_stuck_jobs(&self.pool, self.settings.policy),
-            )
-            .await?;
-            let more = batch.len() >= full;
-            self.handed_out(&batch);
-            all.extend(batch);
-            if !more {
-                break;
-            }
-        }
-        if self.queue.is_connected() {
-            loop {
-                let lost = self.requeue_lost_once().await?;
-                let more = lost.len() >= full;
-                let batch = Rescued {
-                    republished: lost,
-                    ..Rescued::default()
-                };
-                self.handed_out(&batch);
-                all.extend(batch);
-                if !more {
-                    break;
-                }
-            }
-        }
+        let (stuck, lost) = tokio::join!(self.reap_stuck_once(), self.reap_lost_once());
+        let mut all = stuck?;
+        all.extend(lost?);
         Ok(all)
     }
 
-    /// One batch of lost messages: settle the generation, read Redis, find
-    /// candidates, read Redis again to confirm, hand the lost ones out again.
+    /// Stuck jobs, batch after batch until a batch comes back short. A job
+    /// whose rows another transaction holds is skipped for this pass (and
+    /// logged once per pass; again at debug level while it stays held).
+    pub async fn reap_stuck_once(&self) -> Result<Rescued, ReaperError> {
+        let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
+        let mut all = Rescued::default();
+        let mut passed_over: Vec<uuid::Uuid> = Vec::new();
+        let outcome = loop {
+            let batch = match bounded(
+                self.settings.call_timeout,
+                jobs::rescue_stuck_batch(&self.pool, self.settings.policy, &passed_over),
+            )
+            .await
+            {
+                Ok(batch) => batch,
+                Err(error) => break Err(error.into()),
+            };
+            self.handed_out(&batch.rescued);
+            all.extend(batch.rescued);
+            passed_over.extend(batch.skipped);
+            if batch.candidates < full {
+                break Ok(());
+            }
+        };
+        self.log_skipped(passed_over);
+        outcome.map(|()| all)
+    }
+
+    /// Logs each stuck job this pass skipped: at WARN the first pass it is
+    /// held, at DEBUG while it stays held.
+    fn log_skipped(&self, skipped: Vec<uuid::Uuid>) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for job_id in &skipped {
+            if held.contains(job_id) {
+                tracing::debug!(%job_id, "stuck job still held by another transaction; skipped again");
+            } else {
+                tracing::warn!(
+                    %job_id,
+                    "stuck job skipped this pass: another transaction holds its row or a subtask's"
+                );
+            }
+        }
+        *held = skipped.into_iter().collect();
+    }
+
+    /// Lost messages: dead letters Redis lost (once per generation), jobs
+    /// whose messages a Redis failover dropped (as the relay found), then
+    /// batch after batch of PENDING jobs whose message is gone, until a
+    /// batch comes back short. Each of the three runs even when one before
+    /// it failed; the first error is returned at the end. Nothing while
+    /// Redis is unreachable.
+    pub async fn reap_lost_once(&self) -> Result<Rescued, ReaperError> {
+        if !self.queue.is_connected() {
+            return Ok(Rescued::default());
+        }
+        let limit = self.settings.call_timeout;
+        let owner = self
+            .owner
+            .get_or_try_init(|| generation::database_identity(&self.pool, limit))
+            .await?;
+        let synced = generation::sync(&self.pool, &self.queue, owner, limit).await?;
+        let mut all = Rescued::default();
+        let restored = self.restore_dead_letters(synced.generation).await;
+        let rolled_back = self.requeue_rolled_back(synced.generation, &mut all).await;
+        let lost = self.requeue_lost(&mut all).await;
+        restored.and(rolled_back).and(lost).map(|()| all)
+    }
+
+    /// The rollbacks the relay found, each until done (or until only jobs
+    /// another transaction holds are left), oldest first.
+    async fn requeue_rolled_back(
+        &self,
+        generation: i64,
+        all: &mut Rescued,
+    ) -> Result<(), ReaperError> {
+        let mut after = 0;
+        loop {
+            let found = bounded(
+                self.settings.call_timeout,
+                jobs::requeue_rolled_back(
+                    &self.pool,
+                    self.queue.queue().as_str(),
+                    generation,
+                    self.settings.policy.batch_size,
+                    after,
+                ),
+            )
+            .await?;
+            let Some(rolled_back) = found else {
+                return Ok(());
+            };
+            if !rolled_back.more {
+                after = rolled_back.id;
+            }
+            let batch = Rescued {
+                republished: rolled_back.job_ids,
+                ..Rescued::default()
+            };
+            self.handed_out(&batch);
+            all.extend(batch);
+        }
+    }
+
+    /// PENDING jobs whose message is gone, judged by Redis's counters and
+    /// lengths, batch after batch until one comes back short.
+    async fn requeue_lost(&self, all: &mut Rescued) -> Result<(), ReaperError> {
+        let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
+        loop {
+            let lost = self.requeue_lost_once().await?;
+            let more = lost.len() >= full;
+            let batch = Rescued {
+                republished: lost,
+                ..Rescued::default()
+            };
+            self.handed_out(&batch);
+            all.extend(batch);
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Once per generation (and once after the process starts): queues
+    /// again, for the dead lane, the dead letters pushed under an older
+    /// generation, which Redis lost with its data.
+    async fn restore_dead_letters(&self, generation: i64) -> Result<(), ReaperError> {
+        if self.dead_letters_of.load(Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        let mut restored = 0;
+        loop {
+            let batch = bounded(
+                self.settings.call_timeout,
+                jobs::restore_lost_dead_letters(
+                    &self.pool,
+                    generation,
+                    self.settings.policy.batch_size,
+                ),
+            )
+            .await?;
+            restored += batch.len();
+            if !batch.is_empty() {
+                self.relay.wake();
+            }
+            if batch.len() < usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX)
+            {
+                break;
+            }
+        }
+        if restored > 0 {
+            tracing::warn!(
+                restored,
+                generation,
+                "dead letters lost with Redis's data are queued for the dead lane again"
+            );
+        }
+        self.dead_letters_of.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// One batch of lost messages: settle the generation, read Redis, note
+    /// the messages seen popped, find candidates, read Redis again to
+    /// confirm, hand the lost ones out again.
     async fn requeue_lost_once(&self) -> Result<Vec<uuid::Uuid>, ReaperError> {
         let limit = self.settings.call_timeout;
         let owner = self
@@ -129,6 +288,11 @@ impl Reaper {
             // Changed since: the next pass settles it.
             return Ok(Vec::new());
         }
+        bounded(
+            limit,
+            jobs::note_popped(&self.pool, synced.generation, &before),
+        )
+        .await?;
         let mut tx = bounded(limit, self.pool.begin()).await?;
         let candidates = bounded(
             limit,
@@ -164,8 +328,10 @@ impl Reaper {
         }
     }
 
-    /// Runs until `token` is cancelled: a pass every interval, or at once
-    /// when `lost_data` is woken.
+    /// Runs until `token` is cancelled: each part, stuck jobs and lost
+    /// messages, in a loop of its own, a pass every interval; the lost-message
+    /// part also at once when `lost_data` is woken. A part that waits or
+    /// fails delays only its own next pass.
     pub async fn run(self, token: CancellationToken, lost_data: Wake, beat: Beat) {
         tracing::info!(
             interval = ?self.settings.interval,
@@ -173,17 +339,42 @@ impl Reaper {
             max_attempts = self.settings.policy.max_attempts,
             "reaper started"
         );
+        let stuck = self.run_part(&token, None, &beat, "stuck jobs", || self.reap_stuck_once());
+        let lost = self.run_part(&token, Some(&lost_data), &beat, "lost messages", || {
+            self.reap_lost_once()
+        });
+        tokio::join!(stuck, lost);
+        tracing::info!("reaper stopped");
+    }
+
+    async fn run_part<'a, F, P>(
+        &'a self,
+        token: &CancellationToken,
+        woken_by: Option<&Wake>,
+        beat: &Beat,
+        part: &'static str,
+        pass: P,
+    ) where
+        P: Fn() -> F,
+        F: Future<Output = Result<Rescued, ReaperError>> + 'a,
+    {
         loop {
             beat.beat();
             tokio::select! {
                 () = token.cancelled() => break,
                 () = tokio::time::sleep(self.settings.interval) => {}
-                () = lost_data.woken() => {}
+                () = async {
+                    match woken_by {
+                        Some(wake) => wake.woken().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
             beat.beat();
-            match self.reap_once().await {
+            match pass().await {
                 Ok(rescued) if !rescued.is_empty() => {
                     tracing::info!(
+                        part,
                         requeued = rescued.requeued.len(),
                         dead = rescued.dead.len(),
                         republished = rescued.republished.len(),
@@ -191,9 +382,10 @@ impl Reaper {
                     );
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(error = %error_chain(&error), "reaper pass failed"),
+                Err(error) => {
+                    tracing::warn!(part, error = %error_chain(&error), "reaper pass failed");
+                }
             }
         }
-        tracing::info!("reaper stopped");
     }
 }

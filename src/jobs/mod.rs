@@ -26,10 +26,11 @@ pub use list::{ListQuery, MAX_SUBTASKS_PER_PAGE, Page, list_jobs, list_jobs_with
 pub use model::{Job, JobStatus, NewJob, Priority, StoredStatus, Subtask};
 pub use redrive::{
     DEFAULT_REDRIVE_LIMIT, MAX_REDRIVE_LIMIT, RedriveError, Redriven, finish_interrupted_redrive,
-    redrive_dead_letters, redrive_limit,
+    redrive_dead_letters, redrive_limit, restore_lost_dead_letters,
 };
 pub use rescue::{
-    LostCandidate, RescuePolicy, Rescued, lost_candidates, requeue_lost, rescue_stuck_jobs,
+    LostCandidate, RescuePolicy, Rescued, RolledBack, StuckBatch, lost_candidates, note_popped,
+    requeue_lost, requeue_rolled_back, rescue_stuck_batch, rescue_stuck_jobs,
 };
 pub use scope::{JobView, Scope, SubtaskCounts};
 pub use transitions::{cancel_job, retry_job};

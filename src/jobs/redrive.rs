@@ -27,10 +27,14 @@ use uuid::Uuid;
 
 use super::{
     Job, JobError,
-    get::subtasks_of_many,
-    requeue::{Reason, hand_out_again, lock_subtasks},
+    get::{JobRow, SELECT_JOBS, subtasks_of_many},
+    requeue::{Reason, forget_messages, hand_out_again, lock_subtasks},
 };
-use crate::{db::bounded, queue::QueueError, queue::RedisQueue};
+use crate::{
+    db::bounded,
+    outbox::{Pending, enqueue},
+    queue::{Lane, QueueError, RedisQueue},
+};
 
 /// Dead letters per redrive when the caller names no limit.
 pub const DEFAULT_REDRIVE_LIMIT: usize = 100;
@@ -226,6 +230,57 @@ async fn hand_out_dead(pool: &PgPool, letters: &[DeadLetter]) -> Result<Vec<Job>
             job
         })
         .collect())
+}
+
+/// Queues again, for the dead lane, up to `limit` dead letters Redis lost
+/// with its data: jobs still FAILED at the attempt whose message went to
+/// the dead lane under a generation other than `generation` (the one Redis
+/// now holds). Each gets a new outbox row for the dead lane, at the same
+/// attempt (nothing about the job changes), so a redrive finds it again.
+/// Jobs another transaction holds are left for a later call. Returns the
+/// jobs queued.
+#[instrument(skip(pool), err)]
+pub async fn restore_lost_dead_letters(
+    pool: &PgPool,
+    generation: i64,
+    limit: i64,
+) -> Result<Vec<Uuid>, JobError> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query_as::<_, JobRow>(&format!(
+        "{SELECT_JOBS} WHERE j.status = 'FAILED' AND p.lane = $1 AND p.attempt = j.attempts \
+           AND p.generation <> $2 \
+         ORDER BY j.id LIMIT $3 FOR UPDATE OF j SKIP LOCKED"
+    ))
+    .bind(Lane::Dead.as_str())
+    .bind(generation)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let jobs = rows
+        .into_iter()
+        .map(|row| row.into_job(Vec::new()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    // The old publication goes: the relay records the new one.
+    forget_messages(&mut tx, &ids).await?;
+    let messages: Vec<Pending> = jobs
+        .iter()
+        .map(|job| Pending {
+            job_id: job.id,
+            attempt: job.attempts,
+            lane: Lane::Dead,
+            payload: job.message().to_json(),
+        })
+        .collect();
+    enqueue(&mut tx, &messages).await?;
+    tx.commit().await?;
+    for job in &jobs {
+        tracing::info!(job_id = %job.id, attempt = job.attempts, "dead letter lost with Redis's data; queued for the dead lane again");
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]

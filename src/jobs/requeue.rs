@@ -143,3 +143,26 @@ pub(crate) async fn lock_subtasks(
         .await?;
     Ok(())
 }
+
+/// Locks, without waiting, every subtask of each job whose subtasks no
+/// other transaction holds (`SKIP LOCKED`), subtasks first as in
+/// [`lock_subtasks`]. Returns those jobs, in the order given; a job one of
+/// whose subtasks another transaction holds is left out (the subtasks of it
+/// that were free stay locked until the caller's transaction ends).
+pub(crate) async fn try_lock_subtasks(
+    conn: &mut PgConnection,
+    job_ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH locked AS MATERIALIZED ( \
+             SELECT job_id FROM translation_subtasks WHERE job_id = ANY($1) \
+             ORDER BY id FOR UPDATE SKIP LOCKED) \
+         SELECT j.id FROM UNNEST($1::uuid[]) WITH ORDINALITY AS j (id, n) \
+         WHERE (SELECT count(*) FROM translation_subtasks AS s WHERE s.job_id = j.id) \
+             = (SELECT count(*) FROM locked AS l WHERE l.job_id = j.id) \
+         ORDER BY j.n",
+    )
+    .bind(job_ids)
+    .fetch_all(conn)
+    .await
+}

@@ -11,9 +11,10 @@ use uuid::Uuid;
 use super::{
     JobError,
     get::{JobRow, RETURNING_JOB},
-    requeue::{Reason, forget_messages, guard_subtasks, hand_out_again, lock_subtasks},
+    requeue::{Reason, forget_messages, guard_subtasks, hand_out_again, try_lock_subtasks},
 };
 use crate::{
+    db::IDLE_IN_TRANSACTION_TIMEOUT,
     outbox::{Pending, enqueue},
     queue::{Lane, Snapshot},
 };
@@ -63,47 +64,94 @@ pub struct RescuePolicy {
 /// maximum it becomes FAILED with the reason and its message goes to the
 /// dead lane; otherwise its unfinished subtasks and itself go back to
 /// PENDING under a new attempt, queued again. Safe with several replicas.
+/// Never waits for a lock: a job another transaction holds is left for a
+/// later pass (see [`rescue_stuck_batch`]).
 #[instrument(skip_all, err)]
 pub async fn rescue_stuck_jobs(pool: &PgPool, policy: RescuePolicy) -> Result<Rescued, JobError> {
+    Ok(rescue_stuck_batch(pool, policy, &[]).await?.rescued)
+}
+
+/// What one batch of the stuck-job rescue did.
+#[derive(Debug, Clone, Default)]
+pub struct StuckBatch {
+    pub rescued: Rescued,
+    /// Jobs looked at (at most the batch size): fewer than the batch size
+    /// means there are no more.
+    pub candidates: usize,
+    /// Stuck jobs left alone because another transaction holds their row or
+    /// one of their subtasks' (a worker's statement, or a session that
+    /// keeps a transaction open).
+    pub skipped: Vec<Uuid>,
+}
+
+/// One batch of [`rescue_stuck_jobs`], passing over `passed_over` (the jobs
+/// earlier batches of the same pass skipped, so that a pass ends).
+///
+/// Locks with `SKIP LOCKED`, subtasks first and then the job (the order a
+/// worker's subtask update takes them in, see `lock_subtasks`), so that one
+/// transaction holding one job's rows never stops the rescue of the others.
+#[instrument(skip_all, err)]
+pub async fn rescue_stuck_batch(
+    pool: &PgPool,
+    policy: RescuePolicy,
+    passed_over: &[Uuid],
+) -> Result<StuckBatch, JobError> {
     let mut tx = pool.begin().await?;
-    let rescued = rescue_in_progress(&mut tx, policy).await?;
+    let batch = rescue_in_progress(&mut tx, policy, passed_over).await?;
     tx.commit().await?;
-    Ok(rescued)
+    Ok(batch)
 }
 
 async fn rescue_in_progress(
     tx: &mut PgConnection,
     policy: RescuePolicy,
-) -> Result<Rescued, JobError> {
+    passed_over: &[Uuid],
+) -> Result<StuckBatch, JobError> {
     let stuck_secs = policy.stuck_after.as_secs_f64();
     let candidates: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM translation_jobs \
          WHERE status = 'IN_PROGRESS' AND updated_at < now() - make_interval(secs => $1) \
+           AND NOT (id = ANY($3)) \
          ORDER BY updated_at LIMIT $2",
     )
     .bind(stuck_secs)
     .bind(policy.batch_size)
+    .bind(passed_over)
     .fetch_all(&mut *tx)
     .await?;
     if candidates.is_empty() {
-        return Ok(Rescued::default());
+        return Ok(StuckBatch::default());
     }
-    // Subtasks first, then jobs: the order a worker's subtask update takes
-    // them in (see `lock_subtasks`). Then check again: a worker may have
-    // made progress while we waited.
-    lock_subtasks(tx, &candidates).await?;
-    let stuck: Vec<(Uuid, i32)> = sqlx::query_as(
-        "SELECT id, rescues FROM translation_jobs \
-         WHERE id = ANY($1) AND status = 'IN_PROGRESS' \
-           AND updated_at < now() - make_interval(secs => $2) \
-         ORDER BY id FOR UPDATE",
+    // Subtasks first, then jobs, neither waiting. Then check again: a worker
+    // may have made progress since the candidates were read.
+    let free = try_lock_subtasks(tx, &candidates).await?;
+    let locked: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+        "SELECT id, rescues, \
+                status = 'IN_PROGRESS' AND updated_at < now() - make_interval(secs => $2) \
+         FROM translation_jobs WHERE id = ANY($1) \
+         ORDER BY id FOR UPDATE SKIP LOCKED",
     )
-    .bind(&candidates)
+    .bind(&free)
     .bind(stuck_secs)
     .fetch_all(&mut *tx)
     .await?;
+    let skipped: Vec<Uuid> = candidates
+        .iter()
+        .filter(|id| !locked.iter().any(|(locked, _, _)| locked == *id))
+        .copied()
+        .collect();
+    let stuck: Vec<(Uuid, i32)> = locked
+        .into_iter()
+        .filter(|(_, _, still_stuck)| *still_stuck)
+        .map(|(id, rescues, _)| (id, rescues))
+        .collect();
+    let mut batch = StuckBatch {
+        rescued: Rescued::default(),
+        candidates: candidates.len(),
+        skipped,
+    };
     if stuck.is_empty() {
-        return Ok(Rescued::default());
+        return Ok(batch);
     }
     let out_of_rescues = |rescues: i32| rescues.saturating_add(1) >= policy.max_attempts;
     let dead: Vec<Uuid> = stuck
@@ -135,11 +183,12 @@ async fn rescue_in_progress(
         tracing::warn!(job_id = %job.id, attempt = job.attempts, "rescued a job stuck IN_PROGRESS; queued again");
     }
     dead_letter(tx, &dead, policy).await?;
-    Ok(Rescued {
+    batch.rescued = Rescued {
         requeued,
         dead,
         republished: Vec::new(),
-    })
+    };
+    Ok(batch)
 }
 
 /// Fails jobs out of rescues and sends their message to the dead lane (for
@@ -221,13 +270,44 @@ impl LostCandidate {
     }
 }
 
+/// Notes when a reaper first saw each PENDING job's current message popped
+/// (its position at or below its lane's popped count in `snapshot`): a
+/// message counts as popped and never claimed only once it has been seen
+/// popped for the policy's `stuck_after`, however long it waited before the
+/// pop. Rows another transaction holds are noted by a later pass.
+pub async fn note_popped(
+    pool: &PgPool,
+    generation: i64,
+    snapshot: &Snapshot,
+) -> Result<u64, JobError> {
+    let lanes: Vec<&str> = snapshot.lanes.iter().map(|c| c.lane.as_str()).collect();
+    let popped: Vec<i64> = snapshot.lanes.iter().map(|c| c.popped()).collect();
+    let noted = sqlx::query(
+        "UPDATE job_publications SET popped_seen_at = now() \
+         WHERE job_id IN ( \
+             SELECT p.job_id FROM translation_jobs AS j \
+             JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
+             JOIN UNNEST($2::text[], $3::int8[]) AS l (lane, popped) ON l.lane = p.lane \
+             WHERE j.status = 'PENDING' AND p.generation = $1 AND p.seq <= l.popped \
+               AND p.popped_seen_at IS NULL \
+             FOR UPDATE OF p SKIP LOCKED)",
+    )
+    .bind(generation)
+    .bind(&lanes)
+    .bind(&popped)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(noted)
+}
+
 /// PENDING jobs whose current attempt's message may be gone, judged by a
 /// snapshot of Redis taken before (`before`): pushed under another
 /// generation, at a position beyond the lane's counter, or at a position
-/// workers popped longer than `stuck_after` ago. Locks them (skipping locked
-/// ones); the caller confirms with a second snapshot
-/// ([`LostCandidate::is_lost`]) and hands the lost ones out again with
-/// [`requeue_lost`] in the same transaction.
+/// workers popped, seen popped (see [`note_popped`]) longer than
+/// `stuck_after` ago. Locks them (skipping locked ones); the caller
+/// confirms with a second snapshot ([`LostCandidate::is_lost`]) and hands
+/// the lost ones out again with [`requeue_lost`] in the same transaction.
 pub async fn lost_candidates(
     tx: &mut PgConnection,
     generation: i64,
@@ -237,9 +317,14 @@ pub async fn lost_candidates(
     let lanes: Vec<&str> = before.lanes.iter().map(|c| c.lane.as_str()).collect();
     let pushed: Vec<i64> = before.lanes.iter().map(|c| c.pushed).collect();
     let popped: Vec<i64> = before.lanes.iter().map(|c| c.popped()).collect();
+    // A publication without a position (an older version's) is judged by
+    // its age, as that version did.
     let candidates = sqlx::query_as::<_, LostCandidate>(
         "SELECT j.id AS job_id, p.lane, p.seq, p.generation, \
-                p.published_at < now() - make_interval(secs => $5) AS overdue \
+                CASE WHEN p.generation IS NULL \
+                     THEN p.published_at < now() - make_interval(secs => $5) \
+                     ELSE coalesce(p.popped_seen_at < now() - make_interval(secs => $5), false) \
+                END AS overdue \
          FROM translation_jobs AS j \
          JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
          LEFT JOIN UNNEST($2::text[], $3::int8[], $4::int8[]) AS l (lane, pushed, popped) \
@@ -248,7 +333,8 @@ pub async fn lost_candidates(
            AND ((p.generation IS NULL AND p.published_at < now() - make_interval(secs => $5)) \
                 OR p.generation <> $1 \
                 OR p.seq > l.pushed \
-                OR (p.seq <= l.popped AND p.published_at < now() - make_interval(secs => $5))) \
+                OR (p.seq <= l.popped \
+                    AND p.popped_seen_at < now() - make_interval(secs => $5))) \
          ORDER BY j.id LIMIT $6 \
          FOR UPDATE OF j SKIP LOCKED",
     )
@@ -261,6 +347,110 @@ pub async fn lost_candidates(
     .fetch_all(&mut *tx)
     .await?;
     Ok(candidates)
+}
+
+/// How long a rollback the relay found is kept after it was worked off: a
+/// round pushed before the rollback may still commit (its publications
+/// then show lost jobs) until PostgreSQL ends its transaction, which it
+/// does to a session idle in a transaction after
+/// [`IDLE_IN_TRANSACTION_TIMEOUT`].
+pub const ROLLBACK_KEPT_FOR: Duration = IDLE_IN_TRANSACTION_TIMEOUT.saturating_mul(2);
+
+/// Works off the oldest rollback the relay found (see the `lane_rollbacks`
+/// table) that no other reaper holds: hands out again, as new attempts, up
+/// to `limit` PENDING jobs whose current message was recorded at a position
+/// above the lane's counter before the push that found it, other than that
+/// push's own jobs, and either at or below the counter after that push
+/// (only that push took those positions since the rollback) or recorded
+/// before that push (later pushes were recorded after it). The messages at
+/// or below the counter are still in Redis and are left alone; so are the
+/// messages pushed after the rollback, which reuse the lost positions. The
+/// rollback is deleted once none of its jobs is left and it is older than
+/// [`ROLLBACK_KEPT_FOR`] (a job another transaction holds is taken by a
+/// later pass), or at once when it belongs to another generation (the new
+/// generation queues everything again). Only rollbacks with an id above
+/// `after` are looked at; returns `None` when none is waiting.
+#[instrument(skip_all, err)]
+pub async fn requeue_rolled_back(
+    pool: &PgPool,
+    queue: &str,
+    generation: i64,
+    limit: i64,
+    after: i64,
+) -> Result<Option<RolledBack>, JobError> {
+    let mut tx = pool.begin().await?;
+    let rollback: Option<(i64, i64, bool)> = sqlx::query_as(
+        "SELECT id, generation, found_at < now() - make_interval(secs => $3) \
+         FROM lane_rollbacks \
+         WHERE queue = $1 AND id > $2 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(queue)
+    .bind(after)
+    .bind(ROLLBACK_KEPT_FOR.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, pushed_under, expired)) = rollback else {
+        return Ok(None);
+    };
+    let lost: Vec<Uuid> = if pushed_under == generation {
+        sqlx::query_scalar(&format!(
+            "SELECT j.id {ROLLED_BACK} ORDER BY j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
+        ))
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
+    requeue_lost(&mut tx, &lost).await?;
+    let left = pushed_under == generation
+        && sqlx::query_scalar::<_, bool>(&format!("SELECT EXISTS (SELECT 1 {ROLLED_BACK})"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !left && (expired || pushed_under != generation) {
+        sqlx::query("DELETE FROM lane_rollbacks WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    if !lost.is_empty() {
+        tracing::warn!(
+            rollback = id,
+            jobs = lost.len(),
+            "Redis lost pushes in a failover (the lane's counter went back); their jobs are queued again"
+        );
+    }
+    let more = left && i64::try_from(lost.len()).unwrap_or(i64::MAX) >= limit;
+    Ok(Some(RolledBack {
+        id,
+        job_ids: lost,
+        more,
+    }))
+}
+
+/// The PENDING jobs a rollback (`$1`) lost, as a `FROM` clause.
+const ROLLED_BACK: &str = "FROM lane_rollbacks AS r \
+     JOIN job_publications AS p \
+       ON p.generation = r.generation AND p.lane = r.lane AND p.seq > r.after_seq \
+      AND (p.seq <= r.own_up_to OR p.published_at < r.pushed_before) \
+      AND NOT (p.job_id = ANY(r.own_jobs)) \
+     JOIN translation_jobs AS j ON j.id = p.job_id AND j.attempts = p.attempt \
+     WHERE r.id = $1 AND j.status = 'PENDING'";
+
+/// What one call of [`requeue_rolled_back`] did.
+#[derive(Debug, Clone)]
+pub struct RolledBack {
+    /// The rollback worked on.
+    pub id: i64,
+    /// Its jobs handed out again.
+    pub job_ids: Vec<Uuid>,
+    /// A full batch and more of its jobs left: call again for the same
+    /// rollback. False when it is done, or when only jobs another
+    /// transaction holds are left (a later pass takes them).
+    pub more: bool,
 }
 
 /// Hands jobs whose message was lost out again (a new attempt, a new

@@ -6,7 +6,8 @@
 //! the generation it was pushed under. When Redis loses its data the state
 //! hash is gone (or holds a generation PostgreSQL does not have): [`sync`]
 //! then starts a new generation, and the reaper queues again every PENDING
-//! job whose message was pushed under an older one. Under the row lock of
+//! job whose message was pushed under an older one, and every dead letter
+//! pushed under an older one (for the dead lane, so that a redrive finds it). Under the row lock of
 //! `queue_generations`, so replicas that notice the loss at once still start
 //! one new generation, not one each.
 

@@ -9,12 +9,15 @@
 //! them with one script call, every lane at once, each row at most once
 //! (see `queue::push`); [`Relay::commit`] records where each message went
 //! and commits. A relay that dies before the commit leaves the rows to the
-//! next attempt, whose push skips what already reached Redis.
+//! next attempt, whose push skips what already reached Redis. Each push is
+//! also checked against the highest positions PostgreSQL recorded: a lane
+//! counter below them means a Redis failover dropped pushes, which the
+//! relay records for the reaper (see [`Relay::publish`]).
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::{Duration, Instant},
@@ -63,21 +66,50 @@ const CLAIM: &str = "DELETE FROM outbox WHERE id = ANY(ARRAY( \
          SELECT id FROM outbox WHERE id > $2 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
      RETURNING id, job_id, lane, payload, created_at, attempt, token";
 
-/// The publications of one claiming transaction, one row per job.
-const INSERT_PUBLICATIONS: &str = "INSERT INTO job_publications \
+/// The publications of one claiming transaction, one row per job, and the
+/// highest position recorded per lane raised to the round's ($7, $8: one
+/// part of a round does that for the whole round; in lane order, so that
+/// concurrent rounds lock those rows in one order).
+const INSERT_PUBLICATIONS: &str = "WITH recorded AS (INSERT INTO job_publications \
          (job_id, published_at, attempt, lane, seq, generation) \
      SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
-     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq)";
+     FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq)) \
+     INSERT INTO lane_positions AS m (queue, generation, lane, seq) \
+     SELECT $6, $5, u.lane, u.seq FROM UNNEST($7::text[], $8::int8[]) AS u (lane, seq) \
+     ORDER BY u.lane \
+     ON CONFLICT (queue, generation, lane) DO UPDATE SET seq = excluded.seq \
+     WHERE m.seq < excluded.seq";
 
 /// The same where a job may already have one: the newer attempt wins.
-const UPSERT_PUBLICATIONS: &str = "INSERT INTO job_publications AS p \
+const UPSERT_PUBLICATIONS: &str = "WITH recorded AS (INSERT INTO job_publications AS p \
          (job_id, published_at, attempt, lane, seq, generation) \
      SELECT u.job_id, clock_timestamp(), u.attempt, u.lane, u.seq, $5 \
      FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::int8[]) AS u (job_id, attempt, lane, seq) \
      ON CONFLICT (job_id) DO UPDATE SET \
          published_at = excluded.published_at, attempt = excluded.attempt, \
          lane = excluded.lane, seq = excluded.seq, generation = excluded.generation \
-     WHERE excluded.attempt >= p.attempt";
+     WHERE excluded.attempt >= p.attempt) \
+     INSERT INTO lane_positions AS m (queue, generation, lane, seq) \
+     SELECT $6, $5, u.lane, u.seq FROM UNNEST($7::text[], $8::int8[]) AS u (lane, seq) \
+     ORDER BY u.lane \
+     ON CONFLICT (queue, generation, lane) DO UPDATE SET seq = excluded.seq \
+     WHERE m.seq < excluded.seq";
+
+/// PostgreSQL's clock and the highest position recorded per lane of the
+/// queue's current generation, read after a round's claim, before its push.
+const READ_POSITIONS: &str = "SELECT clock_timestamp(), g.generation, \
+         ARRAY(SELECT lane FROM lane_positions AS l \
+               WHERE l.queue = $1 AND l.generation = g.generation ORDER BY lane), \
+         ARRAY(SELECT seq FROM lane_positions AS l \
+               WHERE l.queue = $1 AND l.generation = g.generation ORDER BY lane) \
+     FROM (SELECT (SELECT generation FROM queue_generations WHERE queue = $1) AS generation) AS g";
+
+/// A rollback found by a push, recorded for the reaper (see
+/// `jobs::requeue_rolled_back`): the lane's counter before and after the
+/// push, the jobs the push put there, and a time before the push.
+const RECORD_ROLLBACK: &str = "INSERT INTO lane_rollbacks \
+         (queue, generation, lane, after_seq, own_up_to, own_jobs, pushed_before) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// Errors of one drain.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +198,31 @@ pub struct Claimed {
     part_of: Vec<usize>,
     /// When the claim began: the round's latency runs from here to the commit.
     started: Instant,
+    /// What PostgreSQL had recorded before the push (read after the claim).
+    recorded: Recorded,
+}
+
+/// PostgreSQL's record of the lanes before a round's push: the highest
+/// position recorded per lane of the current generation, and its clock.
+/// A push that finds a lane's counter below that position met a Redis
+/// that lost writes (a failover to a replica that missed the last pushes).
+#[derive(Debug, Clone, Default)]
+struct Recorded {
+    at: Option<DateTime<Utc>>,
+    generation: Option<i64>,
+    highest: Vec<(String, i64)>,
+}
+
+impl Recorded {
+    fn highest(&self, generation: i64, lane: Lane) -> i64 {
+        if self.generation != Some(generation) {
+            return 0;
+        }
+        self.highest
+            .iter()
+            .find(|(name, _)| name == lane.as_str())
+            .map_or(0, |(_, seq)| *seq)
+    }
 }
 
 /// Where the claimed rows' messages went.
@@ -210,6 +267,9 @@ pub struct Relay {
     /// Set when a plain insert of publications met an existing one: the
     /// next round records with an upsert.
     upsert_publications: Arc<AtomicBool>,
+    /// The highest counter this relay's pushes found per generation and
+    /// lane, including rounds not committed yet (see `find_rollbacks`).
+    seen: Arc<Mutex<HashMap<(i64, Lane), i64>>>,
 }
 
 impl Relay {
@@ -231,6 +291,7 @@ impl Relay {
             generation: Arc::new(AtomicI64::new(0)),
             lost_data,
             upsert_publications: Arc::new(AtomicBool::new(false)),
+            seen: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -349,11 +410,36 @@ impl Relay {
             rows = order.iter().filter_map(|&i| taken[i].take()).collect();
             part_of = order.iter().map(|&i| part_of[i]).collect();
         }
+        let recorded = match parts.first_mut() {
+            Some(tx) => self.read_positions(tx).await?,
+            None => Recorded::default(),
+        };
         Ok(Claimed {
             parts,
             rows,
             part_of,
             started,
+            recorded,
+        })
+    }
+
+    /// Reads [`Recorded`] in a claiming transaction.
+    async fn read_positions(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<Recorded, RelayError> {
+        let (at, generation, lanes, seqs): (DateTime<Utc>, Option<i64>, Vec<String>, Vec<i64>) =
+            bounded(
+                self.settings.call_timeout,
+                sqlx::query_as(READ_POSITIONS)
+                    .bind(self.queue.queue().as_str())
+                    .fetch_one(&mut **tx),
+            )
+            .await?;
+        Ok(Recorded {
+            at: Some(at),
+            generation,
+            highest: lanes.into_iter().zip(seqs).collect(),
         })
     }
 
@@ -386,7 +472,8 @@ impl Relay {
     }
 
     /// Pushes the claimed rows, each lane in id order, under the current
-    /// Redis generation (settling it first when unknown).
+    /// Redis generation (settling it first when unknown), and records a
+    /// rollback the push finds (see `find_rollbacks`).
     pub async fn publish(&self, claimed: &Claimed) -> Result<Published, RelayError> {
         let generation = match self.generation.load(Ordering::Acquire) {
             0 => self.settle_generation().await?,
@@ -410,10 +497,14 @@ impl Relay {
             .push(generation, self.settings.marker_ttl, &messages)
             .await?
         {
-            PushOutcome::Done(placements) => Ok(Published {
-                generation,
-                placements,
-            }),
+            PushOutcome::Done(placements) => {
+                self.find_rollbacks(claimed, &messages, &placements, generation)
+                    .await?;
+                Ok(Published {
+                    generation,
+                    placements,
+                })
+            }
             PushOutcome::StaleGeneration { found } => {
                 // Settle it on the next drain; this batch rolls back untouched.
                 self.generation.store(0, Ordering::Release);
@@ -423,6 +514,95 @@ impl Relay {
                 })
             }
         }
+    }
+
+    /// Compares each lane's counter before this push with the highest
+    /// position recorded before it (by any relay, read after the claim, or
+    /// seen by this one's earlier pushes, which may not be committed yet).
+    /// A counter below it means Redis lost pushes: the positions above the
+    /// counter now go to new messages, so the reaper could no longer tell
+    /// the lost messages by their position. The rollback is recorded for the
+    /// reaper, which queues the lost jobs again, and the reaper is woken.
+    /// (The messages of `claimed.rows` are `messages`, in the same order.)
+    async fn find_rollbacks(
+        &self,
+        claimed: &Claimed,
+        messages: &[OutboxMessage<'_>],
+        placements: &[Placement],
+        generation: i64,
+    ) -> Result<(), RelayError> {
+        // Per lane: its counter before the push, and after it.
+        let mut lanes: Vec<(Lane, i64, i64)> = Vec::new();
+        for (message, placement) in messages.iter().zip(placements) {
+            let before = if placement.pushed {
+                placement.seq - 1
+            } else {
+                placement.seq
+            };
+            match lanes.iter_mut().find(|(lane, _, _)| *lane == message.lane) {
+                Some((_, low, high)) => {
+                    *low = (*low).min(before);
+                    *high = (*high).max(placement.seq);
+                }
+                None => lanes.push((message.lane, before, placement.seq)),
+            }
+        }
+        // Until the counter passes the highest position recorded, every push
+        // finds the rollback again (from PostgreSQL's record, or from this
+        // relay's own earlier pushes): each records the positions it took,
+        // so that the reaper tells the lost messages there from its own.
+        let mut rolled_back = Vec::new();
+        {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            seen.retain(|(pushed_under, _), _| *pushed_under == generation);
+            for (lane, before, after) in lanes {
+                let seen = seen.entry((generation, lane)).or_insert(0);
+                let highest = claimed.recorded.highest(generation, lane).max(*seen);
+                if before < highest {
+                    rolled_back.push((lane, before, after, highest));
+                }
+                *seen = (*seen).max(after);
+            }
+        }
+        let Some(pushed_before) = claimed.recorded.at else {
+            return Ok(());
+        };
+        for &(lane, before, after, highest) in &rolled_back {
+            let own_jobs: Vec<Uuid> = claimed
+                .rows
+                .iter()
+                .zip(messages)
+                .filter(|(_, message)| message.lane == lane)
+                .map(|(row, _)| row.job_id)
+                .collect();
+            tracing::warn!(
+                lane = %lane.as_str(),
+                counter = before,
+                recorded = highest,
+                "Redis lost pushes (its push counter is below a recorded position: a failover to a \
+                 replica that missed them); their jobs are queued again"
+            );
+            bounded(
+                self.settings.call_timeout,
+                sqlx::query(RECORD_ROLLBACK)
+                    .bind(self.queue.queue().as_str())
+                    .bind(generation)
+                    .bind(lane.as_str())
+                    .bind(before)
+                    .bind(after)
+                    .bind(&own_jobs)
+                    .bind(pushed_before)
+                    .execute(&self.pool),
+            )
+            .await?;
+        }
+        if !rolled_back.is_empty() {
+            self.lost_data.wake();
+        }
+        Ok(())
     }
 
     /// Records where each message went (the job's publication: time,
@@ -438,6 +618,7 @@ impl Relay {
             rows,
             part_of,
             started,
+            recorded: _,
         } = claimed;
         // A job can have two rows in one round (a stale attempt's and the
         // new one's): record the newest attempt only, once.
@@ -456,6 +637,19 @@ impl Relay {
             record.attempts.push(row.attempt);
             record.lanes.push(&row.lane);
             record.seqs.push(placement.seq);
+        }
+        // The round's highest position per lane, raised by its first part.
+        if let Some(first) = records.first_mut() {
+            let mut highest: Vec<(&str, i64)> = Vec::new();
+            for (row, placement) in rows.iter().zip(&published.placements) {
+                match highest.iter_mut().find(|(lane, _)| *lane == row.lane) {
+                    Some((_, seq)) => *seq = (*seq).max(placement.seq),
+                    None => highest.push((&row.lane, placement.seq)),
+                }
+            }
+            highest.sort_unstable();
+            first.highest_lanes = highest.iter().map(|(lane, _)| *lane).collect();
+            first.highest_seqs = highest.iter().map(|(_, seq)| *seq).collect();
         }
         let commits = parts
             .into_iter()
@@ -502,6 +696,9 @@ impl Relay {
                 .bind(&records.lanes)
                 .bind(&records.seqs)
                 .bind(generation)
+                .bind(self.queue.queue().as_str())
+                .bind(&records.highest_lanes)
+                .bind(&records.highest_seqs)
                 .execute(&mut *tx),
             )
             .await;
@@ -766,6 +963,10 @@ struct Records<'a> {
     attempts: Vec<i32>,
     lanes: Vec<&'a str>,
     seqs: Vec<i64>,
+    /// The round's highest position per lane, in lane order (in one part
+    /// of the round only).
+    highest_lanes: Vec<&'a str>,
+    highest_seqs: Vec<i64>,
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {

@@ -50,6 +50,18 @@ async fn publications_an_hour_and_more_ago(pool: &PgPool) {
         .unwrap();
 }
 
+/// Makes every message a reaper has seen popped look popped longer ago than
+/// the reaper's timeout.
+async fn popped_an_hour_and_more_ago(pool: &PgPool) {
+    sqlx::query(
+        "UPDATE job_publications SET popped_seen_at = now() - interval '2 hours' \
+         WHERE popped_seen_at IS NOT NULL",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 async fn outbox_ids(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
         .fetch_all(pool)
@@ -353,6 +365,7 @@ async fn a_message_popped_by_a_worker_that_died_is_queued_again_after_the_timeou
     );
 
     publications_an_hour_and_more_ago(&pool).await;
+    popped_an_hour_and_more_ago(&pool).await;
     let rescued = reaper.reap_once().await.unwrap();
     assert_eq!(
         rescued.republished,
@@ -448,5 +461,146 @@ async fn the_lanes_share_the_queue_s_slot_and_old_lane_keys_are_moved(pool: PgPo
     let exists: i64 = redis.exists(&legacy).await.unwrap();
     assert_eq!(exists, 0);
     assert!(PATIENCE > Duration::ZERO);
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_message_popped_just_now_is_judged_from_its_pop_not_its_publication(pool: PgPool) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let created = create_jobs(&pool, 2).await;
+    relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    let reaper = reaper(&pool, queue(&name).await);
+
+    // A backlog older than the timeout: the messages waited an hour, and a
+    // healthy worker pops the first one just now, a moment before its claim.
+    publications_an_hour_and_more_ago(&pool).await;
+    let _: String = redis.lpop(name.key(Lane::Normal), None).await.unwrap();
+    let rescued = reaper.reap_once().await.unwrap();
+    assert!(
+        rescued.is_empty(),
+        "a message popped just now is not queued again: {rescued:?}"
+    );
+    assert_eq!(messages(&redis, &name, Lane::Normal).await.len(), 1);
+
+    // The worker died after all: a pass once the pop is older than the
+    // timeout queues it again.
+    popped_an_hour_and_more_ago(&pool).await;
+    let rescued = reaper.reap_once().await.unwrap();
+    assert_eq!(rescued.republished, [Uuid::parse_str(&created[0]).unwrap()]);
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn messages_a_failover_lost_are_queued_again_once_even_after_later_pushes_reuse_their_positions(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let first = create_jobs(&pool, 6).await;
+    let drained = relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!(drained.pushed, 6);
+
+    // A failover to a replica that missed the last three pushes: the lane's
+    // counter is back at 3 and the last three messages are gone.
+    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
+    let _: () = redis
+        .hset(name.tagged("state"), ("pushed:normal", 3))
+        .await
+        .unwrap();
+
+    // Later creates, pushed by another relay (another replica of the
+    // service), land on positions 4 to 8: past the lost ones' positions.
+    let later = create_jobs(&pool, 5).await;
+    let drained = relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!(drained.pushed, 5);
+
+    let reaper = reaper(&pool, queue(&name).await);
+    let rescued = reaper.reap_once().await.unwrap();
+    let mut republished: Vec<String> = rescued.republished.iter().map(Uuid::to_string).collect();
+    republished.sort();
+    let mut lost = first[3..].to_vec();
+    lost.sort();
+    assert_eq!(republished, lost, "the lost messages, and only they");
+    relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    assert!(
+        reaper.reap_once().await.unwrap().is_empty(),
+        "once, not on every pass"
+    );
+
+    let found = messages(&redis, &name, Lane::Normal).await;
+    let present: Vec<String> = first[..3].iter().chain(&later).cloned().collect();
+    assert_eq!(ids(&found[..8]), present, "nothing present was copied");
+    assert!(found[..8].iter().all(|m| m.attempt == 0));
+    let mut again = ids(&found[8..]);
+    again.sort();
+    assert_eq!(again, lost, "each lost job once more");
+    assert!(found[8..].iter().all(|m| m.attempt == 1));
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_round_pushed_before_a_failover_and_committed_after_the_next_push_is_still_found(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let relay = relay(&pool, queue(&name).await, 100).await;
+    let kept = create_jobs(&pool, 3).await;
+    assert_eq!(relay.drain_once().await.unwrap().pushed, 3);
+
+    // A round is pushed (positions 4 to 6) but not committed yet when
+    // Redis fails over to a replica that missed it.
+    let lost = create_jobs(&pool, 3).await;
+    let round = relay.claim().await.unwrap();
+    let pushed = relay.publish(&round).await.unwrap();
+    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
+    let _: () = redis
+        .hset(name.tagged("state"), ("pushed:normal", 3))
+        .await
+        .unwrap();
+    // The relay's next round takes positions 4 to 8 again; the lost round
+    // commits only after that push.
+    let later = create_jobs(&pool, 5).await;
+    let next = relay.claim().await.unwrap();
+    let next_pushed = relay.publish(&next).await.unwrap();
+    relay.commit(round, pushed).await.unwrap();
+    relay.commit(next, next_pushed).await.unwrap();
+
+    let reaper = reaper(&pool, queue(&name).await);
+    let mut republished: Vec<String> = reaper
+        .reap_once()
+        .await
+        .unwrap()
+        .republished
+        .iter()
+        .map(Uuid::to_string)
+        .collect();
+    republished.sort();
+    let mut expected = lost.clone();
+    expected.sort();
+    assert_eq!(republished, expected, "the lost round, and only it");
+    relay.drain_once().await.unwrap();
+    assert!(reaper.reap_once().await.unwrap().is_empty());
+    let found = ids(&messages(&redis, &name, Lane::Normal).await);
+    let present: Vec<String> = kept.iter().chain(&later).cloned().collect();
+    assert_eq!(found[..8], present[..]);
+    assert_eq!(found.len(), 11);
     cleanup(&redis, &name).await;
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use fred::prelude::{HashesInterface, ListInterface};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -9,11 +10,16 @@ use sqlx::{
 use translation_jobs::{
     api::convert,
     jobs::{RescuePolicy, create_job, fields::UserId, rescue_stuck_jobs},
-    queue::Lane,
+    queue::{Lane, RedisQueue},
+    reaper::{Reaper, ReaperSettings},
+    wake::Wake,
 };
 use uuid::Uuid;
 
-use crate::support::{SHARED_REDIS_URL, TestApp, create_request, redis_client, wait_for_messages};
+use crate::support::{
+    PATIENCE, SHARED_REDIS_URL, TestApp, cleanup, create_request, queue, redis_client, relay,
+    unique_queue, wait_for_messages,
+};
 
 const POLICY: RescuePolicy = RescuePolicy {
     stuck_after: Duration::from_secs(600),
@@ -221,4 +227,69 @@ async fn the_running_service_requeues_a_stuck_job_to_redis(
     assert_eq!(dead[0].job_id, id.to_string());
     assert_eq!(job_state(&pool, id).await.0, "FAILED");
     app.stop().await;
+}
+
+/// A reaper on `queue` that the test drives pass by pass; every call it
+/// makes gives up after two seconds.
+fn reaper_on(pool: &PgPool, queue: RedisQueue) -> Reaper {
+    Reaper::new(
+        pool.clone(),
+        queue,
+        ReaperSettings {
+            interval: Duration::from_secs(3600),
+            policy: POLICY,
+            call_timeout: Duration::from_secs(2),
+        },
+        Wake::new(),
+    )
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_transaction_holding_a_stuck_job_s_subtask_stops_neither_other_rescues_nor_the_lost_message_pass(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let queue = queue(&name).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let held = new_job(&pool).await;
+    let free = new_job(&pool).await;
+    let lost = new_job(&pool).await;
+    relay(&pool, queue.clone(), 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    // Redis lost the last push (the lane's counter is behind `lost`'s
+    // position, its message is gone).
+    let _: String = redis.rpop(name.key(Lane::Normal), None).await.unwrap();
+    let _: i64 = redis
+        .hincrby(name.tagged("state"), "pushed:normal", -1)
+        .await
+        .unwrap();
+    stuck_since(&pool, held, Duration::from_secs(3600)).await;
+    stuck_since(&pool, free, Duration::from_secs(3600)).await;
+
+    // Someone holds one stuck job's subtask in a transaction left open.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM translation_subtasks WHERE job_id = $1 FOR UPDATE")
+        .bind(held)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let reaper = reaper_on(&pool, queue.clone());
+    let rescued = tokio::time::timeout(PATIENCE, reaper.reap_once())
+        .await
+        .expect("the pass ends")
+        .expect("the pass succeeds");
+    assert_eq!(rescued.requeued, [free], "the other stuck job is rescued");
+    assert_eq!(rescued.republished, [lost], "the lost message is found");
+    assert_eq!(job_state(&pool, held).await.0, "IN_PROGRESS");
+
+    // Once the transaction ends, the next pass takes the held job too.
+    holder.rollback().await.unwrap();
+    let rescued = reaper.reap_once().await.unwrap();
+    assert_eq!(rescued.requeued, [held]);
+    assert!(rescued.republished.is_empty(), "{rescued:?}");
+    cleanup(&redis, &name).await;
 }

@@ -12,6 +12,8 @@ use translation_jobs::{
     api::proto::{RedriveDeadLettersRequest, RetryTranslationJobRequest},
     jobs::{RescuePolicy, finish_interrupted_redrive, redrive_dead_letters, rescue_stuck_jobs},
     queue::{Lane, QueueName, RedisQueue},
+    reaper::{Reaper, ReaperSettings},
+    wake::Wake,
 };
 use uuid::Uuid;
 
@@ -329,4 +331,61 @@ async fn the_redrive_rpc_and_http_route_queue_dead_jobs_again(
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     let _ = app.create().await;
     app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn dead_letters_survive_redis_losing_its_data(pool: PgPool) {
+    let name = unique_queue();
+    let queue = queue(&name).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let ids = dead_jobs(&pool, &queue, &redis, &name, 2).await;
+
+    // Redis loses its data (FLUSHALL, a restart without persistence): here
+    // only this test's keys, as other tests share this Redis.
+    cleanup(&redis, &name).await;
+    // The reaper's next pass notices and starts a new generation.
+    let reaper = Reaper::new(
+        pool.clone(),
+        queue.clone(),
+        ReaperSettings {
+            interval: Duration::from_secs(3600),
+            policy: RescuePolicy {
+                stuck_after: Duration::from_secs(3600),
+                max_attempts: 1,
+                batch_size: 100,
+            },
+            call_timeout: CALL_TIMEOUT,
+        },
+        Wake::new(),
+    );
+    reaper.reap_once().await.unwrap();
+    relay(&pool, queue.clone(), 500)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+
+    let redriven = redrive_dead_letters(&pool, &queue, 0, CALL_TIMEOUT)
+        .await
+        .unwrap();
+    let mut redriven_ids: Vec<Uuid> = redriven.jobs.iter().map(|job| job.id).collect();
+    redriven_ids.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(redriven_ids, expected, "both dead letters are found again");
+    relay(&pool, queue.clone(), 500)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    let queued = messages(&redis, &name, Lane::Normal).await;
+    let mut queued_ids: Vec<String> = queued.iter().map(|m| m.job_id.clone()).collect();
+    queued_ids.sort();
+    let expected: Vec<String> = expected.iter().map(Uuid::to_string).collect();
+    assert_eq!(queued_ids, expected, "each with a message");
+    for id in &ids {
+        assert_eq!(job_state(&pool, *id).await.0, "PENDING");
+    }
+    assert!(queued.iter().all(|m| m.attempt == 1));
+    cleanup(&redis, &name).await;
 }
