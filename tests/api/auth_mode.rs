@@ -7,7 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::{
     binary::{Binary, database_url},
-    support::{SHARED_REDIS_URL, http_get, unique_queue},
+    support::{SHARED_REDIS_URL, cleanup, http_get, redis_client, unique_queue},
 };
 
 const AUTH_VARIABLES: [&str; 5] = [
@@ -129,5 +129,36 @@ async fn running_open_is_logged_and_exported(_: PgPoolOptions, database: PgConne
             "{mode:?}: {output}"
         );
         binary.terminate(Duration::from_secs(30)).await;
+        cleanup(&redis_client(SHARED_REDIS_URL).await, &queue).await;
+    }
+}
+
+/// With a key but no audience, a start-up warning says tokens for any
+/// audience are accepted; with one, no such warning.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_key_without_an_audience_is_warned_about(_: PgPoolOptions, database: PgConnectOptions) {
+    for (audience, warned) in [(None, true), (Some("translation-jobs"), false)] {
+        let queue = unique_queue();
+        let mut env = vec![
+            ("DATABASE_URL", database_url(&database)),
+            ("REDIS_URL", SHARED_REDIS_URL.into()),
+            ("TRANSLATION_QUEUE", queue.as_str().into()),
+            ("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef".into()),
+        ];
+        if let Some(audience) = audience {
+            env.push(("AUTH_JWT_AUDIENCE", audience.into()));
+        }
+        let unset: Vec<&str> = AUTH_VARIABLES
+            .into_iter()
+            .filter(|name| !env.iter().any(|(set, _)| set == name))
+            .collect();
+        let mut binary = Binary::start_ready(&env, &unset).await;
+        let output = binary.output();
+        let warning = output
+            .lines()
+            .any(|line| line.contains("\"WARN\"") && line.contains("AUTH_JWT_AUDIENCE is not set"));
+        assert_eq!(warning, warned, "{audience:?}: {output}");
+        binary.terminate(Duration::from_secs(30)).await;
+        cleanup(&redis_client(SHARED_REDIS_URL).await, &queue).await;
     }
 }

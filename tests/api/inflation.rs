@@ -12,7 +12,10 @@ use translation_jobs::api::proto::{
 
 use crate::{
     binary::{Binary, database_url},
-    support::{NOVEL_ID, SHARED_REDIS_URL, create_request, http_request, unique_queue},
+    support::{
+        NOVEL_ID, SHARED_REDIS_URL, cleanup, create_request, http_request, redis_client,
+        unique_queue,
+    },
 };
 
 const MILLION: usize = 1_000_000;
@@ -112,4 +115,5 @@ async fn a_million_empty_entries_are_refused_before_they_are_decoded(
         grown / (1024 * 1024)
     );
     binary.terminate(std::time::Duration::from_secs(30)).await;
+    cleanup(&redis_client(SHARED_REDIS_URL).await, &queue).await;
 }
