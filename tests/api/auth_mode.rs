@@ -4,6 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use translation_jobs::queue::QueueName;
 
 use crate::{
     binary::{Binary, database_url},
@@ -44,6 +45,26 @@ async fn run_to_exit(env: Vec<(&'static str, String)>) -> (Option<i32>, String) 
         .await
         .expect("the binary refused at once instead of serving")
         .unwrap()
+}
+
+/// The binary on loopback, ready, with `auth` as its only authentication
+/// variables.
+async fn start_with_auth(
+    database: &PgConnectOptions,
+    queue: &QueueName,
+    auth: Vec<(&'static str, String)>,
+) -> Binary {
+    let mut env = vec![
+        ("DATABASE_URL", database_url(database)),
+        ("REDIS_URL", SHARED_REDIS_URL.into()),
+        ("TRANSLATION_QUEUE", queue.as_str().into()),
+    ];
+    env.extend(auth);
+    let unset: Vec<&str> = AUTH_VARIABLES
+        .into_iter()
+        .filter(|name| !env.iter().any(|(set, _)| set == name))
+        .collect();
+    Binary::start_ready(&env, &unset).await
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -98,19 +119,8 @@ async fn running_open_is_logged_and_exported(_: PgPoolOptions, database: PgConne
         (Some("none"), "AUTH_MODE=none"),
     ] {
         let queue = unique_queue();
-        let mut env = vec![
-            ("DATABASE_URL", database_url(&database)),
-            ("REDIS_URL", SHARED_REDIS_URL.into()),
-            ("TRANSLATION_QUEUE", queue.as_str().into()),
-        ];
-        if let Some(mode) = mode {
-            env.push(("AUTH_MODE", mode.into()));
-        }
-        let unset: Vec<&str> = AUTH_VARIABLES
-            .into_iter()
-            .filter(|name| !env.iter().any(|(set, _)| set == name))
-            .collect();
-        let mut binary = Binary::start_ready(&env, &unset).await;
+        let auth: Vec<(&str, String)> = mode.map(|m| ("AUTH_MODE", m.into())).into_iter().collect();
+        let mut binary = start_with_auth(&database, &queue, auth).await;
         let (status, metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", binary.http_port))
             .await
             .unwrap();
@@ -139,20 +149,9 @@ async fn running_open_is_logged_and_exported(_: PgPoolOptions, database: PgConne
 async fn a_key_without_an_audience_is_warned_about(_: PgPoolOptions, database: PgConnectOptions) {
     for (audience, warned) in [(None, true), (Some("translation-jobs"), false)] {
         let queue = unique_queue();
-        let mut env = vec![
-            ("DATABASE_URL", database_url(&database)),
-            ("REDIS_URL", SHARED_REDIS_URL.into()),
-            ("TRANSLATION_QUEUE", queue.as_str().into()),
-            ("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef".into()),
-        ];
-        if let Some(audience) = audience {
-            env.push(("AUTH_JWT_AUDIENCE", audience.into()));
-        }
-        let unset: Vec<&str> = AUTH_VARIABLES
-            .into_iter()
-            .filter(|name| !env.iter().any(|(set, _)| set == name))
-            .collect();
-        let mut binary = Binary::start_ready(&env, &unset).await;
+        let mut auth = vec![("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef".into())];
+        auth.extend(audience.map(|a| ("AUTH_JWT_AUDIENCE", a.into())));
+        let mut binary = start_with_auth(&database, &queue, auth).await;
         let output = binary.output();
         let warning = output
             .lines()
