@@ -5,7 +5,7 @@
 #     -e DATABASE_URL=postgres://... -e REDIS_URL=redis://... \
 #     -e AUTH_JWT_SECRET=<32 bytes or more> translation-jobs:dev
 # (Inside the container the service listens on every interface, so without a key it
-# starts only with -e AUTH_MODE=none: see the README's Security section.)
+# starts only with -e AUTH_MODE=none: see docs/security.md.)
 #
 # Base images are pinned by digest, so a rebuild gets the bytes that were reviewed.
 # To move to newer ones: `docker buildx imagetools inspect rust:1-bookworm` (and the

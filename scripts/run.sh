@@ -4,14 +4,14 @@
 # then the service itself on GRPC_ADDR (default here 127.0.0.1:50051) and
 # HTTP_ADDR (default here 127.0.0.1:8000, the dashboard at /). On loopback
 # only, it runs without keys and without AUTH_MODE; to listen beyond this
-# machine set a key (AUTH_JWT_SECRET) or AUTH_MODE=none (see the README's
+# machine set a key (AUTH_JWT_SECRET) or AUTH_MODE=none (see docs/security.md,
 # Security). Arguments go to the binary (`scripts/run.sh stats`,
 # `scripts/run.sh redrive-dead`).
 #
 # Environment: DATABASE_URL (default: the database TRANSLATION_JOBS_DB,
 # default translation_jobs, on the server scripts/services.sh starts),
 # REDIS_URL (default redis://127.0.0.1:6379/0), PROFILE (dev, the default,
-# or release), and every variable of the README's configuration table.
+# or release), and every variable of docs/configuration.md.
 #
 # The dev build is the very build scripts/test.sh makes (`cargo build
 # --all-targets` resolves the same features as `cargo test --all-targets`),

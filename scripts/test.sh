@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
+section "manual: every relative link of README.md and docs/ resolves"
+python3 scripts/check_links.py
 section "proto: buf lint and breaking-change check"
 bash scripts/check_proto.sh
 section "deployment: Helm chart, Dockerfile, docker-compose.yml"

@@ -476,7 +476,7 @@ pub enum AuthMode {
     /// `AUTH_MODE=none`: open, deliberately.
     OpenAsked,
     /// No key and no `AUTH_MODE`, every listener on loopback: only this
-    /// machine can call (a developer's run, the README's run command).
+    /// machine can call (a developer's run, the README's run command, scripts/run.sh).
     OpenLoopback,
 }
 
