@@ -29,7 +29,7 @@ use crate::{
     health::{self, Health},
     jobs::GroupCommit,
     metrics::Metrics,
-    outbox::Relay,
+    outbox::{Relay, Scheduler},
     queue::{QueueError, RedisQueue, eviction_risk},
     reaper::Reaper,
     supervise::{Beat, supervise},
@@ -162,6 +162,7 @@ impl App {
         let token = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let relay_wake = Wake::new();
+        let schedule_wake = Wake::new();
         let health = Health::new();
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -191,6 +192,7 @@ impl App {
             queue: self.queue.clone(),
             health: health.clone(),
             wake: relay_wake.clone(),
+            schedule_wake: schedule_wake.clone(),
             metrics: self.metrics.clone(),
             backlog: Arc::new(Backlog::new(
                 self.pool.clone(),
@@ -200,7 +202,11 @@ impl App {
             creates,
             hub: hub.clone(),
             shutdown: serving.clone(),
-            max_subtasks_per_job: self.settings.max_subtasks_per_job,
+            create_rules: api::convert::CreateRules {
+                max_subtasks: self.settings.max_subtasks_per_job,
+                default_max_attempts: self.settings.retries.default_max_attempts,
+                max_schedule_ahead: self.settings.retries.max_schedule_ahead,
+            },
             max_batch_size: self.settings.max_batch_size,
             call_timeout: self.settings.database.call_timeout(),
             auth: self.auth.clone(),
@@ -273,6 +279,7 @@ impl App {
             metrics: self.metrics.clone(),
             health: health.clone(),
             relay_wake,
+            schedule_wake,
             hub,
             token: token.clone(),
         }));
@@ -378,6 +385,7 @@ struct Background {
     metrics: Arc<Metrics>,
     health: Health,
     relay_wake: Wake,
+    schedule_wake: Wake,
     hub: WatchHub,
     token: CancellationToken,
 }
@@ -393,6 +401,7 @@ async fn run_background(background: Background) {
         metrics,
         health,
         relay_wake,
+        schedule_wake,
         hub,
         token,
     } = background;
@@ -426,6 +435,18 @@ async fn run_background(background: Background) {
     }
     health.set_migrated();
     tracing::info!("database ready");
+    if let Err(error) = crate::jobs::write_retry_settings(
+        &pool,
+        settings.retries.backoff_base,
+        settings.retries.backoff_max,
+    )
+    .await
+    {
+        tracing::warn!(
+            error = %error_chain(&error),
+            "cannot record RETRY_BACKOFF_BASE and RETRY_BACKOFF_MAX; retries wait what was recorded before"
+        );
+    }
     loops.spawn(check_eviction_policy(queue.clone(), token.clone()));
     loops.spawn(finish_interrupted_redrive(
         pool.clone(),
@@ -472,6 +493,22 @@ async fn run_background(background: Background) {
     }
 
     if settings.relay_enabled {
+        let scheduler_beat = liveness.register(
+            "scheduler",
+            crate::outbox::scheduler::MAX_SLEEP + call_timeout * 2 + LIVENESS_SLACK,
+        );
+        loops.spawn(supervise(token.clone(), scheduler_beat.clone(), {
+            let (pool, relay, wake, token) = (
+                pool.clone(),
+                relay_wake.clone(),
+                schedule_wake.clone(),
+                token.clone(),
+            );
+            move || {
+                Scheduler::new(pool.clone(), relay.clone(), wake.clone())
+                    .run(token.clone(), scheduler_beat.clone())
+            }
+        }));
         let relay_settings = settings.relay.clone();
         let relay_beat = liveness.register(
             "relay",

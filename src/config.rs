@@ -66,7 +66,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 pub const DEFAULT_QUEUE_MAX_BACKLOG: u64 = 1000;
 pub const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_STUCK_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
-pub const DEFAULT_MAX_JOB_ATTEMPTS: i32 = 3;
+/// A job's `max_attempts` when the create request has none: a failure is final.
+pub const DEFAULT_JOB_MAX_ATTEMPTS: i32 = 1;
+pub const DEFAULT_RETRY_BACKOFF_BASE: Duration = Duration::from_secs(10);
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Stuck jobs rescued per transaction.
 pub const REAPER_BATCH_SIZE: i64 = 500;
 /// Most jobs in one BatchCreateTranslationJobs call.
@@ -124,6 +128,8 @@ pub struct Settings {
     /// Whether this process runs the reaper.
     pub reaper_enabled: bool,
     pub reaper: ReaperSettings,
+    /// Failed attempts, backoff and schedules.
+    pub retries: RetrySettings,
     /// How long shutdown waits for calls and background tasks to finish.
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -341,17 +347,11 @@ impl Settings {
                 interval: duration(&get, "REAPER_INTERVAL", DEFAULT_REAPER_INTERVAL)?,
                 policy: RescuePolicy {
                     stuck_after: duration(&get, "STUCK_JOB_TIMEOUT", DEFAULT_STUCK_JOB_TIMEOUT)?,
-                    max_attempts: number(
-                        &get,
-                        "MAX_JOB_ATTEMPTS",
-                        DEFAULT_MAX_JOB_ATTEMPTS,
-                        1,
-                        1000,
-                    )?,
                     batch_size: REAPER_BATCH_SIZE,
                 },
                 call_timeout,
             },
+            retries: retry_settings(&get)?,
             shutdown_timeout: duration(&get, "SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT)?,
             log_format: match get("LOG_FORMAT")
                 .as_deref()
@@ -566,6 +566,56 @@ fn tls_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsSetti
             "must be set with GRPC_TLS_KEY (the certificate chain, a PEM file)",
         )),
     }
+}
+
+/// How failed attempts are retried, and how far ahead jobs may be scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// `JOB_MAX_ATTEMPTS`: a job's `max_attempts` when its create request
+    /// has none.
+    pub default_max_attempts: i32,
+    /// `RETRY_BACKOFF_BASE`: the wait after a job's first failure; it
+    /// doubles with each failure after that.
+    pub backoff_base: Duration,
+    /// `RETRY_BACKOFF_MAX`: the longest wait.
+    pub backoff_max: Duration,
+    /// `MAX_SCHEDULE_AHEAD`: the furthest `schedule_time` accepted.
+    pub max_schedule_ahead: Duration,
+}
+
+fn retry_settings(get: &impl Fn(&str) -> Option<String>) -> Result<RetrySettings, ConfigError> {
+    if get("MAX_JOB_ATTEMPTS").is_some() {
+        return Err(ConfigError::new(
+            "MAX_JOB_ATTEMPTS",
+            "is replaced by JOB_MAX_ATTEMPTS, one budget for a job's failed attempts: a worker's \
+             FAILED and a rescue of the job found stuck both count (MAX_JOB_ATTEMPTS counted \
+             rescues only, default 3). Set JOB_MAX_ATTEMPTS (default 1: a failure is final) \
+             and remove MAX_JOB_ATTEMPTS",
+        ));
+    }
+    let backoff_base = duration(get, "RETRY_BACKOFF_BASE", DEFAULT_RETRY_BACKOFF_BASE)?;
+    let backoff_max = duration(get, "RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX)?;
+    if backoff_max < backoff_base {
+        return Err(ConfigError::new(
+            "RETRY_BACKOFF_MAX",
+            format!(
+                "must not be below RETRY_BACKOFF_BASE ({})",
+                humantime::format_duration(backoff_base)
+            ),
+        ));
+    }
+    Ok(RetrySettings {
+        default_max_attempts: number(
+            get,
+            "JOB_MAX_ATTEMPTS",
+            DEFAULT_JOB_MAX_ATTEMPTS,
+            1,
+            crate::api::convert::MAX_MAX_ATTEMPTS,
+        )?,
+        backoff_base,
+        backoff_max,
+        max_schedule_ahead: duration(get, "MAX_SCHEDULE_AHEAD", DEFAULT_MAX_SCHEDULE_AHEAD)?,
+    })
 }
 
 fn duration(
@@ -834,7 +884,13 @@ mod tests {
         assert_eq!(s.queue_max_backlog, 1000);
         assert_eq!(s.reaper.interval, Duration::from_secs(30));
         assert_eq!(s.reaper.policy.stuck_after, Duration::from_secs(3600));
-        assert_eq!(s.reaper.policy.max_attempts, 3);
+        assert_eq!(s.retries.default_max_attempts, 1);
+        assert_eq!(s.retries.backoff_base, Duration::from_secs(10));
+        assert_eq!(s.retries.backoff_max, Duration::from_secs(3600));
+        assert_eq!(
+            s.retries.max_schedule_ahead,
+            Duration::from_secs(30 * 24 * 3600)
+        );
         assert_eq!(s.log_format, LogFormat::Text);
     }
 
@@ -897,7 +953,12 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("RELAY_MARKER_TTL", "10s"),
             ("RELAY_ENABLED", "maybe"),
-            ("MAX_JOB_ATTEMPTS", "0"),
+            ("MAX_JOB_ATTEMPTS", "3"),
+            ("JOB_MAX_ATTEMPTS", "0"),
+            ("JOB_MAX_ATTEMPTS", "101"),
+            ("RETRY_BACKOFF_BASE", "0"),
+            ("RETRY_BACKOFF_MAX", "1s"),
+            ("MAX_SCHEDULE_AHEAD", "later"),
             ("STUCK_JOB_TIMEOUT", "an hour"),
             ("QUEUE_MAX_BACKLOG", "-1"),
             ("REDIS_WAIT_REPLICAS", "-1"),

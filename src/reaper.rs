@@ -336,7 +336,6 @@ impl Reaper {
         tracing::info!(
             interval = ?self.settings.interval,
             stuck_after = ?self.settings.policy.stuck_after,
-            max_attempts = self.settings.policy.max_attempts,
             "reaper started"
         );
         let stuck = self.run_part(&token, None, &beat, "stuck jobs", || self.reap_stuck_once());

@@ -138,6 +138,36 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// A whole number field that fits an `int32`; absent means 0.
+    pub fn int32(&self, name: &str) -> Result<i32, FieldError> {
+        let value = self.integer(name)?;
+        i32::try_from(value).map_err(|_| self.error(name, format!("is out of range: {value}")))
+    }
+
+    /// An RFC 3339 time (`2026-12-24T18:00:00Z`, `...+01:00`); absent means
+    /// unset.
+    pub fn timestamp(&self, name: &str) -> Result<Option<prost_types::Timestamp>, FieldError> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(Value::String(text)) => {
+                let time = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|_| {
+                    self.error(
+                        name,
+                        format!(
+                            "must be an RFC 3339 time such as 2026-12-24T18:00:00Z, got {text:?}"
+                        ),
+                    )
+                })?;
+                Ok(Some(prost_types::Timestamp {
+                    seconds: time.timestamp(),
+                    // Always below 2e9, so the cast cannot wrap.
+                    nanos: time.timestamp_subsec_nanos() as i32,
+                }))
+            }
+            Some(other) => Err(self.wrong_type(name, "an RFC 3339 time string", other)),
+        }
+    }
+
     fn array(&self, name: &str) -> Result<&'a [Value], FieldError> {
         match self.get(name)? {
             None => Ok(&[]),
@@ -268,6 +298,8 @@ pub fn create_request(body: &[u8]) -> Result<proto::CreateTranslationJobRequest,
             })
             .collect::<Result<_, FieldError>>()?,
         request_id: object.string("request_id")?,
+        schedule_time: object.timestamp("schedule_time")?,
+        max_attempts: object.int32("max_attempts")?,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{auth::Principal, proto};
 use uuid::Uuid;
@@ -169,12 +169,38 @@ pub fn user_id_from(value: Option<&[u8]>) -> Result<UserId, FieldError> {
     }
 }
 
+/// Failed attempts a job may be given at most (`max_attempts`).
+pub const MAX_MAX_ATTEMPTS: i32 = 100;
+
+/// What a create request is checked against and completed with.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateRules {
+    /// `MAX_SUBTASKS_PER_JOB`.
+    pub max_subtasks: usize,
+    /// `JOB_MAX_ATTEMPTS`: a job's `max_attempts` when the request has none.
+    pub default_max_attempts: i32,
+    /// `MAX_SCHEDULE_AHEAD`: how far ahead `schedule_time` may be.
+    pub max_schedule_ahead: std::time::Duration,
+}
+
+impl CreateRules {
+    /// The defaults, with `max_subtasks` subtasks per job.
+    pub fn with_max_subtasks(max_subtasks: usize) -> Self {
+        Self {
+            max_subtasks,
+            default_max_attempts: crate::config::DEFAULT_JOB_MAX_ATTEMPTS,
+            max_schedule_ahead: crate::config::DEFAULT_MAX_SCHEDULE_AHEAD,
+        }
+    }
+}
+
 /// Parses a create request. Every problem names its field.
 pub fn new_job(
     user_id: UserId,
     request: proto::CreateTranslationJobRequest,
-    max_subtasks: usize,
+    rules: &CreateRules,
 ) -> Result<NewJob, FieldError> {
+    let max_subtasks = rules.max_subtasks;
     let novel_id = parse_uuid("novel_id", &request.novel_id)?;
     let target_lang = LanguageTag::parse("target_lang", &request.target_lang)?;
     let source_lang = LanguageTag::parse_optional("source_lang", &request.source_lang)?;
@@ -182,6 +208,8 @@ pub fn new_job(
     let output_dir = OutputDir::parse("output_dir", &request.output_dir)?;
     let priority = priority(request.priority)?;
     let request_id = RequestId::parse_optional("request_id", &request.request_id)?;
+    let schedule_time = schedule_time(request.schedule_time, rules.max_schedule_ahead)?;
+    let max_attempts = max_attempts(request.max_attempts, rules.default_max_attempts)?;
 
     if request.subtasks.len() > max_subtasks {
         return Err(FieldError::new(
@@ -229,7 +257,65 @@ pub fn new_job(
         subtasks,
         request_id,
         traceparent: None,
+        schedule_time,
+        max_attempts,
     })
+}
+
+/// `schedule_time`: None for unset or not in the future (now), refused
+/// beyond `max_ahead` or when it is not a valid time.
+fn schedule_time(
+    raw: Option<prost_types::Timestamp>,
+    max_ahead: std::time::Duration,
+) -> Result<Option<DateTime<Utc>>, FieldError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let time = u32::try_from(raw.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::<Utc>::from_timestamp(raw.seconds, nanos))
+        .ok_or_else(|| {
+            FieldError::new(
+                "schedule_time",
+                format!(
+                    "is not a valid time (seconds {}, nanos {})",
+                    raw.seconds, raw.nanos
+                ),
+            )
+        })?;
+    // PostgreSQL keeps microseconds: the job answers what it stores.
+    let time = time.trunc_subsecs(6);
+    let now = Utc::now();
+    if time <= now {
+        return Ok(None);
+    }
+    let ahead = (time - now).to_std().unwrap_or_default();
+    if ahead > max_ahead {
+        return Err(FieldError::new(
+            "schedule_time",
+            format!(
+                "{} is {} ahead; at most {} (MAX_SCHEDULE_AHEAD)",
+                time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                humantime::format_duration(std::time::Duration::from_secs(ahead.as_secs())),
+                humantime::format_duration(max_ahead)
+            ),
+        ));
+    }
+    Ok(Some(time))
+}
+
+/// `max_attempts`: 0 means the default; 1 to [`MAX_MAX_ATTEMPTS`].
+fn max_attempts(raw: i32, default: i32) -> Result<i32, FieldError> {
+    match raw {
+        0 => Ok(default),
+        1..=MAX_MAX_ATTEMPTS => Ok(raw),
+        _ => Err(FieldError::new(
+            "max_attempts",
+            format!(
+                "must be between 1 and {MAX_MAX_ATTEMPTS} (0 or absent: JOB_MAX_ATTEMPTS), got {raw}"
+            ),
+        )),
+    }
 }
 
 fn priority(raw: i32) -> Result<Priority, FieldError> {
@@ -308,6 +394,10 @@ pub fn job_to_proto(job: &Job) -> proto::TranslationJob {
         create_time: Some(timestamp(job.created_at)),
         update_time: Some(timestamp(job.updated_at)),
         publish_time: job.published_at.map(timestamp),
+        schedule_time: job.scheduled_at.map(timestamp),
+        max_attempts: job.max_attempts,
+        failed_attempts: job.failures,
+        retryable: job.retryable,
     }
 }
 
@@ -380,7 +470,12 @@ mod tests {
 
     #[test]
     fn a_minimal_request_gets_the_defaults_and_one_novel_subtask() {
-        let job = new_job(UserId::default(), request(), 10).unwrap();
+        let job = new_job(
+            UserId::default(),
+            request(),
+            &CreateRules::with_max_subtasks(10),
+        )
+        .unwrap();
         assert_eq!(
             job.target_fields.as_slice(),
             ["title", "description", "content"]
@@ -401,13 +496,21 @@ mod tests {
         let mut many = request();
         many.subtasks = (0..3).map(|i| spec(&i.to_string())).collect();
         assert_eq!(
-            new_job(UserId::default(), many, 2).unwrap_err().field,
+            new_job(UserId::default(), many, &CreateRules::with_max_subtasks(2))
+                .unwrap_err()
+                .field,
             "subtasks"
         );
         let mut twice = request();
         twice.subtasks = vec![spec("1"), spec("2"), spec("1")];
         assert_eq!(
-            new_job(UserId::default(), twice, 10).unwrap_err().field,
+            new_job(
+                UserId::default(),
+                twice,
+                &CreateRules::with_max_subtasks(10)
+            )
+            .unwrap_err()
+            .field,
             "subtasks[2]"
         );
     }
@@ -443,7 +546,9 @@ mod tests {
         let mut bad = request();
         bad.priority = 42;
         assert_eq!(
-            new_job(UserId::default(), bad, 10).unwrap_err().field,
+            new_job(UserId::default(), bad, &CreateRules::with_max_subtasks(10))
+                .unwrap_err()
+                .field,
             "priority"
         );
     }

@@ -41,6 +41,8 @@ pub struct ApiDeps {
     pub queue: RedisQueue,
     pub health: Health,
     pub wake: Wake,
+    /// Wakes this process's scheduler (a create with a `schedule_time`).
+    pub schedule_wake: Wake,
     pub metrics: Arc<Metrics>,
     pub backlog: Arc<Backlog>,
     /// Where creates go: grouped into shared commits.
@@ -48,7 +50,8 @@ pub struct ApiDeps {
     pub hub: WatchHub,
     /// Ends the watch streams at shutdown.
     pub shutdown: CancellationToken,
-    pub max_subtasks_per_job: usize,
+    /// What a create request is checked against and completed with.
+    pub create_rules: convert::CreateRules,
     pub max_batch_size: usize,
     /// Longest any one database call of a handler may take.
     pub call_timeout: Duration,
@@ -80,7 +83,7 @@ impl JobsApi {
     /// it is decoded (see `wire`).
     pub fn wire_limits(&self) -> WireLimits {
         WireLimits {
-            max_subtasks: self.deps.max_subtasks_per_job,
+            max_subtasks: self.deps.create_rules.max_subtasks,
             max_batch: self.deps.max_batch_size,
         }
     }
@@ -118,7 +121,7 @@ impl JobsApi {
         request: proto::CreateTranslationJobRequest,
     ) -> Result<(proto::TranslationJob, bool), ApiError> {
         let _share = self.share(&caller)?;
-        let mut new = convert::new_job(caller.user_id, request, self.deps.max_subtasks_per_job)?;
+        let mut new = convert::new_job(caller.user_id, request, &self.deps.create_rules)?;
         new.traceparent = caller.traceparent;
         self.ensure_ready()?;
         self.deps.backlog.admit(1).await?;
@@ -127,8 +130,13 @@ impl JobsApi {
             self.deps.metrics.job_replayed();
         } else {
             self.deps.metrics.job_created(created.job.priority.as_str());
-            // The row is committed: let this process's relay publish it now.
-            self.deps.wake.wake();
+            // The row is committed: let this process's relay publish it now,
+            // or its scheduler look at the new due time.
+            if created.job.scheduled_at.is_some() {
+                self.deps.schedule_wake.wake();
+            } else {
+                self.deps.wake.wake();
+            }
         }
         Ok((convert::job_to_proto(&created.job), created.replayed))
     }
@@ -218,7 +226,7 @@ impl JobsApi {
             .into_iter()
             .enumerate()
             .map(|(index, item)| {
-                convert::new_job(caller.user_id.clone(), item, self.deps.max_subtasks_per_job)
+                convert::new_job(caller.user_id.clone(), item, &self.deps.create_rules)
                     .map(|mut new| {
                         new.traceparent = caller.traceparent.clone();
                         new
@@ -240,6 +248,9 @@ impl JobsApi {
         }
         if fresh > 0 {
             self.deps.wake.wake();
+        }
+        if created.iter().any(|c| c.job.scheduled_at.is_some()) {
+            self.deps.schedule_wake.wake();
         }
         Ok(created
             .iter()

@@ -41,6 +41,10 @@ pub struct JobJson {
     pub create_time: Option<String>,
     pub update_time: Option<String>,
     pub publish_time: Option<String>,
+    pub schedule_time: Option<String>,
+    pub max_attempts: i32,
+    pub failed_attempts: i32,
+    pub retryable: bool,
 }
 
 /// A timestamp in RFC 3339 with microseconds, UTC.
@@ -108,6 +112,10 @@ pub fn job_json(job: &proto::TranslationJob) -> JobJson {
         create_time: time(job.create_time.as_ref()),
         update_time: time(job.update_time.as_ref()),
         publish_time: time(job.publish_time.as_ref()),
+        schedule_time: time(job.schedule_time.as_ref()),
+        max_attempts: job.max_attempts,
+        failed_attempts: job.failed_attempts,
+        retryable: job.retryable,
     }
 }
 

@@ -45,6 +45,19 @@ fn print_job(job: &JobJson) -> Result<(), CliError> {
             ("id", job.id.clone()),
             ("status", job.status.to_owned()),
             ("attempt", job.attempts.to_string()),
+            (
+                "failed attempts",
+                format!(
+                    "{} of {}{}",
+                    job.failed_attempts,
+                    job.max_attempts,
+                    if job.retryable {
+                        ""
+                    } else {
+                        " (not retryable)"
+                    }
+                ),
+            ),
             ("novel_id", job.novel_id.clone()),
             ("languages", format!("{source} -> {}", job.target_lang)),
             ("priority", job.priority.to_owned()),
@@ -62,6 +75,7 @@ fn print_job(job: &JobJson) -> Result<(), CliError> {
             ("error", or_dash(job.error.as_deref())),
             ("created", or_dash(job.create_time.as_deref())),
             ("updated", or_dash(job.update_time.as_deref())),
+            ("scheduled", or_dash(job.schedule_time.as_deref())),
             ("published", or_dash(job.publish_time.as_deref())),
         ],
     )?;

@@ -41,8 +41,8 @@ const INSERT_JOB: &str = r#"
 WITH job AS (
     INSERT INTO translation_jobs
         (id, user_id, novel_id, source_lang, target_lang, target_fields,
-         enable_code_filter, output_dir, priority, request_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         enable_code_filter, output_dir, priority, request_id, max_attempts, scheduled_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $16, $17)
     ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
     RETURNING id, created_at
 ),
@@ -53,7 +53,11 @@ subtasks AS (
 ),
 queued AS (
     INSERT INTO outbox (job_id, lane, payload)
-    SELECT job.id, $14, $15 FROM job
+    SELECT job.id, $14, $15 FROM job WHERE $17::timestamptz IS NULL
+),
+scheduled AS (
+    INSERT INTO outbox_scheduled (job_id, attempt, lane, payload, due_at)
+    SELECT job.id, 0, $14, $15, $17 FROM job WHERE $17::timestamptz IS NOT NULL
 )
 SELECT created_at FROM job
 "#;
@@ -71,17 +75,19 @@ const INSERT_JOBS: &str = r#"
 WITH input AS (
     SELECT *
     FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+                $7::bool[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $17::int[], $18::timestamptz[])
         WITH ORDINALITY
         AS i (id, user_id, novel_id, source_lang, target_lang, target_fields,
-              enable_code_filter, output_dir, priority, request_id, lane, payload, ord)
+              enable_code_filter, output_dir, priority, request_id, lane, payload,
+              max_attempts, scheduled_at, ord)
 ),
 job AS (
     INSERT INTO translation_jobs
         (id, user_id, novel_id, source_lang, target_lang, target_fields,
-         enable_code_filter, output_dir, priority, request_id)
+         enable_code_filter, output_dir, priority, request_id, max_attempts, scheduled_at)
     SELECT id, user_id, novel_id, source_lang, target_lang, target_fields::text[],
-           enable_code_filter, output_dir, priority, request_id
+           enable_code_filter, output_dir, priority, request_id, max_attempts, scheduled_at
     FROM input ORDER BY ord
     ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
     RETURNING id, created_at
@@ -95,7 +101,13 @@ subtasks AS (
 ),
 queued AS (
     INSERT INTO outbox (job_id, lane, payload)
-    SELECT i.id, i.lane, i.payload FROM input AS i JOIN job ON job.id = i.id ORDER BY i.ord
+    SELECT i.id, i.lane, i.payload FROM input AS i JOIN job ON job.id = i.id
+    WHERE i.scheduled_at IS NULL ORDER BY i.ord
+),
+scheduled AS (
+    INSERT INTO outbox_scheduled (job_id, attempt, lane, payload, due_at)
+    SELECT i.id, 0, i.lane, i.payload, i.scheduled_at FROM input AS i JOIN job ON job.id = i.id
+    WHERE i.scheduled_at IS NOT NULL
 )
 SELECT id, created_at FROM job
 "#;
@@ -641,6 +653,8 @@ async fn insert_jobs(
     let mut request_ids = Vec::with_capacity(count);
     let mut lanes = Vec::with_capacity(count);
     let mut payloads = Vec::with_capacity(count);
+    let mut max_attempts = Vec::with_capacity(count);
+    let mut scheduled_at = Vec::with_capacity(count);
     let subtask_count = jobs.iter().map(|p| p.job.subtasks.len()).sum();
     let mut subtask_jobs = Vec::with_capacity(subtask_count);
     let mut subtask_ids = Vec::with_capacity(subtask_count);
@@ -659,6 +673,8 @@ async fn insert_jobs(
         request_ids.push(job.request_id.as_deref());
         lanes.push(job.priority.lane().as_str());
         payloads.push(payload.as_str());
+        max_attempts.push(job.max_attempts);
+        scheduled_at.push(job.scheduled_at);
         for subtask in &job.subtasks {
             subtask_jobs.push(job.id);
             subtask_ids.push(subtask.id);
@@ -683,6 +699,8 @@ async fn insert_jobs(
         .bind(&subtask_ids)
         .bind(&entity_types)
         .bind(&entity_ids)
+        .bind(&max_attempts)
+        .bind(&scheduled_at)
         .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().collect())
@@ -740,6 +758,8 @@ async fn insert_one(
         .bind(&entity_ids)
         .bind(job.priority.lane().as_str())
         .bind(prepared.payload.as_str())
+        .bind(job.max_attempts)
+        .bind(job.scheduled_at)
         .fetch_optional(conn)
         .await
 }
@@ -773,7 +793,9 @@ async fn replay(conn: &mut PgConnection, new: &NewJob) -> Result<Created, JobErr
     }
 }
 
-/// Whether a stored job was created from a request equal to `new`.
+/// Whether a stored job was created from a request equal to `new`. The
+/// schedule is left out: a replay after the scheduled time (when the same
+/// request would no longer be scheduled) still finds its job.
 fn same_request(job: &Job, new: &NewJob) -> bool {
     let mut stored: Vec<(&str, &str)> = job
         .subtasks
@@ -794,6 +816,7 @@ fn same_request(job: &Job, new: &NewJob) -> bool {
         && job.enable_code_filter == new.enable_code_filter
         && job.output_dir == new.output_dir.as_str()
         && job.priority == new.priority
+        && job.max_attempts == new.max_attempts
         && stored == asked
 }
 
@@ -826,6 +849,10 @@ fn job_from_insert(
         created_at,
         updated_at: created_at,
         published_at: None,
+        scheduled_at: new.schedule_time,
+        max_attempts: new.max_attempts,
+        failures: 0,
+        retryable: true,
         subtasks: subtask_ids
             .into_iter()
             .zip(&new.subtasks)

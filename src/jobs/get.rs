@@ -13,14 +13,16 @@ use super::{
 /// A job with its publish time: the job table `j` joined to `p`.
 pub(crate) const SELECT_JOBS: &str = "SELECT j.id, j.user_id, j.novel_id, j.source_lang, \
      j.target_lang, j.target_fields, j.enable_code_filter, j.output_dir, j.priority, j.status, \
-     j.attempts, j.error, j.request_id, j.created_at, j.updated_at, p.published_at \
+     j.attempts, j.error, j.request_id, j.created_at, j.updated_at, p.published_at, \
+     j.scheduled_at, j.max_attempts, j.failures, j.retryable \
      FROM translation_jobs AS j LEFT JOIN job_publications AS p ON p.job_id = j.id";
 
 /// The columns of a [`JobRow`] for `RETURNING` after a change of the job
 /// table alone (no publication: a job just queued again has none).
 pub(crate) const RETURNING_JOB: &str = "RETURNING id, user_id, novel_id, source_lang, \
      target_lang, target_fields, enable_code_filter, output_dir, priority, status, attempts, \
-     error, request_id, created_at, updated_at, NULL::timestamptz AS published_at";
+     error, request_id, created_at, updated_at, NULL::timestamptz AS published_at, \
+     scheduled_at, max_attempts, failures, retryable";
 
 /// A row of `translation_jobs`.
 #[derive(Debug, sqlx::FromRow)]
@@ -41,6 +43,10 @@ pub(crate) struct JobRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     published_at: Option<DateTime<Utc>>,
+    scheduled_at: Option<DateTime<Utc>>,
+    max_attempts: i32,
+    failures: i32,
+    retryable: bool,
 }
 
 impl JobRow {
@@ -74,6 +80,10 @@ impl JobRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             published_at: self.published_at,
+            scheduled_at: self.scheduled_at,
+            max_attempts: self.max_attempts,
+            failures: self.failures,
+            retryable: self.retryable,
             subtasks,
         })
     }

@@ -100,6 +100,10 @@ pub struct NewJob {
     pub request_id: Option<RequestId>,
     /// The caller's W3C trace context, passed on in the message.
     pub traceparent: Option<TraceParent>,
+    /// When the message is due; None: now.
+    pub schedule_time: Option<DateTime<Utc>>,
+    /// How many attempts may fail before a failure is final (at least 1).
+    pub max_attempts: i32,
 }
 
 /// One entity of a job.
@@ -134,6 +138,14 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
+    /// When the current attempt's message is due (a schedule or a retry's
+    /// backoff); None when it was queued at once.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub max_attempts: i32,
+    /// Attempts that failed since creation or the last retry by hand.
+    pub failures: i32,
+    /// False once a worker said a retry cannot help.
+    pub retryable: bool,
     pub subtasks: Vec<Subtask>,
 }
 

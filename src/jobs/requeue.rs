@@ -16,9 +16,10 @@ use crate::outbox::{Pending, enqueue};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reason {
     /// A caller asked (retry) or an operator redrove a dead letter: a fresh
-    /// budget of rescues, the error cleared.
+    /// budget of failed attempts, the error cleared.
     Fresh,
-    /// The reaper found the job stuck IN_PROGRESS: one more rescue counted.
+    /// The reaper found the job stuck IN_PROGRESS: one more failed attempt
+    /// (and rescue) counted.
     Stuck,
     /// Its message was lost (popped by a worker that never claimed it, or
     /// gone with Redis's data): nothing else changes.
@@ -50,6 +51,8 @@ pub(crate) async fn hand_out_again(
     let rows = sqlx::query_as::<_, JobRow>(&format!(
         "UPDATE translation_jobs SET status = 'PENDING', attempts = attempts + 1, \
              rescues = CASE WHEN $2 THEN 0 ELSE rescues + $3 END, \
+             failures = CASE WHEN $2 THEN 0 ELSE failures + $3 END, \
+             retryable = retryable OR $2, scheduled_at = NULL, \
              error = CASE WHEN $2 THEN NULL ELSE error END \
          WHERE id = ANY($1) {RETURNING_JOB}"
     ))
@@ -106,8 +109,8 @@ pub(crate) async fn guard_subtasks(
     Ok(())
 }
 
-/// Drops the jobs' rows still waiting in the outbox and their publications:
-/// their messages are stale (the job is cancelled, or queued again under a
+/// Drops the jobs' rows still waiting in the outbox (due or scheduled) and
+/// their publications: their messages are stale (the job is cancelled, or queued again under a
 /// new attempt). A row a relay is pushing right now is locked; this waits
 /// for that relay's short transaction, then finds the row gone, and the
 /// message it pushed is stale (the claim's attempt check refuses it).
@@ -119,6 +122,10 @@ pub(crate) async fn forget_messages(
     job_ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM outbox WHERE job_id = ANY($1)")
+        .bind(job_ids)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM outbox_scheduled WHERE job_id = ANY($1)")
         .bind(job_ids)
         .execute(&mut *conn)
         .await?;

@@ -53,16 +53,14 @@ pub struct RescuePolicy {
     /// is a job PENDING whose message a worker popped longer ago than this
     /// without claiming it.
     pub stuck_after: Duration,
-    /// When the rescues of a job reach this, the job fails instead.
-    pub max_attempts: i32,
     /// Jobs handled per transaction.
     pub batch_size: i64,
 }
 
 /// One pass over at most `batch_size` jobs stuck IN_PROGRESS, in one
-/// transaction: each gets a rescue counted; if its rescues reach the
-/// maximum it becomes FAILED with the reason and its message goes to the
-/// dead lane; otherwise its unfinished subtasks and itself go back to
+/// transaction: each gets a failed attempt (and a rescue) counted; if its
+/// failed attempts reach its `max_attempts` it becomes FAILED with the
+/// reason and its message goes to the dead lane; otherwise its unfinished subtasks and itself go back to
 /// PENDING under a new attempt, queued again. Safe with several replicas.
 /// Never waits for a lock: a job another transaction holds is left for a
 /// later pass (see [`rescue_stuck_batch`]).
@@ -125,8 +123,8 @@ async fn rescue_in_progress(
     // Subtasks first, then jobs, neither waiting. Then check again: a worker
     // may have made progress since the candidates were read.
     let free = try_lock_subtasks(tx, &candidates).await?;
-    let locked: Vec<(Uuid, i32, bool)> = sqlx::query_as(
-        "SELECT id, rescues, \
+    let locked: Vec<(Uuid, bool, bool)> = sqlx::query_as(
+        "SELECT id, failures + 1 >= max_attempts, \
                 status = 'IN_PROGRESS' AND updated_at < now() - make_interval(secs => $2) \
          FROM translation_jobs WHERE id = ANY($1) \
          ORDER BY id FOR UPDATE SKIP LOCKED",
@@ -140,10 +138,10 @@ async fn rescue_in_progress(
         .filter(|id| !locked.iter().any(|(locked, _, _)| locked == *id))
         .copied()
         .collect();
-    let stuck: Vec<(Uuid, i32)> = locked
+    let stuck: Vec<(Uuid, bool)> = locked
         .into_iter()
         .filter(|(_, _, still_stuck)| *still_stuck)
-        .map(|(id, rescues, _)| (id, rescues))
+        .map(|(id, last_attempt, _)| (id, last_attempt))
         .collect();
     let mut batch = StuckBatch {
         rescued: Rescued::default(),
@@ -153,15 +151,14 @@ async fn rescue_in_progress(
     if stuck.is_empty() {
         return Ok(batch);
     }
-    let out_of_rescues = |rescues: i32| rescues.saturating_add(1) >= policy.max_attempts;
     let dead: Vec<Uuid> = stuck
         .iter()
-        .filter(|(_, rescues)| out_of_rescues(*rescues))
+        .filter(|(_, last_attempt)| *last_attempt)
         .map(|(id, _)| *id)
         .collect();
     let requeued: Vec<Uuid> = stuck
         .iter()
-        .filter(|(_, rescues)| !out_of_rescues(*rescues))
+        .filter(|(_, last_attempt)| !*last_attempt)
         .map(|(id, _)| *id)
         .collect();
     let stuck: Vec<Uuid> = dead.iter().chain(&requeued).copied().collect();
@@ -191,9 +188,11 @@ async fn rescue_in_progress(
     Ok(batch)
 }
 
-/// Fails jobs out of rescues and sends their message to the dead lane (for
-/// inspection or a redrive). The attempt stays: a worker that was only slow
-/// finds the job FAILED and stops.
+/// Fails jobs stuck on their last attempt and sends their message to the
+/// dead lane (for inspection or a redrive). The attempt stays: a worker
+/// that was only slow finds the job FAILED and stops. Counting the failure
+/// here (`failures + 1`) is what tells the retry trigger that this FAILED
+/// is the service's, not a worker's.
 async fn dead_letter(
     tx: &mut PgConnection,
     job_ids: &[Uuid],
@@ -203,12 +202,12 @@ async fn dead_letter(
         return Ok(());
     }
     let reason = format!(
-        "stuck in IN_PROGRESS for more than {} on each of {} attempts; giving up",
+        "stuck in IN_PROGRESS for more than {} on its last attempt (max_attempts); giving up",
         humantime::format_duration(policy.stuck_after),
-        policy.max_attempts
     );
     let rows = sqlx::query_as::<_, JobRow>(&format!(
-        "UPDATE translation_jobs SET status = 'FAILED', rescues = rescues + 1, error = $2 \
+        "UPDATE translation_jobs SET status = 'FAILED', rescues = rescues + 1, \
+             failures = failures + 1, scheduled_at = NULL, error = $2 \
          WHERE id = ANY($1) {RETURNING_JOB}"
     ))
     .bind(job_ids)

@@ -14,8 +14,10 @@
 mod enqueue;
 pub mod generation;
 mod relay;
+pub mod scheduler;
 
 pub use enqueue::{OUTBOX_CHANNEL, Pending, enqueue};
 pub use relay::{
     Claimed, Drained, FULL_SCAN_EVERY, OutboxRow, Published, Relay, RelayError, RelaySettings,
 };
+pub use scheduler::Scheduler;

@@ -89,8 +89,12 @@ fn apply(job: &mut Job, change: &Change) -> bool {
             ) else {
                 return false;
             };
+            // A new attempt (a retry's schedule) or a failure (its count)
+            // changes columns the event does not carry.
+            if change.attempts != job.attempts || status == JobStatus::Failed {
+                return false;
+            }
             job.status = status;
-            job.attempts = change.attempts;
             job.error = change.error.clone();
             job.updated_at = updated_at;
             true

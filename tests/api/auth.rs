@@ -545,7 +545,12 @@ async fn without_keys_the_service_runs_open_with_x_user_id_as_before(
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn scoped_domain_queries_treat_another_callers_job_as_missing(pool: PgPool) {
     let user = |name: &str| UserId::parse("user_id", name).unwrap();
-    let new = convert::new_job(user("alice"), create_request(), 10).unwrap();
+    let new = convert::new_job(
+        user("alice"),
+        create_request(),
+        &convert::CreateRules::with_max_subtasks(10),
+    )
+    .unwrap();
     let job = jobs::create_job(&pool, &new).await.unwrap().job;
     let (alice, bob) = (Scope::Owner(user("alice")), Scope::Owner(user("bob")));
 

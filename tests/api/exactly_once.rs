@@ -33,7 +33,6 @@ fn reaper(pool: &PgPool, queue: translation_jobs::queue::RedisQueue) -> Reaper {
             interval: Duration::from_secs(3600),
             policy: RescuePolicy {
                 stuck_after: STUCK_AFTER,
-                max_attempts: 3,
                 batch_size: 100,
             },
             call_timeout: Duration::from_secs(10),

@@ -44,15 +44,24 @@ fn job(novel: Uuid, subtasks: usize) -> NewJob {
             entity_id: format!("chapter-{i}"),
         })
         .collect();
-    convert::new_job(UserId::default(), request, 1000).expect("a valid request")
+    convert::new_job(
+        UserId::default(),
+        request,
+        &convert::CreateRules::with_max_subtasks(1000),
+    )
+    .expect("a valid request")
 }
 
 fn with_request_id(mut new: NewJob, request_id: &str) -> NewJob {
     let mut request = create_request();
     request.request_id = request_id.into();
-    new.request_id = convert::new_job(UserId::default(), request, 10)
-        .expect("a valid request")
-        .request_id;
+    new.request_id = convert::new_job(
+        UserId::default(),
+        request,
+        &convert::CreateRules::with_max_subtasks(10),
+    )
+    .expect("a valid request")
+    .request_id;
     new
 }
 

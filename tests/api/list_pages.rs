@@ -17,7 +17,12 @@ async fn job_with(pool: &PgPool, subtasks: usize) -> uuid::Uuid {
             entity_id: i.to_string(),
         })
         .collect();
-    let new = convert::new_job(UserId::default(), request, 1000).unwrap();
+    let new = convert::new_job(
+        UserId::default(),
+        request,
+        &convert::CreateRules::with_max_subtasks(1000),
+    )
+    .unwrap();
     create_job(pool, &new).await.unwrap().job.id
 }
 

@@ -33,6 +33,8 @@ mod redrive;
 mod relay;
 mod relay_rounds;
 mod replicas;
+mod retries;
+mod schedules;
 mod scrape;
 mod secrets;
 mod sentinel;

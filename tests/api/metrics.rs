@@ -276,7 +276,6 @@ async fn the_reaper_counts_what_it_requeues_and_dead_letters(pool: PgPool) {
             interval: Duration::from_secs(3600),
             policy: RescuePolicy {
                 stuck_after: Duration::from_secs(600),
-                max_attempts: 2,
                 batch_size: 100,
             },
             call_timeout: Duration::from_secs(10),
@@ -289,6 +288,10 @@ async fn the_reaper_counts_what_it_requeues_and_dead_letters(pool: PgPool) {
         .iter()
         .map(|id| id.parse().unwrap())
         .collect();
+    sqlx::query("UPDATE translation_jobs SET max_attempts = 2")
+        .execute(&pool)
+        .await
+        .unwrap();
     let long_ago = Duration::from_secs(3600);
 
     for id in &ids {

@@ -194,6 +194,8 @@ fn valid_request() -> impl Strategy<Value = CreateTranslationJobRequest> {
                     priority,
                     subtasks,
                     request_id: key.unwrap_or_default(),
+                    schedule_time: None,
+                    max_attempts: 0,
                 }
             },
         )
@@ -508,7 +510,7 @@ proptest! {
 
     #[test]
     fn every_request_built_from_the_rules_is_accepted_as_given(request in valid_request()) {
-        let job = convert::new_job(UserId::default(), request.clone(), MAX_SUBTASKS);
+        let job = convert::new_job(UserId::default(), request.clone(), &convert::CreateRules::with_max_subtasks(MAX_SUBTASKS));
         let job = match job {
             Ok(job) => job,
             Err(error) => return Err(TestCaseError::fail(format!("{error} for {request:?}"))),
@@ -539,7 +541,7 @@ proptest! {
     ) {
         let mut request = request;
         let field = apply(&mut request, broken);
-        let error = convert::new_job(UserId::default(), request, MAX_SUBTASKS + 1)
+        let error = convert::new_job(UserId::default(), request, &convert::CreateRules::with_max_subtasks(MAX_SUBTASKS + 1))
             .expect_err("a broken request");
         prop_assert_eq!(error.field, field);
     }
@@ -555,6 +557,8 @@ proptest! {
         subtasks in collection::vec((any_text(), any_text()), 0..8),
         request_id in any_text(),
         max in 0..10_usize,
+        schedule in option::of((any::<i64>(), any::<i32>())),
+        max_attempts in any::<i32>(),
     ) {
         let request = CreateTranslationJobRequest {
             novel_id,
@@ -569,8 +573,10 @@ proptest! {
                 .map(|(entity_type, entity_id)| proto::SubtaskSpec { entity_type, entity_id })
                 .collect(),
             request_id,
+            schedule_time: schedule.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+            max_attempts,
         };
-        let _ = convert::new_job(UserId::default(), request, max);
+        let _ = convert::new_job(UserId::default(), request, &convert::CreateRules::with_max_subtasks(max));
     }
 
     #[test]

@@ -23,12 +23,19 @@ use crate::support::{
 
 const POLICY: RescuePolicy = RescuePolicy {
     stuck_after: Duration::from_secs(600),
-    max_attempts: 3,
     batch_size: 100,
 };
 
 async fn new_job(pool: &PgPool) -> Uuid {
-    let new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
+    let mut request = create_request();
+    // Two rescues, then the third failed attempt is the last.
+    request.max_attempts = 3;
+    let new = convert::new_job(
+        UserId::default(),
+        request,
+        &convert::CreateRules::with_max_subtasks(10),
+    )
+    .unwrap();
     create_job(pool, &new).await.unwrap().job.id
 }
 
@@ -121,7 +128,7 @@ async fn a_stuck_job_is_requeued_then_dead_lettered_after_max_attempts(pool: PgP
         ("FAILED", 2),
         "the dead letter keeps the attempt"
     );
-    assert!(error.unwrap().contains("3 attempts"));
+    assert!(error.unwrap().contains("last attempt"));
     assert_eq!(outbox_lanes(&pool, id).await, ["dead"]);
 
     // Nothing left to rescue.
@@ -201,14 +208,14 @@ async fn the_running_service_requeues_a_stuck_job_to_redis(
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let app = TestApp::spawn_with(
+    let mut app = TestApp::spawn_with(
         database.clone(),
         SHARED_REDIS_URL,
         crate::support::unique_queue(),
         &[
             ("REAPER_INTERVAL", "100ms"),
             ("STUCK_JOB_TIMEOUT", "1s"),
-            ("MAX_JOB_ATTEMPTS", "2"),
+            ("JOB_MAX_ATTEMPTS", "2"),
         ],
     )
     .await;
@@ -216,7 +223,8 @@ async fn the_running_service_requeues_a_stuck_job_to_redis(
     let pool = PgPool::connect_with(database).await.unwrap();
     let redis = redis_client(SHARED_REDIS_URL).await;
 
-    let id = new_job(&pool).await;
+    // JOB_MAX_ATTEMPTS=2: one rescue, then the second failed attempt is final.
+    let id: Uuid = app.create().await.id.parse().unwrap();
     wait_for_messages(&redis, &app.queue, Lane::Normal, 1).await;
     stuck_since(&pool, id, Duration::from_secs(10)).await;
     let found = wait_for_messages(&redis, &app.queue, Lane::Normal, 2).await;

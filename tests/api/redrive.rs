@@ -50,7 +50,6 @@ async fn dead_letter(pool: &PgPool, queue: &RedisQueue, ids: &[Uuid]) {
         pool,
         RescuePolicy {
             stuck_after: Duration::from_secs(60),
-            max_attempts: 1,
             batch_size: 100,
         },
     )
@@ -351,7 +350,6 @@ async fn dead_letters_survive_redis_losing_its_data(pool: PgPool) {
             interval: Duration::from_secs(3600),
             policy: RescuePolicy {
                 stuck_after: Duration::from_secs(3600),
-                max_attempts: 1,
                 batch_size: 100,
             },
             call_timeout: CALL_TIMEOUT,

@@ -155,7 +155,12 @@ pub async fn assert_unreplicated_drains_keep_the_rows(
 pub async fn create_jobs(pool: &PgPool, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);
     for _ in 0..count {
-        let new = convert::new_job(UserId::default(), create_request(), 10).expect("valid request");
+        let new = convert::new_job(
+            UserId::default(),
+            create_request(),
+            &convert::CreateRules::with_max_subtasks(10),
+        )
+        .expect("valid request");
         ids.push(
             jobs::create_job(pool, &new)
                 .await
@@ -178,7 +183,12 @@ pub async fn create_in_lanes(pool: &PgPool, count: usize) -> [Vec<String>; 3] {
         jobs::Priority::Low,
     ];
     for i in 0..count {
-        let mut new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
+        let mut new = convert::new_job(
+            UserId::default(),
+            create_request(),
+            &convert::CreateRules::with_max_subtasks(10),
+        )
+        .unwrap();
         new.priority = priorities[i % 3];
         let created = jobs::create_job(pool, &new).await.unwrap();
         lanes[i % 3].push(created.job.id.to_string());

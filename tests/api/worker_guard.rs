@@ -115,7 +115,12 @@ async fn lock_waiters(pool: &PgPool, count: i64, what: &str) {
 /// A job with one subtask, claimed at attempt 0 by the worker; the subtask
 /// started when the step needs one in progress.
 async fn claimed_job(pool: &PgPool, step: Step) -> (Uuid, Uuid) {
-    let new = convert::new_job(UserId::default(), create_request(), 10).unwrap();
+    let new = convert::new_job(
+        UserId::default(),
+        create_request(),
+        &convert::CreateRules::with_max_subtasks(10),
+    )
+    .unwrap();
     let job = create_job(pool, &new).await.unwrap().job;
     let subtask = job.subtasks[0].id;
     let claimed = sqlx::query(CLAIM)
@@ -170,13 +175,27 @@ async fn run_transition(pool: PgPool, transition: Transition, job: Uuid) {
             cancel_job(&pool, job, &Scope::All).await.unwrap();
         }
         Transition::Rescue | Transition::DeadLetter => {
+            // A rescue needs an attempt left; a dead letter is the last.
+            let max_attempts = if transition == Transition::Rescue {
+                3
+            } else {
+                1
+            };
+            // Written with triggers off: it is no heartbeat.
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SET LOCAL session_replication_role = replica")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE translation_jobs SET max_attempts = $2 WHERE id = $1")
+                .bind(job)
+                .bind(max_attempts)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
             let policy = RescuePolicy {
                 stuck_after: Duration::from_secs(600),
-                max_attempts: if transition == Transition::Rescue {
-                    3
-                } else {
-                    1
-                },
                 batch_size: 100,
             };
             let rescued = rescue_stuck_jobs(&pool, policy).await.unwrap();
