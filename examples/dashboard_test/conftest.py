@@ -108,7 +108,7 @@ def service(database_url: str, queue: Queue, tmp_path_factory):
         RELAY_POLL_INTERVAL="200ms",
         REAPER_INTERVAL="1s",
         STUCK_JOB_TIMEOUT="2s",
-        MAX_JOB_ATTEMPTS="1",
+        JOB_MAX_ATTEMPTS="1",
     ) as svc:
         yield svc
 

@@ -18,7 +18,7 @@ PAGE_TIMEOUT_MS = 15_000
 
 def make_dead_letter(service: Service, queue: Queue, db) -> str:
     """A job the reaper gave up on, the real way: a worker pops and claims it,
-    then goes silent; with MAX_JOB_ATTEMPTS=1 the first rescue fails it and
+    then goes silent; with JOB_MAX_ATTEMPTS=1 the first rescue fails it and
     its message goes to the dead lane."""
     job = service.create_job(novel_id=NOVEL_ID, target_lang="de", source_lang="ja")
     job_id = job["id"]

@@ -156,6 +156,8 @@ def service(database_url: str, session_lanes: Lanes, tmp_path_factory):
         session_lanes.queue,
         tmp_path_factory.mktemp("service"),
         RELAY_POLL_INTERVAL="200ms",
+        # Short, so that a retry's backoff fits in a test.
+        RETRY_BACKOFF_BASE="1s",
     ) as svc:
         yield svc
 

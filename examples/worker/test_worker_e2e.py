@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 from conftest import poll
-from worker import Outcome, translate_entity
+from worker import NotRetryable, Outcome, translate_entity
 
 SUBTASKS = [
     {"entity_type": "chapter", "entity_id": "ch-1"},
@@ -375,3 +375,67 @@ def test_deadlock_with_a_concurrent_cancel_is_survived(service, lanes, make_work
     assert after["status"] == "CANCELLED"
     assert translator.calls == [(job["id"], "ch-1")]
     assert [s["status"] for s in after["subtasks"]] == ["CANCELLED"] * 3
+
+
+def dead_letters(lanes, job_id: str) -> list[dict]:
+    return [m for m in map(json.loads, lanes.client.lrange(lanes.dead, 0, -1)) if m.get("job_id") == job_id]
+
+
+def test_a_failed_job_is_retried_by_the_service_after_its_backoff_and_completes(service, lanes, make_worker):
+    job = new_job(service, subtasks=SUBTASKS, max_attempts=2)
+    assert (job["max_attempts"], job["failed_attempts"]) == (2, 0)
+    lanes.wait_for(job["id"])
+
+    failed_once = RecordingTranslator(fail_for={"ch-2": "the translation service timed out"})
+    assert make_worker(translate=failed_once).run_once() == Outcome.PROCESSED
+
+    # The worker said FAILED; the service made it the next attempt, after a backoff.
+    retrying = service.get_job(job["id"])
+    assert retrying["status"] == "PENDING"
+    assert (retrying["attempts"], retrying["failed_attempts"]) == (1, 1)
+    assert "timed out" in retrying["error"], "the worker's error is kept"
+    assert retrying["schedule_time"], "the retry is scheduled"
+
+    queued = lanes.wait_for(job["id"])[job["id"]]
+    assert queued.message["attempt"] == 1
+
+    translator = RecordingTranslator()
+    assert make_worker(translate=translator).run_once() == Outcome.PROCESSED
+    done = service.get_job(job["id"])
+    assert done["status"] == "COMPLETED"
+    # Only what the first attempt did not finish was done again.
+    assert translator.calls == [(job["id"], "ch-2")]
+    assert [(s["entity_id"], s["status"], s["attempts"]) for s in done["subtasks"]] == [
+        ("ch-1", "COMPLETED", 1),
+        ("ch-2", "COMPLETED", 2),
+        ("ch-3", "COMPLETED", 1),
+    ]
+
+
+def test_a_failure_on_the_last_attempt_is_final_and_dead_lettered(service, lanes, make_worker):
+    job = new_job(service, subtasks=SUBTASKS[:1], max_attempts=2)
+    always = RecordingTranslator(fail_for={"ch-1": "no such chapter"})
+    for attempt in (0, 1):
+        queued = lanes.wait_for(job["id"])[job["id"]]
+        assert queued.message["attempt"] == attempt
+        assert make_worker(translate=always).run_once(timeout=10) == Outcome.PROCESSED
+
+    failed = service.get_job(job["id"])
+    assert failed["status"] == "FAILED"
+    assert (failed["attempts"], failed["failed_attempts"]) == (1, 2)
+    dead = poll(lambda: dead_letters(lanes, job["id"]), "the dead letter")
+    assert dead[0]["attempt"] == 1
+
+
+def test_a_failure_the_translator_calls_not_retryable_is_final_at_once(service, lanes, make_worker):
+    job = new_job(service, subtasks=SUBTASKS[:1], max_attempts=5)
+    lanes.wait_for(job["id"])
+
+    def refuse(_job, _subtask, _source):
+        raise NotRetryable("source text is empty")
+
+    assert make_worker(translate=refuse).run_once() == Outcome.PROCESSED
+    failed = service.get_job(job["id"])
+    assert (failed["status"], failed["retryable"], failed["failed_attempts"]) == ("FAILED", False, 1)
+    assert poll(lambda: dead_letters(lanes, job["id"]), "the dead letter")
+    assert lanes.total() == 0

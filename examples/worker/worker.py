@@ -10,12 +10,19 @@ to do to take part in the service's contract, and nothing else.
       -> for each unfinished subtask, in creation order:
            mark the subtask IN_PROGRESS while it is still ours (its row's
            job_attempt is our attempt), translate it, mark it COMPLETED or FAILED
-      -> mark the job COMPLETED, or FAILED with a summary of what failed
+      -> mark the job COMPLETED, or FAILED with a summary of what failed (and
+         `retryable = false` when a translator said trying again cannot help)
 
 Every update after the claim is guarded by the attempt: when the service hands
 the job out again (a cancel and a retry, the reaper rescuing it, a message
 queued again after it was lost), `translation_jobs.attempts` moves on and this
 worker's updates match nothing, so a stale worker never runs beside a fresh one.
+
+A FAILED job with attempts left (its `max_attempts`, set by the caller or
+the service's JOB_MAX_ATTEMPTS) is put back to PENDING by the service itself,
+as a new attempt queued after a backoff: the worker only says FAILED, and
+`retryable = false` in the same statement when a retry cannot help (raise
+`NotRetryable` from a translator for that).
 
 Every status change is its own short transaction, committed at once: the
 service streams them to WatchTranslationJob clients, and every subtask update
@@ -100,6 +107,13 @@ SUBTASK_STILL_OURS = "job_attempt = %s"
 
 class BadMessage(ValueError):
     """A queue message the worker cannot use (not JSON, no job_id, ...)."""
+
+
+class NotRetryable(Exception):
+    """Raise from a translator (or a source loader) when trying again cannot
+    help: bad source text, a language pair nobody supports. The subtask fails
+    as with any exception, and the job's failure is final (`retryable =
+    false`) whatever attempts it has left."""
 
 
 class ClaimFailed(Exception):
@@ -479,6 +493,7 @@ class Worker:
             len(subtasks), job.target_lang or "-", job.source_lang or "-",
         )
 
+        retryable = True
         for subtask in subtasks:
             if not self.start_subtask(job.job_id, attempt, subtask):
                 jlog.info(
@@ -491,11 +506,13 @@ class Worker:
             except Exception as exc:
                 jlog.warning("subtask %s/%s failed: %s", subtask.entity_type, subtask.entity_id, exc)
                 self.fail_subtask(job.job_id, attempt, subtask.id, _error_text(exc))
+                if isinstance(exc, NotRetryable):
+                    retryable = False
             else:
                 jlog.info("subtask %s/%s done: %s", subtask.entity_type, subtask.entity_id, path)
                 self.complete_subtask(job.job_id, attempt, subtask.id)
 
-        self.finish_job(job.job_id, attempt, jlog)
+        self.finish_job(job.job_id, attempt, jlog, retryable=retryable)
         return Outcome.PROCESSED
 
     def translate_subtask(self, job: Job, subtask: Subtask) -> Path:
@@ -581,12 +598,14 @@ class Worker:
         row = self.execute("SELECT status FROM translation_jobs WHERE id = %s", (job_id,)).fetchone()
         return row[0] if row else None
 
-    def finish_job(self, job_id: str, attempt: int, jlog: JobLog) -> None:
-        """COMPLETED if every subtask is, else FAILED with a summary.
+    def finish_job(self, job_id: str, attempt: int, jlog: JobLog, retryable: bool = True) -> None:
+        """COMPLETED if every subtask is, else FAILED with a summary (and
+        `retryable = false` when a retry cannot help).
 
         Both updates keep `AND status = 'IN_PROGRESS' AND attempts = <ours>`:
         a cancel, a rescue or a retry that came in while the last subtask ran
-        is not overwritten.
+        is not overwritten. After a FAILED the job may read PENDING under the
+        next attempt: the service scheduled a retry (RETURNING tells).
         """
         unfinished = self.execute(
             "SELECT entity_type, entity_id, status, error FROM translation_subtasks "
@@ -613,12 +632,17 @@ class Worker:
             error = f"{len(unfinished)} of {total} subtasks failed: {named}"
             if more > 0:
                 error += f"; and {more} more"
-            changed = self.execute(
-                "UPDATE translation_jobs SET status = 'FAILED', error = %s "
-                "WHERE id = %s AND status = 'IN_PROGRESS' AND attempts = %s",
-                (error[:MAX_ERROR_CHARS], job_id, attempt),
-            ).rowcount
-            outcome = f"FAILED: {error}"
+            row = self.execute(
+                "UPDATE translation_jobs SET status = 'FAILED', error = %s, retryable = %s "
+                "WHERE id = %s AND status = 'IN_PROGRESS' AND attempts = %s "
+                "RETURNING status, attempts, scheduled_at",
+                (error[:MAX_ERROR_CHARS], retryable, job_id, attempt),
+            ).fetchone()
+            changed = row is not None
+            if row is not None and row[0] == "PENDING":
+                outcome = f"FAILED: {error}; the service retries it as attempt {row[1]} at {row[2]}"
+            else:
+                outcome = f"FAILED for good{'' if retryable else ' (not retryable)'}: {error}"
 
         if changed:
             jlog.info("job %s", outcome)
