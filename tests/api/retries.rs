@@ -28,9 +28,7 @@ use uuid::Uuid;
 
 use crate::{
     reaper::stuck_since,
-    support::{
-        SHARED_REDIS_URL, TestApp, create_request, messages, redis_client, unique_queue,
-    },
+    support::{SHARED_REDIS_URL, TestApp, create_request, messages, redis_client, unique_queue},
 };
 
 const CLAIM: &str = "UPDATE translation_jobs SET status = 'IN_PROGRESS' \
@@ -159,7 +157,11 @@ async fn a_failed_job_is_retried_with_a_growing_backoff_then_dead_lettered(
         .into_inner();
     assert_eq!((created.max_attempts, created.failed_attempts), (3, 0));
     let id: Uuid = created.id.parse().unwrap();
-    let ids: Vec<Uuid> = created.subtasks.iter().map(|s| s.id.parse().unwrap()).collect();
+    let ids: Vec<Uuid> = created
+        .subtasks
+        .iter()
+        .map(|s| s.id.parse().unwrap())
+        .collect();
     let mut watch = app
         .client
         .watch_translation_job(WatchTranslationJobRequest { id: id.to_string() })
@@ -191,8 +193,15 @@ async fn a_failed_job_is_retried_with_a_growing_backoff_then_dead_lettered(
         let due = due.expect("the retry is scheduled");
         let job = get(&mut app, id).await;
         assert_eq!(job.status(), JobStatus::Pending);
-        assert_eq!((job.attempts, job.failed_attempts), (attempt + 1, attempt + 1));
-        assert_eq!(job.error, format!("failed on attempt {attempt}"), "the error is kept");
+        assert_eq!(
+            (job.attempts, job.failed_attempts),
+            (attempt + 1, attempt + 1)
+        );
+        assert_eq!(
+            job.error,
+            format!("failed on attempt {attempt}"),
+            "the error is kept"
+        );
         assert!(job.retryable);
 
         // base * 2^(n-1), within 20% either way.
@@ -226,7 +235,11 @@ async fn a_failed_job_is_retried_with_a_growing_backoff_then_dead_lettered(
                 ("b".to_owned(), "PENDING".to_owned(), attempt + 1),
             ]
         );
-        assert_eq!(run(&pool, START, ids[1], attempt).await, 0, "a stale worker");
+        assert_eq!(
+            run(&pool, START, ids[1], attempt).await,
+            0,
+            "a stale worker"
+        );
         assert_eq!(run(&pool, CLAIM, id, attempt + 1).await, 1);
         assert_eq!(run(&pool, START, ids[1], attempt + 1).await, 1);
         assert_eq!(run(&pool, FAIL_SUBTASK, ids[1], attempt + 1).await, 1);
@@ -239,11 +252,17 @@ async fn a_failed_job_is_retried_with_a_growing_backoff_then_dead_lettered(
     let (dead, _) = pop(&redis, &app, Lane::Dead, Duration::from_secs(5))
         .await
         .expect("the final failure is dead-lettered");
-    assert_eq!((dead.job_id.as_str(), dead.attempt), (created.id.as_str(), 2));
+    assert_eq!(
+        (dead.job_id.as_str(), dead.attempt),
+        (created.id.as_str(), 2)
+    );
     let job = get(&mut app, id).await;
     assert_eq!((job.status(), job.failed_attempts), (JobStatus::Failed, 3));
     assert!(
-        subtasks(&pool, id).await.iter().all(|(_, _, guard)| *guard == -1),
+        subtasks(&pool, id)
+            .await
+            .iter()
+            .all(|(_, _, guard)| *guard == -1),
         "no worker may write the subtasks of a failed job"
     );
 
@@ -280,7 +299,11 @@ async fn a_failed_job_is_retried_with_a_growing_backoff_then_dead_lettered(
         .into_inner();
     assert_eq!(redriven.jobs.len(), 1, "{redriven:?}");
     assert_eq!(
-        (redriven.jobs[0].status(), redriven.jobs[0].attempts, redriven.jobs[0].failed_attempts),
+        (
+            redriven.jobs[0].status(),
+            redriven.jobs[0].attempts,
+            redriven.jobs[0].failed_attempts
+        ),
         (JobStatus::Pending, 3, 0),
         "a redrive gives a fresh budget"
     );
@@ -337,7 +360,12 @@ async fn a_failure_a_worker_marks_not_retryable_is_final(
         .unwrap()
         .into_inner();
     assert_eq!(
-        (retried.status(), retried.failed_attempts, retried.retryable, retried.schedule_time),
+        (
+            retried.status(),
+            retried.failed_attempts,
+            retried.retryable,
+            retried.schedule_time
+        ),
         (JobStatus::Pending, 0, true, None)
     );
     app.stop().await;
@@ -378,7 +406,10 @@ async fn a_rescue_uses_an_attempt_of_the_same_budget(pool: PgPool) {
     .unwrap();
     let id = create_job(&pool, &new).await.unwrap().job.id;
     // As if the relay had published the first message.
-    sqlx::query("DELETE FROM outbox").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
     let policy = RescuePolicy {
         stuck_after: Duration::from_secs(600),
         batch_size: 100,
@@ -426,16 +457,25 @@ async fn a_retry_cancelled_during_its_backoff_is_never_queued(pool: PgPool) {
     )
     .unwrap();
     let id = create_job(&pool, &new).await.unwrap().job.id;
-    sqlx::query("DELETE FROM outbox").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(run(&pool, CLAIM, id, 0).await, 1);
     fail(&pool, FAIL_JOB, id, 0).await;
-    jobs::cancel_job(&pool, id, &jobs::Scope::All).await.unwrap();
+    jobs::cancel_job(&pool, id, &jobs::Scope::All)
+        .await
+        .unwrap();
     sqlx::query("UPDATE outbox_scheduled SET due_at = now() - interval '1 hour'")
         .execute(&pool)
         .await
         .unwrap();
     let promoted = jobs::promote_due(&pool, 10).await.unwrap();
-    assert_eq!(promoted, jobs::Promoted::default(), "the cancel took the row");
+    assert_eq!(
+        promoted,
+        jobs::Promoted::default(),
+        "the cancel took the row"
+    );
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&pool)
         .await
@@ -454,7 +494,10 @@ async fn a_due_row_of_a_job_that_moved_on_is_dropped(pool: PgPool) {
     )
     .unwrap();
     let id = create_job(&pool, &new).await.unwrap().job.id;
-    sqlx::query("DELETE FROM outbox").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO outbox_scheduled (job_id, attempt, lane, due_at) \
          VALUES ($1, 7, 'normal', now()), ($2, 0, 'normal', now())",

@@ -142,7 +142,8 @@ async fn a_time_in_the_past_means_now_and_too_far_ahead_is_refused(
     let refused = app.client.create_translation_job(far).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(
-        refused.message().contains("schedule_time") && refused.message().contains("MAX_SCHEDULE_AHEAD"),
+        refused.message().contains("schedule_time")
+            && refused.message().contains("MAX_SCHEDULE_AHEAD"),
         "{}",
         refused.message()
     );
@@ -154,7 +155,11 @@ async fn a_time_in_the_past_means_now_and_too_far_ahead_is_refused(
     });
     let refused = app.client.create_translation_job(broken).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    assert!(refused.message().contains("schedule_time"), "{}", refused.message());
+    assert!(
+        refused.message().contains("schedule_time"),
+        "{}",
+        refused.message()
+    );
     app.stop().await;
 }
 
@@ -225,7 +230,10 @@ async fn http_takes_schedule_time_as_rfc3339_and_shows_it(
     );
     let (status, answer) = http_request("POST", &url, Some(&body), &[]).await.unwrap();
     assert_eq!(status, 400, "{answer}");
-    assert!(answer.contains("schedule_time") && answer.contains("RFC 3339"), "{answer}");
+    assert!(
+        answer.contains("schedule_time") && answer.contains("RFC 3339"),
+        "{answer}"
+    );
     let redis = redis_client(SHARED_REDIS_URL).await;
     cleanup(&redis, &app.queue).await;
     app.stop().await;
