@@ -95,17 +95,26 @@ async fn a_scheduled_job_reaches_its_lane_at_its_time_and_not_before(
     assert_eq!(pushed[0].job_id, job.id);
     assert_eq!(pushed[0].attempt, 0);
 
-    let read = app
-        .client
-        .get_translation_job(GetTranslationJobRequest {
-            id: job.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // The relay records the publication in the transaction of its push,
+    // which commits just after the message is in Redis.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let read = loop {
+        let read = app
+            .client
+            .get_translation_job(GetTranslationJobRequest {
+                id: job.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if read.publish_time.is_some() || tokio::time::Instant::now() > deadline {
+            break read;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(read.schedule_time, Some(timestamp(at)));
-    assert!(time_of(read.publish_time.as_ref().unwrap()) >= at);
+    assert!(time_of(read.publish_time.as_ref().expect("published")) >= at);
     app.stop().await;
 }
 

@@ -142,15 +142,30 @@ pub async fn wait_drained(pool: &PgPool, redis: &Client, queue: &QueueName) {
 /// Every message Redis holds for the queue: the processing list, the
 /// lanes and the dead lane.
 pub async fn messages_in_redis(redis: &Client, queue: &QueueName) -> Vec<JobMessage> {
-    let mut keys = vec![processing_key(queue)];
-    keys.extend(Lane::ALL.iter().map(|lane| queue.key(*lane)));
+    messages_by_lane(redis, queue)
+        .await
+        .into_iter()
+        .map(|(message, _)| message)
+        .collect()
+}
+
+/// [`messages_in_redis`], each with whether it is in the dead lane.
+async fn messages_by_lane(redis: &Client, queue: &QueueName) -> Vec<(JobMessage, bool)> {
+    let mut keys = vec![(processing_key(queue), false)];
+    keys.extend(
+        Lane::ALL
+            .iter()
+            .map(|lane| (queue.key(*lane), *lane == Lane::Dead)),
+    );
     let mut found = Vec::new();
-    for key in keys {
+    for (key, dead) in keys {
         let raw: Vec<String> = redis.lrange(&key, 0, -1).await.expect("LRANGE");
-        found.extend(
-            raw.iter()
-                .map(|m| serde_json::from_str::<JobMessage>(m).expect("a message is JSON")),
-        );
+        found.extend(raw.iter().map(|m| {
+            (
+                serde_json::from_str::<JobMessage>(m).expect("a message is JSON"),
+                dead,
+            )
+        }));
     }
     found
 }
@@ -184,21 +199,23 @@ pub async fn reconcile(
     let by_id: HashMap<Uuid, &JobRow> = jobs.iter().map(|j| (j.id, j)).collect();
     let by_novel: HashMap<Uuid, &JobRow> = jobs.iter().map(|j| (j.novel_id, j)).collect();
 
-    let messages = messages_in_redis(redis, queue).await;
-    let mut copies: HashMap<(Uuid, i32), usize> = HashMap::new();
+    let messages = messages_by_lane(redis, queue).await;
+    // A job that failed for good has its attempt's message twice, once
+    // delivered and once as its dead letter: they are counted apart.
+    let mut copies: HashMap<(Uuid, i32, bool), usize> = HashMap::new();
     let mut counts = Counts {
         created: ledger.outcomes.len() + bulk.job_ids.len(),
         messages: messages.len(),
         ..Counts::default()
     };
-    for message in &messages {
+    for (message, dead) in &messages {
         let Ok(job_id) = Uuid::parse_str(&message.job_id) else {
             counts.phantom += 1;
             continue;
         };
-        *copies.entry((job_id, message.attempt)).or_default() += 1;
+        *copies.entry((job_id, message.attempt, *dead)).or_default() += 1;
     }
-    for (&(job_id, attempt), &count) in &copies {
+    for (&(job_id, attempt, _), &count) in &copies {
         counts.duplicated += count - 1;
         match by_id.get(&job_id) {
             None => counts.phantom += count,
@@ -207,7 +224,10 @@ pub async fn reconcile(
             Some(_) => {}
         }
     }
-    let has_current = |job: &JobRow| copies.contains_key(&(job.id, job.attempts));
+    let has_current = |job: &JobRow| {
+        copies.contains_key(&(job.id, job.attempts, false))
+            || copies.contains_key(&(job.id, job.attempts, true))
+    };
     let mut accounted: HashSet<Uuid> = HashSet::new();
 
     let acknowledged = ledger
