@@ -24,5 +24,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         )?;
 
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    // `sqlx::migrate!` embeds the migrations when the crate compiles: a new
+    // file must make it compile again.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

@@ -18,7 +18,9 @@
 --
 -- Every new column has a constant default: no table rewrite. The checks are
 -- added NOT VALID (no scan under the table lock); the service never writes a
--- value outside them.
+-- value outside them. The backfill of jobs in flight is the next migration,
+-- a transaction of its own, so that no row is written under this one's
+-- table lock.
 
 ALTER TABLE translation_jobs
     ADD COLUMN scheduled_at timestamptz,
@@ -29,12 +31,6 @@ ALTER TABLE translation_jobs
 ALTER TABLE translation_jobs
     ADD CONSTRAINT translation_jobs_max_attempts_check CHECK (max_attempts >= 1) NOT VALID,
     ADD CONSTRAINT translation_jobs_failures_check CHECK (failures >= 0) NOT VALID;
-
--- Jobs in flight at the upgrade keep the rescue budget they were created
--- under (MAX_JOB_ATTEMPTS, whose default was 3).
-UPDATE translation_jobs
-   SET max_attempts = 3, failures = rescues
- WHERE status IN ('PENDING', 'IN_PROGRESS');
 
 CREATE TABLE outbox_scheduled (
     id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

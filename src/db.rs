@@ -111,15 +111,26 @@ pub fn side_pool(
         .connect_lazy_with(settings.pool_options().application_name(application_name))
 }
 
+/// How long a migration's statement waits for a table lock before it gives
+/// up (and the whole migration is rolled back and retried): a DDL statement
+/// queued behind a long transaction would hold up every create queued
+/// behind it.
+pub const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Runs the migrations under sqlx's advisory lock (safe with any number of
 /// replicas starting at once) on a connection of their own, without the
-/// statement timeout (a migration may rewrite a large table), then
-/// refreshes the planner's statistics.
+/// statement timeout (a migration may build a large index) but with
+/// [`MIGRATION_LOCK_TIMEOUT`]; refreshes the planner's statistics only when
+/// a migration was applied.
 pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     let options = settings
         .connect
         .clone()
-        .application_name("translation-jobs-migrate");
+        .application_name("translation-jobs-migrate")
+        .options([(
+            "lock_timeout",
+            format!("{}ms", MIGRATION_LOCK_TIMEOUT.as_millis()),
+        )]);
     // A pool of one rather than a bare connection: sqlx's migrator future is
     // only `Send` over a pool.
     let pool = bounded(
@@ -131,19 +142,36 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     )
     .await?;
     let migrated = async {
+        let before = applied_migrations(&pool).await?;
         MIGRATOR.run(&pool).await.map_err(|error| match error {
             sqlx::migrate::MigrateError::Execute(error) => error,
             other => sqlx::Error::Migrate(Box::new(other)),
         })?;
-        // Current statistics for the plans made from here on.
-        sqlx::query("ANALYZE translation_jobs, translation_subtasks, outbox")
-            .execute(&pool)
-            .await?;
+        if applied_migrations(&pool).await? != before {
+            // Current statistics for the plans made from here on; a start
+            // that applied nothing leaves them to autovacuum.
+            sqlx::query("ANALYZE translation_jobs, translation_subtasks, outbox")
+                .execute(&pool)
+                .await?;
+        }
         Ok(())
     }
     .await;
     pool.close().await;
     migrated
+}
+
+/// Migrations recorded as applied (0 before the first run).
+async fn applied_migrations(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
 }
 
 /// The longest one database call may take on `pool`'s connections
