@@ -139,17 +139,8 @@ pub async fn wait_drained(pool: &PgPool, redis: &Client, queue: &QueueName) {
     }
 }
 
-/// Every message Redis holds for the queue: the processing list, the
-/// lanes and the dead lane.
-pub async fn messages_in_redis(redis: &Client, queue: &QueueName) -> Vec<JobMessage> {
-    messages_by_lane(redis, queue)
-        .await
-        .into_iter()
-        .map(|(message, _)| message)
-        .collect()
-}
-
-/// [`messages_in_redis`], each with whether it is in the dead lane.
+/// Every message Redis holds for the queue (the processing list, the lanes
+/// and the dead lane), each with whether it is in the dead lane.
 async fn messages_by_lane(redis: &Client, queue: &QueueName) -> Vec<(JobMessage, bool)> {
     let mut keys = vec![(processing_key(queue), false)];
     keys.extend(
