@@ -26,6 +26,7 @@ use crate::{
     backlog::Backlog,
     config::{AuthMode, ListenAddr, Settings},
     db,
+    dead_lane::DeadLane,
     health::{self, Health},
     jobs::GroupCommit,
     metrics::Metrics,
@@ -486,6 +487,30 @@ async fn run_background(background: Background) {
                 Reaper::new(pool.clone(), queue.clone(), reaper, wake.clone())
                     .with_metrics(metrics.clone())
                     .run(token.clone(), lost_data.clone(), reaper_beat.clone())
+            }
+        }));
+        let trim_beat = liveness.register(
+            "dead lane",
+            settings.reaper.interval + call_timeout * 4 + LIVENESS_SLACK,
+        );
+        loops.spawn(supervise(token.clone(), trim_beat.clone(), {
+            let (pool, queue, dead_lane, metrics, token) = (
+                pool.clone(),
+                queue.clone(),
+                settings.dead_lane,
+                metrics.clone(),
+                token.clone(),
+            );
+            let interval = settings.reaper.interval;
+            move || {
+                DeadLane::new(
+                    pool.clone(),
+                    queue.clone(),
+                    dead_lane,
+                    call_timeout,
+                    metrics.clone(),
+                )
+                .run(interval, token.clone(), trim_beat.clone())
             }
         }));
     } else {

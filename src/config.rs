@@ -70,6 +70,10 @@ pub const DEFAULT_STUCK_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_JOB_MAX_ATTEMPTS: i32 = 1;
 pub const DEFAULT_RETRY_BACKOFF_BASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+/// Dead letters of jobs that failed longer ago than this leave the dead lane.
+pub const DEFAULT_DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The dead lane keeps at most this many messages, the newest.
+pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 100_000;
 pub const DEFAULT_MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Stuck jobs rescued per transaction.
 pub const REAPER_BATCH_SIZE: i64 = 500;
@@ -130,6 +134,8 @@ pub struct Settings {
     pub reaper: ReaperSettings,
     /// Failed attempts, backoff and schedules.
     pub retries: RetrySettings,
+    /// How long and how many dead letters the dead lane keeps.
+    pub dead_lane: crate::dead_lane::DeadLaneSettings,
     /// How long shutdown waits for calls and background tasks to finish.
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -352,6 +358,21 @@ impl Settings {
                 call_timeout,
             },
             retries: retry_settings(&get)?,
+            dead_lane: crate::dead_lane::DeadLaneSettings {
+                max_age: Some(duration_or_zero(
+                    &get,
+                    "DEAD_LETTER_MAX_AGE",
+                    DEFAULT_DEAD_LETTER_MAX_AGE,
+                )?)
+                .filter(|age| !age.is_zero()),
+                max_length: number(
+                    &get,
+                    "DEAD_LETTER_MAX_LENGTH",
+                    DEFAULT_DEAD_LETTER_MAX_LENGTH,
+                    0,
+                    u64::MAX,
+                )?,
+            },
             shutdown_timeout: duration(&get, "SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT)?,
             log_format: match get("LOG_FORMAT")
                 .as_deref()
@@ -885,6 +906,13 @@ mod tests {
         assert_eq!(s.reaper.interval, Duration::from_secs(30));
         assert_eq!(s.reaper.policy.stuck_after, Duration::from_secs(3600));
         assert_eq!(s.retries.default_max_attempts, 1);
+        assert_eq!(
+            s.dead_lane,
+            crate::dead_lane::DeadLaneSettings {
+                max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+                max_length: 100_000
+            }
+        );
         assert_eq!(s.retries.backoff_base, Duration::from_secs(10));
         assert_eq!(s.retries.backoff_max, Duration::from_secs(3600));
         assert_eq!(
@@ -959,6 +987,8 @@ mod tests {
             ("RETRY_BACKOFF_BASE", "0"),
             ("RETRY_BACKOFF_MAX", "1s"),
             ("MAX_SCHEDULE_AHEAD", "later"),
+            ("DEAD_LETTER_MAX_AGE", "a month"),
+            ("DEAD_LETTER_MAX_LENGTH", "-1"),
             ("STUCK_JOB_TIMEOUT", "an hour"),
             ("QUEUE_MAX_BACKLOG", "-1"),
             ("REDIS_WAIT_REPLICAS", "-1"),

@@ -22,6 +22,7 @@
 //!   changes to WatchTranslationJob streams.
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
+//! - [`dead_lane`]: keeps the dead lane bounded by age and length.
 //! - [`backlog`]: backpressure on creates.
 //! - [`stats`]: what waits where (lanes, outbox, dead letters), one reading
 //!   shared by the API, the dashboard and the CLI.
@@ -46,6 +47,7 @@ pub mod backlog;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod dead_lane;
 pub mod health;
 pub mod jobs;
 pub mod metrics;

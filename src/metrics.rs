@@ -86,6 +86,7 @@ pub struct Metrics {
     reaper_requeued: Counter,
     reaper_dead_lettered: Counter,
     reaper_republished: Counter,
+    dead_letters_trimmed: Counter,
     grpc_calls: Family<GrpcLabels, Counter>,
     grpc_latency: LatencyFamily<GrpcLabels>,
     http_requests: Family<HttpLabels, Counter>,
@@ -184,6 +185,12 @@ impl Metrics {
             "PENDING jobs whose message was lost that the reaper queued again",
             reaper_republished.clone(),
         );
+        let dead_letters_trimmed = Counter::default();
+        registry.register(
+            "translation_dead_letters_trimmed",
+            "Dead letters dropped from the dead lane: their job gone or moved on, older than DEAD_LETTER_MAX_AGE, or beyond DEAD_LETTER_MAX_LENGTH",
+            dead_letters_trimmed.clone(),
+        );
         let grpc_calls = Family::<GrpcLabels, Counter>::default();
         registry.register(
             "translation_grpc_requests",
@@ -225,6 +232,7 @@ impl Metrics {
             reaper_requeued,
             reaper_dead_lettered,
             reaper_republished,
+            dead_letters_trimmed,
             grpc_calls,
             grpc_latency,
             http_requests,
@@ -270,6 +278,11 @@ impl Metrics {
         self.reaper_requeued.inc_by(requeued as u64);
         self.reaper_dead_lettered.inc_by(dead_lettered as u64);
         self.reaper_republished.inc_by(republished as u64);
+    }
+
+    /// Dead letters a trim pass dropped.
+    pub fn dead_letters_trimmed(&self, dropped: u64) {
+        self.dead_letters_trimmed.inc_by(dropped);
     }
 
     /// One gRPC call answered.

@@ -5,6 +5,7 @@
 //! module's business.
 
 mod create;
+mod dead_letters;
 mod due;
 mod error;
 pub mod fields;
@@ -20,6 +21,7 @@ mod subtags;
 mod transitions;
 
 pub use create::{Created, create_job, create_jobs};
+pub use dead_letters::expired_dead_letters;
 pub use due::{Promoted, next_due_in, promote_due, write_retry_settings};
 pub use error::JobError;
 pub use get::{TxSnapshot, get_job, get_job_basic, read_job_with_snapshot};

@@ -9,13 +9,17 @@
 
 use std::sync::LazyLock;
 
-use fred::{prelude::Value, types::scripts::Script};
+use fred::{
+    prelude::{ListInterface, Value},
+    types::scripts::Script,
+};
 
 use super::{Lane, QueueError, RedisQueue};
 
 static TAKE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("dead_take.lua")));
 static FINISH: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("dead_finish.lua")));
+static TRIM: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("dead_trim.lua")));
 
 /// Suffix of the processing list, `{<queue>}:dead:redriving`.
 const REDRIVING_SUFFIX: &str = "dead:redriving";
@@ -58,6 +62,36 @@ impl RedisQueue {
             Value::Null => Ok(Vec::new()),
             other => Err(QueueError::Reply(format!("take dead letters: {other:?}"))),
         }
+    }
+
+    /// The oldest `count` dead letters, oldest first.
+    pub async fn oldest_dead_letters(&self, count: usize) -> Result<Vec<String>, QueueError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let end = i64::try_from(count).unwrap_or(i64::MAX) - 1;
+        Ok(self
+            .client
+            .lrange(self.queue.key(Lane::Dead), 0, end)
+            .await?)
+    }
+
+    /// Drops `expired` (read from the head with
+    /// [`oldest_dead_letters`](Self::oldest_dead_letters)) while they are
+    /// still the head, then the oldest messages beyond `max_length` (0: no
+    /// cap). Returns how many were dropped.
+    pub async fn trim_dead_letters(
+        &self,
+        expired: &[String],
+        max_length: u64,
+    ) -> Result<u64, QueueError> {
+        let mut args = Vec::with_capacity(1 + expired.len());
+        args.push(max_length.to_string());
+        args.extend(expired.iter().cloned());
+        let dropped: i64 = TRIM
+            .evalsha_with_reload(&self.client, vec![self.queue.key(Lane::Dead)], args)
+            .await?;
+        Ok(u64::try_from(dropped).unwrap_or(0))
     }
 
     /// Removes `handled` from the processing list and moves `unreadable`

@@ -14,6 +14,7 @@ mod cli;
 mod cluster;
 mod create;
 mod cross_site;
+mod dead_lane;
 mod dropped_connections;
 mod exactly_once;
 mod group_commit;
