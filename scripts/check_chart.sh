@@ -166,8 +166,11 @@ refuses "tls.secretName" "${base[@]}" --set tls.enabled=true
 refuses "secret.databaseUrl" --set secret.databaseUrl=mysql://db/jobs --set auth.mode=none
 refuses "secret.authJwtSecret" "${base[@]}" --set secret.authJwtSecret=too-short
 refuses "config.RPC_TIMEOUT" "${base[@]}" --set config.RPC_TIMEOUT=soon
+refuses "would block every node drain" "${base[@]}" --set podDisruptionBudget.enabled=true \
+  --set podDisruptionBudget.minAvailable=2 --set podDisruptionBudget.maxUnavailable=
+refuses "above database.maxConnections 50" "${base[@]}" --set database.maxConnections=50 --set replicas=3
 refuses "exactly one of minAvailable and maxUnavailable" "${base[@]}" \
-    --set podDisruptionBudget.enabled=true --set podDisruptionBudget.maxUnavailable=1
+    --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
 refuses "maxReplicas must be >= " "${base[@]}" --set autoscaling.enabled=true --set autoscaling.maxReplicas=1
 refuses "chart requires kubeVersion" "${base[@]}" --kube-version 1.29.0
 

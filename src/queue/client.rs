@@ -80,6 +80,9 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
 }
 
+/// The longest shutdown waits for Redis to answer `QUIT`.
+pub const QUIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A handle on the queue's Redis keys. Cheap to clone; all clones share one
 /// multiplexed connection (per cluster node) that reconnects by itself, and
 /// a second one for the relay's pushes when they wait for replicas.
@@ -275,11 +278,19 @@ impl RedisQueue {
     }
 
     /// Closes the connections.
+    /// Closes the connections, giving Redis at most [`QUIT_TIMEOUT`] (an
+    /// unreachable Redis must not hold shutdown past the pod's grace
+    /// period).
     pub async fn quit(&self) {
-        if !self.wait.is_off() {
-            let _ = self.pusher.quit().await;
+        let quit = async {
+            if !self.wait.is_off() {
+                let _ = self.pusher.quit().await;
+            }
+            let _ = self.client.quit().await;
+        };
+        if tokio::time::timeout(QUIT_TIMEOUT, quit).await.is_err() {
+            tracing::debug!("Redis did not answer QUIT in time; closing anyway");
         }
-        let _ = self.client.quit().await;
     }
 }
 
