@@ -65,6 +65,15 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("cannot serve TLS")]
     Tls(#[from] TlsError),
+    #[error(
+        "this database serves the queue {bound:?} but TRANSLATION_QUEUE is {configured:?}: one \
+         database holds one queue's jobs, and a relay of another name would publish them where \
+         the first deployment's workers never look. Use the database's name, give this \
+         deployment a database of its own, or, to move the database to {configured:?} \
+         deliberately (every replica of {bound:?} stopped, its lanes drained), run \
+         `translation-jobs rebind-queue` with TRANSLATION_QUEUE={configured:?}"
+    )]
+    QueueMismatch { bound: String, configured: String },
 }
 
 /// A service ready to run: listeners bound, clients created (not yet
@@ -273,7 +282,9 @@ impl App {
         ));
         tracing::info!(addr = %http_addr, tls = self.https.is_some(), "HTTP listening");
 
+        let (queue_mismatch, mut wrong_queue) = tokio::sync::oneshot::channel();
         tasks.spawn(run_background(Background {
+            queue_mismatch,
             pool: self.pool.clone(),
             queue: self.queue.clone(),
             settings: self.settings.clone(),
@@ -288,6 +299,14 @@ impl App {
         let mut result = Ok(());
         tokio::select! {
             () = shutdown => tracing::info!("shutdown requested"),
+            bound = &mut wrong_queue => {
+                if let Ok(bound) = bound {
+                    result = Err(AppError::QueueMismatch {
+                        bound,
+                        configured: self.settings.queue.as_str().to_owned(),
+                    });
+                }
+            }
             served = &mut grpc_task => {
                 result = flatten(served);
                 tracing::error!("gRPC server stopped unexpectedly");
@@ -389,6 +408,8 @@ struct Background {
     schedule_wake: Wake,
     hub: WatchHub,
     token: CancellationToken,
+    /// Told the queue this database serves when it is not this process's.
+    queue_mismatch: tokio::sync::oneshot::Sender<String>,
 }
 
 /// Starts the database probe, migrates (retrying with backoff until
@@ -405,6 +426,7 @@ async fn run_background(background: Background) {
         schedule_wake,
         hub,
         token,
+        queue_mismatch,
     } = background;
     let mut loops = JoinSet::new();
     let call_timeout = settings.database.call_timeout();
@@ -431,6 +453,27 @@ async fn run_background(background: Background) {
     }));
 
     if !migrate(settings.database.clone(), token.clone()).await {
+        loops.shutdown().await;
+        return;
+    }
+    let bound = loop {
+        match db::bind_queue(&pool, settings.queue.as_str()).await {
+            Ok(bound) => break bound,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "cannot read the queue this database serves; retrying");
+                tokio::select! {
+                    () = token.cancelled() => {
+                        loops.shutdown().await;
+                        return;
+                    }
+                    () = tokio::time::sleep(CONNECT_RETRY_MAX) => {}
+                }
+            }
+        }
+    };
+    if bound != settings.queue.as_str() {
+        // The service stops: nothing of this process may publish.
+        let _ = queue_mismatch.send(bound);
         loops.shutdown().await;
         return;
     }
@@ -578,7 +621,12 @@ async fn migrate(database: db::DatabaseSettings, token: CancellationToken) -> bo
                     // Retrying still means fixing the database needs no restart.
                     tracing::error!(error = %error_chain(&error), retry_in = ?delay, "cannot migrate the database");
                 } else {
-                    tracing::warn!(error = %error_chain(&error), retry_in = ?delay, "PostgreSQL not ready");
+                    let described = db::describe_connect_error(&database.connect, &error);
+                    if described.starts_with("configuration problem") {
+                        tracing::error!(retry_in = ?delay, "{described}");
+                    } else {
+                        tracing::warn!(retry_in = ?delay, "{described}");
+                    }
                 }
                 tokio::select! {
                     () = token.cancelled() => return false,

@@ -184,6 +184,19 @@ impl Settings {
                 ));
             }
         };
+        let scheme = database_url
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+            return Err(ConfigError::new(
+                database_name,
+                format!(
+                    "must be a postgres:// (or postgresql://) URL, got a {} one: this service \
+                     stores its jobs in PostgreSQL only",
+                    scheme.map_or_else(|| "scheme-less".to_owned(), |s| format!("{s}://"))
+                ),
+            ));
+        }
         let database = PgConnectOptions::from_str(&database_url).map_err(|_| {
             ConfigError::new(
                 database_name,
@@ -982,6 +995,7 @@ mod tests {
             ("RELAY_MARKER_TTL", "10s"),
             ("RELAY_ENABLED", "maybe"),
             ("MAX_JOB_ATTEMPTS", "3"),
+            ("DATABASE_URL", "mysql://root@db/jobs"),
             ("JOB_MAX_ATTEMPTS", "0"),
             ("JOB_MAX_ATTEMPTS", "101"),
             ("RETRY_BACKOFF_BASE", "0"),

@@ -14,7 +14,7 @@
 use std::{future::Future, time::Duration};
 
 use sqlx::{
-    PgPool,
+    Connection, PgConnection, PgPool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -116,6 +116,8 @@ pub fn side_pool(
 /// queued behind a long transaction would hold up every create queued
 /// behind it.
 pub const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the migration's first connection attempt may take.
+pub const MIGRATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the migrations under sqlx's advisory lock (safe with any number of
 /// replicas starting at once) on a connection of their own, without the
@@ -131,6 +133,15 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
             "lock_timeout",
             format!("{}ms", MIGRATION_LOCK_TIMEOUT.as_millis()),
         )]);
+    // One connection attempt first: a pool retries a refused connection
+    // until its acquire timeout, hiding the reason; this says it at once.
+    let probe = tokio::time::timeout(
+        MIGRATION_CONNECT_TIMEOUT,
+        PgConnection::connect_with(&options),
+    )
+    .await
+    .map_err(|_| timed_out(MIGRATION_CONNECT_TIMEOUT))??;
+    let _ = probe.close().await;
     // A pool of one rather than a bare connection: sqlx's migrator future is
     // only `Send` over a pool.
     let pool = bounded(
@@ -159,6 +170,84 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     .await;
     pool.close().await;
     migrated
+}
+
+/// The queue this database serves, recording `queue` when none is yet:
+/// one database holds one queue's jobs (see the `queue_binding` migration).
+pub async fn bind_queue(pool: &PgPool, queue: &str) -> Result<String, sqlx::Error> {
+    sqlx::query("INSERT INTO queue_binding (queue) VALUES ($1) ON CONFLICT (singleton) DO NOTHING")
+        .bind(queue)
+        .execute(pool)
+        .await?;
+    sqlx::query_scalar("SELECT queue FROM queue_binding")
+        .fetch_one(pool)
+        .await
+}
+
+/// Moves the database to `queue`, deliberately (`translation-jobs
+/// rebind-queue`); returns the name it served before.
+pub async fn rebind_queue(pool: &PgPool, queue: &str) -> Result<Option<String>, sqlx::Error> {
+    let before: Option<String> = sqlx::query_scalar("SELECT queue FROM queue_binding")
+        .fetch_optional(pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO queue_binding (queue) VALUES ($1) \
+         ON CONFLICT (singleton) DO UPDATE SET queue = excluded.queue, bound_at = now()",
+    )
+    .bind(queue)
+    .execute(pool)
+    .await?;
+    Ok(before)
+}
+
+/// What a failed connection to PostgreSQL means, for one log line: where
+/// (host and port, never the password), which kind of failure, and, when
+/// the fix is in the configuration, which.
+pub fn describe_connect_error(options: &PgConnectOptions, error: &sqlx::Error) -> String {
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+    let database = options.get_database().unwrap_or(options.get_username());
+    let user = options.get_username();
+    match error {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+            "PostgreSQL at {target} refused the connection: nothing listens there (is it \
+             running, and is the host and port in DATABASE_URL right?)"
+        ),
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => format!(
+            "PostgreSQL at {target} did not answer in time (is the host right, or a firewall \
+             in the way?)"
+        ),
+        sqlx::Error::Io(io)
+            if io.to_string().contains("lookup") || io.to_string().contains("resolve") =>
+        {
+            format!(
+                "cannot resolve the host of PostgreSQL at {target} (is the host name in \
+                 DATABASE_URL right?)"
+            )
+        }
+        sqlx::Error::Io(io) => format!("cannot reach PostgreSQL at {target}: {io}"),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("3D000") => format!(
+                "configuration problem: the database {database:?} does not exist on PostgreSQL \
+                 at {target}; create it (createdb -h {} -p {} -U {user} {database}) or fix the \
+                 database name in DATABASE_URL",
+                options.get_host(),
+                options.get_port()
+            ),
+            Some("28P01") => format!(
+                "configuration problem: PostgreSQL at {target} refused the password of role \
+                 {user:?} ({}); fix the password in DATABASE_URL",
+                db.message()
+            ),
+            Some("28000") => format!(
+                "configuration problem: PostgreSQL at {target} refused role {user:?} ({}); \
+                 fix the user in DATABASE_URL, or allow it in pg_hba.conf",
+                db.message()
+            ),
+            _ => format!("PostgreSQL at {target} refused: {}", db.message()),
+        },
+        sqlx::Error::Tls(tls) => format!("TLS with PostgreSQL at {target} failed: {tls}"),
+        other => format!("cannot connect to PostgreSQL at {target}: {other}"),
+    }
 }
 
 /// Migrations recorded as applied (0 before the first run).

@@ -84,6 +84,10 @@ pub enum Command {
     /// Run the database migrations and exit (for a Kubernetes init job or
     /// Helm hook).
     Migrate,
+    /// Make the database serve TRANSLATION_QUEUE from now on, instead of the
+    /// queue it was set up with. Stop every replica of the old name first,
+    /// and drain or move its lanes: its relays would publish here no more.
+    RebindQueue,
 }
 
 /// Why a command failed; each says what to do about it.
@@ -191,6 +195,7 @@ async fn run_command(command: Command, json: bool) -> Result<(), CliError> {
     };
     let result = match command {
         Command::Serve | Command::Migrate => Ok(()),
+        Command::RebindQueue => rebind_queue(&context).await,
         Command::Stats => stats::stats(&context).await,
         Command::Get { id } => jobs::get(&context, &id).await,
         Command::List {
@@ -222,6 +227,31 @@ async fn migrate(settings: &Settings, json: bool) -> Result<(), CliError> {
         writeln!(out)?;
     } else {
         writeln!(out, "database migrated (schema version {latest})")?;
+    }
+    Ok(())
+}
+
+/// `rebind-queue`: the database serves this process's TRANSLATION_QUEUE.
+async fn rebind_queue(context: &Context) -> Result<(), CliError> {
+    let queue = context.settings.queue.as_str();
+    let before = db::rebind_queue(&context.pool, queue)
+        .await
+        .map_err(|error| CliError::Job(JobError::Database(error)))?;
+    let mut out = std::io::stdout().lock();
+    if context.json {
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({ "queue": queue, "before": before }),
+        )
+        .map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        match before {
+            Some(before) if before != queue => {
+                writeln!(out, "the database serves the queue {queue} (was {before})")?
+            }
+            _ => writeln!(out, "the database serves the queue {queue}")?,
+        }
     }
     Ok(())
 }

@@ -256,6 +256,10 @@ impl Collector {
             commits.spawn(commit(self.pool.clone(), group, self.settings, slot));
         }
         while commits.join_next().await.is_some() {}
+        // The API let go of its end first (its servers stopped): the loop
+        // has nothing left to do, but ends with the others, not as a loop
+        // that stopped by itself.
+        token.cancelled().await;
     }
 
     /// `first` and every job waiting behind it, up to the limits; callers

@@ -114,11 +114,12 @@ async fn without_a_key_the_binary_refuses_to_listen_beyond_loopback(
 /// a warning at start-up and `translation_auth_open 1`.
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn running_open_is_logged_and_exported(_: PgPoolOptions, database: PgConnectOptions) {
+    // One database serves one queue: both starts use it.
+    let queue = unique_queue();
     for (mode, warning) in [
         (None, "every listener is on loopback"),
         (Some("none"), "AUTH_MODE=none"),
     ] {
-        let queue = unique_queue();
         let auth: Vec<(&str, String)> = mode.map(|m| ("AUTH_MODE", m.into())).into_iter().collect();
         let mut binary = start_with_auth(&database, &queue, auth).await;
         let (status, metrics) = http_get(&format!("http://127.0.0.1:{}/metrics", binary.http_port))
@@ -147,8 +148,8 @@ async fn running_open_is_logged_and_exported(_: PgPoolOptions, database: PgConne
 /// audience are accepted; with one, no such warning.
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_key_without_an_audience_is_warned_about(_: PgPoolOptions, database: PgConnectOptions) {
+    let queue = unique_queue();
     for (audience, warned) in [(None, true), (Some("translation-jobs"), false)] {
-        let queue = unique_queue();
         let mut auth = vec![("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef".into())];
         auth.extend(audience.map(|a| ("AUTH_JWT_AUDIENCE", a.into())));
         let mut binary = start_with_auth(&database, &queue, auth).await;

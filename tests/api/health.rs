@@ -182,8 +182,9 @@ async fn an_evicting_redis_is_reported_in_stats_and_warned_about_at_start_up(
     let redis_server = TestRedis::started_with(&["--maxmemory-policy", "allkeys-lru"]).await;
 
     // The stats name the policy.
+    let queue = unique_queue();
     let mut app =
-        TestApp::spawn_with(database.clone(), &redis_server.url(), unique_queue(), &[]).await;
+        TestApp::spawn_with(database.clone(), &redis_server.url(), queue.clone(), &[]).await;
     app.wait_ready().await;
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -207,7 +208,7 @@ async fn an_evicting_redis_is_reported_in_stats_and_warned_about_at_start_up(
     let mut child = Command::new(env!("CARGO_BIN_EXE_translation-jobs"))
         .env("DATABASE_URL", url)
         .env("REDIS_URL", redis_server.url())
-        .env("TRANSLATION_QUEUE", unique_queue().as_str())
+        .env("TRANSLATION_QUEUE", queue.as_str())
         .env("GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("LOG_FORMAT", "json")
