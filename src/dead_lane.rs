@@ -76,7 +76,7 @@ impl DeadLane {
                 Ok(0) => {}
                 Ok(dropped) => tracing::info!(dropped, "dead letters trimmed"),
                 Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "cannot trim the dead lane; next pass");
+                    tracing::warn!(error = %error_chain(&error), redis = self.queue.target(), "cannot trim the dead lane; next pass");
                 }
             }
             tokio::select! {

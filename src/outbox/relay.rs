@@ -921,7 +921,7 @@ impl Relay {
                     let delay = backoff(failures, self.settings.max_backoff);
                     // Log the first failure and then one in fifty, not every retry.
                     if failures == 1 || failures.is_multiple_of(50) {
-                        tracing::warn!(error = %error_chain(&error), failures, ?delay, "relay drain failed; retrying");
+                        tracing::warn!(error = %error_chain(&error), redis = self.queue.target(), failures, ?delay, "relay drain failed; retrying");
                     }
                     tokio::select! {
                         () = token.cancelled() => break,

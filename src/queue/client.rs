@@ -102,6 +102,8 @@ pub struct RedisQueue {
     pub(super) wait: ReplicaWait,
     /// Limit of one command (`REDIS_COMMAND_TIMEOUT`).
     command_timeout: Duration,
+    /// `REDIS_URL` with every password masked, for log lines.
+    target: std::sync::Arc<str>,
 }
 
 impl RedisQueue {
@@ -165,7 +167,14 @@ impl RedisQueue {
             move_lane: Script::from_lua(include_str!("move_lane.lua")),
             wait: ReplicaWait::OFF,
             command_timeout: timeout,
+            target: crate::redact::redact_url(&settings.url).into(),
         })
+    }
+
+    /// Where this client connects (`REDIS_URL`, passwords masked): every
+    /// warning about Redis names it.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     pub fn queue(&self) -> &QueueName {
