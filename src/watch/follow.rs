@@ -1,6 +1,6 @@
-//! One WatchTranslationJob stream: the job as read, then every change the
-//! triggers report, applied to that state in order, until the job reaches a
-//! terminal status, the client leaves or the service stops.
+//! One watch stream (gRPC or HTTP events): the job as read, then every
+//! change the triggers report, applied to that state in order, until the job
+//! reaches a terminal status, the client leaves or the service stops.
 //!
 //! No read per change: the events carry the changed row. The job is read
 //! again only when the stream may have missed something: it fell more than

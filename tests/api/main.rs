@@ -15,6 +15,7 @@ mod cluster;
 mod create;
 mod cross_site;
 mod dropped_connections;
+mod events;
 mod exactly_once;
 mod group_commit;
 mod health;
