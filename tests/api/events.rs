@@ -26,7 +26,8 @@ use translation_jobs::api::{
 use crate::{
     auth::{SECRET, authorized, token},
     support::{
-        PATIENCE, SHARED_REDIS_URL, TestApp, create_request, http_get, http_request, unique_queue,
+        NOVEL_ID, PATIENCE, SHARED_REDIS_URL, TestApp, create_request, http_get, http_request,
+        unique_queue,
     },
 };
 
@@ -314,6 +315,53 @@ async fn the_job_comes_first_then_each_change_and_a_final_status_ends_the_body(
         events.next_in_time().await.is_none(),
         "the body ends after a final status"
     );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_cancel_ends_the_stream_with_the_job_as_get_has_it_subtasks_cancelled_too(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let app = app_with(database, &[]).await;
+    let base = format!("http://{}/api/v1/translation-jobs", app.http_addr);
+    let body = format!(
+        r#"{{"novel_id": "{NOVEL_ID}", "target_lang": "en",
+            "subtasks": [{{"entity_type": "chapter", "entity_id": "1"}},
+                         {{"entity_type": "chapter", "entity_id": "2"}}]}}"#
+    );
+    let (status, created) = http_request("POST", &base, Some(&body), &[]).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let id = serde_json::from_str::<Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    published(&app, &id, &[]).await;
+    let mut events = streaming(open(&app, &id, &[]).await);
+    events.next_in_time().await.expect("the job");
+
+    // One transaction marks the job CANCELLED, then its subtasks.
+    let (status, cancelled) = http_request("POST", &format!("{base}/{id}/cancel"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{cancelled}");
+    let mut last = None;
+    while let Some(event) = events.next_in_time().await {
+        last = Some(event.data);
+    }
+    let last = last.expect("the cancel");
+    assert_eq!(last["status"], "CANCELLED");
+    assert_eq!(
+        last["subtasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|subtask| subtask["status"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["CANCELLED", "CANCELLED"],
+        "the last event is the job as that transaction left it"
+    );
+    assert_eq!(last, get_json(&app, &id, &[]).await);
     app.stop().await;
 }
 
