@@ -19,7 +19,7 @@
 //! - [`queue`]: the Redis side: message format, lanes, idempotent push,
 //!   lengths, health.
 //! - [`watch`]: the process's LISTEN connection and the fan-out of job
-//!   changes to WatchTranslationJob streams.
+//!   changes to watch streams (gRPC WatchTranslationJob, HTTP events).
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
 //! - [`dead_lane`]: keeps the dead lane bounded by age and length.

@@ -1,10 +1,12 @@
 """The dashboard at GET /, in a real headless browser: it loads, shows a job
 created in the test, and its redrive button moves a dead job back to PENDING
-with its message on its lane."""
+with its message on its lane; the job it shows in detail follows its
+server-sent events, never polled."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from playwright.sync_api import expect
@@ -14,6 +16,9 @@ from conftest import HERE, Queue, Service, poll
 NOVEL_ID = "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e"
 # How long the page may take to show a change (it polls every 2 s).
 PAGE_TIMEOUT_MS = 15_000
+# Longer than an EventSource waits before it opens an ended stream again
+# (3 s in Chromium).
+RECONNECT_WAIT_MS = 5_000
 
 
 def make_dead_letter(service: Service, queue: Queue, db) -> str:
@@ -80,3 +85,61 @@ def test_the_dashboard_shows_jobs_and_its_redrive_button_moves_a_dead_job_back(
     origin = service.http_base + "/"
     foreign = [url for url in requests if not url.startswith(origin)]
     assert foreign == [], f"the page fetched from elsewhere: {foreign}"
+
+
+def test_the_job_shown_in_detail_follows_its_events_and_is_never_polled(
+    service: Service, queue: Queue, db, browser_page
+):
+    # On the high lane: the other test pops the normal lane's head.
+    job = service.create_job(
+        novel_id=NOVEL_ID,
+        target_lang="fr",
+        priority="high",
+        subtasks=[{"entity_type": "chapter", "entity_id": str(i)} for i in (1, 2)],
+    )
+    job_id = job["id"]
+    page = browser_page
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(service.http_base + "/")
+
+    page.locator(f'#jobs tr[data-job-id="{job_id}"]').click(timeout=PAGE_TIMEOUT_MS)
+    summary = page.locator("#job-summary")
+    expect(page.locator("#job")).to_be_visible()
+    expect(page.locator("#job-live")).to_have_text("live", timeout=PAGE_TIMEOUT_MS)
+    expect(summary).to_contain_text("PENDING")
+    expect(summary).to_contain_text("0/2")
+    assert page.url.endswith("#job=" + job_id), "the page links to the job it shows"
+
+    # A worker finishes one subtask, then the job is cancelled: plain SQL,
+    # as workers write, and the page shows each from the stream.
+    db.execute(
+        "UPDATE translation_subtasks SET status = 'COMPLETED' WHERE job_id = %s AND entity_id = '1'",
+        (job_id,),
+    )
+    expect(page.locator('#subtasks tr[data-entity-id="1"]')).to_contain_text(
+        "COMPLETED", timeout=PAGE_TIMEOUT_MS
+    )
+    expect(summary).to_contain_text("1/2")
+    db.execute("UPDATE translation_jobs SET status = 'CANCELLED' WHERE id = %s", (job_id,))
+    expect(summary).to_contain_text("CANCELLED", timeout=PAGE_TIMEOUT_MS)
+    expect(page.locator("#job-live")).to_have_text("final: CANCELLED")
+
+    # Ended and closed: the browser does not open the stream again.
+    page.wait_for_timeout(RECONNECT_WAIT_MS)
+    job_url = f"{service.http_base}/api/v1/translation-jobs/{job_id}"
+    assert requests.count(job_url + "/events") == 1, requests
+    assert job_url not in requests, "the job shown is never polled"
+
+    # A link to the job opens the page on it; a finished job is one event.
+    page.goto("about:blank")
+    page.goto(service.http_base + "/#job=" + job_id)
+    expect(page.locator("#job-live")).to_have_text("final: CANCELLED", timeout=PAGE_TIMEOUT_MS)
+    expect(page.locator('#subtasks tr[data-entity-id="2"]')).to_contain_text("PENDING")
+
+    # An unknown job: the stream is refused, and the page says what GET says.
+    page.goto("about:blank")
+    page.goto(service.http_base + "/#job=" + str(uuid.uuid4()))
+    expect(page.locator("#job-live")).to_have_text("not live", timeout=PAGE_TIMEOUT_MS)
+    expect(page.locator("#job-note")).to_contain_text("NOT_FOUND")
+

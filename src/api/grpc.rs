@@ -332,6 +332,56 @@ impl JobsApi {
         }
         Ok(convert::redriven_to_proto(&redriven))
     }
+
+    /// A watch stream, shared by gRPC (WatchTranslationJob) and HTTP
+    /// (server-sent events): the job's state, then one item per change,
+    /// until a final status, the receiver is dropped or the service stops
+    /// (then the channel closes). `item` turns each state, or a failed read
+    /// of the job, into the stream's item. Counted under the watch-stream
+    /// limits (and the caller's share of them, with authentication on)
+    /// until it ends. Another caller's job is NOT_FOUND.
+    pub async fn watch<T: Send + 'static>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        item: impl Fn(Result<&jobs::Job, jobs::JobError>) -> T + Send + 'static,
+    ) -> Result<mpsc::Receiver<T>, ApiError> {
+        let id: Uuid = parse_uuid("id", id)?;
+        self.ensure_ready()?;
+        // Held until the stream ends: a place among all streams, and the
+        // caller's share of them (with authentication on).
+        let caller_share = if self.deps.auth.is_open() {
+            None
+        } else {
+            Some(self.deps.limits.try_caller_watch(caller.user_id.as_str())?)
+        };
+        let stream_permit = self.deps.limits.try_watch()?;
+        // Subscribe first: a change between the read and the subscription
+        // would otherwise be missed (and one the read already holds is
+        // recognised by its transaction id and skipped).
+        let subscription = self.deps.hub.subscribe(id);
+        let (job, snapshot) = bounded(
+            self.deps.call_timeout,
+            jobs::read_job_with_snapshot(&self.deps.pool, id, &caller.scope),
+        )
+        .await?;
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        let follow = watch::follow(
+            self.deps.pool.clone(),
+            subscription,
+            job,
+            snapshot,
+            sender,
+            item,
+            self.deps.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            follow.await;
+            drop(stream_permit);
+            drop(caller_share);
+        });
+        Ok(receiver)
+    }
 }
 
 #[tonic::async_trait]
@@ -402,51 +452,14 @@ impl TranslationJobService for JobsApi {
         request: Request<proto::WatchTranslationJobRequest>,
     ) -> Result<Response<Self::WatchTranslationJobStream>, Status> {
         let caller = auth::grpc_caller(&request)?;
-        let id: Uuid = parse_uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
-        self.ensure_ready()?;
-        // Held until the stream ends: a place among all streams, and the
-        // caller's share of them (with authentication on).
-        let caller_share = if self.deps.auth.is_open() {
-            None
-        } else {
-            Some(
-                self.deps
-                    .limits
-                    .try_caller_watch(caller.user_id.as_str())
-                    .map_err(ApiError::from)?,
-            )
-        };
-        let stream_permit = self.deps.limits.try_watch().map_err(ApiError::from)?;
-        // Subscribe first: a change between the read and the subscription
-        // would otherwise be missed (and one the read already holds is
-        // recognised by its transaction id and skipped).
-        let subscription = self.deps.hub.subscribe(id);
-        let (job, snapshot) = bounded(
-            self.deps.call_timeout,
-            jobs::read_job_with_snapshot(&self.deps.pool, id, &caller.scope),
-        )
-        .await
-        .map_err(ApiError::from)?;
-        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        let follow = watch::follow(
-            self.deps.pool.clone(),
-            subscription,
-            job,
-            snapshot,
-            sender,
-            |state| {
+        let states = self
+            .watch(&caller, &request.get_ref().id, |state| {
                 state
                     .map(convert::job_to_proto)
                     .map_err(|error| Status::from(ApiError::from(error)))
-            },
-            self.deps.shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            follow.await;
-            drop(stream_permit);
-            drop(caller_share);
-        });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+            })
+            .await?;
+        Ok(Response::new(ReceiverStream::new(states)))
     }
 
     async fn get_queue_stats(

@@ -34,7 +34,8 @@ pub struct HttpState {
 
 /// The dashboard: one self-contained page (inline CSS and JavaScript, no
 /// build step, nothing fetched from elsewhere) that polls `/api/v1/stats`
-/// and `/api/v1/translation-jobs`.
+/// and `/api/v1/translation-jobs`, and follows the job it shows through
+/// `/api/v1/translation-jobs/{id}/events`.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// `/` (the dashboard), `/metrics`, `/healthz` (the process is alive),

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod body;
 pub mod convert;
+pub mod events;
 mod grpc;
 pub mod http;
 pub mod http_server;

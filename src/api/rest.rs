@@ -22,6 +22,7 @@ use tonic::Code;
 use super::{
     JobsApi, body,
     convert::Caller,
+    events::job_events,
     json::{ErrorJson, JobPageJson, RedriveJson, StatsJson, job_json},
     proto,
     status::ApiError,
@@ -33,6 +34,7 @@ pub fn routes() -> Router<JobsApi> {
     Router::new()
         .route("/api/v1/translation-jobs", post(create).get(list))
         .route("/api/v1/translation-jobs/{id}", get(read))
+        .route("/api/v1/translation-jobs/{id}/events", get(job_events))
         .route("/api/v1/translation-jobs/{id}/cancel", post(cancel))
         .route("/api/v1/translation-jobs/{id}/retry", post(retry))
         .route("/api/v1/stats", get(stats))

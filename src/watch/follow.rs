@@ -1,13 +1,15 @@
-//! One WatchTranslationJob stream: the job as read, then every change the
-//! triggers report, applied to that state in order, until the job reaches a
-//! terminal status, the client leaves or the service stops.
+//! One watch stream (gRPC or HTTP events): the job as read, then every
+//! change the triggers report, applied to that state in order, until the job
+//! reaches a terminal status, the client leaves or the service stops.
 //!
 //! No read per change: the events carry the changed row. The job is read
 //! again only when the stream may have missed something: it fell more than
 //! `hub::EVENTS_PER_JOB` changes behind, the LISTEN connection was re-opened,
 //! or an event could not be applied (an error text too long for a
 //! notification, a subtask the read did not have). The client then gets a
-//! fresh snapshot of the job, never a silent skip.
+//! fresh snapshot of the job, never a silent skip. And once at the end: a
+//! change that makes the job final is read back, so that the last state
+//! holds what its transaction did to the subtasks too.
 
 use sqlx::PgPool;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -60,7 +62,12 @@ pub async fn follow<T: Send + 'static>(
             }
             Err(RecvError::Closed) => return,
         };
-        if !applied {
+        // A change that makes the job final is read back rather than sent as
+        // applied: the stream ends with that state, and the same transaction
+        // may change the subtasks after the job (a cancel does), whose events
+        // would come after the end. The change was notified, so it has
+        // committed and the read sees all of it.
+        if !applied || current.status.is_terminal() {
             // The stream was opened inside the caller's scope, and a job's owner
             // never changes.
             match jobs::read_job_with_snapshot(&pool, job_id, &jobs::Scope::All).await {

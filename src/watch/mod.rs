@@ -1,5 +1,6 @@
 //! Live job changes: the LISTEN connection, the fan-out of change events to
-//! the WatchTranslationJob streams, and the streams themselves.
+//! the watch streams (gRPC WatchTranslationJob and the HTTP event streams),
+//! and the streams themselves.
 
 mod event;
 mod follow;

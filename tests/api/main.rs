@@ -16,6 +16,7 @@ mod create;
 mod cross_site;
 mod dead_lane;
 mod dropped_connections;
+mod events;
 mod exactly_once;
 mod group_commit;
 mod health;

@@ -9,7 +9,9 @@ use sqlx::{
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
-use translation_jobs::api::proto::{JobStatus, SubtaskSpec, WatchTranslationJobRequest};
+use translation_jobs::api::proto::{
+    CancelTranslationJobRequest, JobStatus, SubtaskSpec, WatchTranslationJobRequest,
+};
 
 use crate::support::{TestApp, create_request};
 
@@ -89,6 +91,54 @@ async fn a_watcher_sees_each_change_workers_make_and_the_end(
     assert!(
         next(&mut stream).await.is_none(),
         "the stream ends at a terminal status"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_cancel_ends_the_watch_with_the_jobs_subtasks_cancelled_too(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let mut app = TestApp::ready(database).await;
+    let mut request = create_request();
+    request.subtasks = (1..=2)
+        .map(|i| SubtaskSpec {
+            entity_type: "chapter".into(),
+            entity_id: i.to_string(),
+        })
+        .collect();
+    let job = app
+        .client
+        .create_translation_job(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = app
+        .client
+        .watch_translation_job(WatchTranslationJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut stream).await.unwrap().unwrap();
+
+    // One transaction marks the job CANCELLED, then its subtasks.
+    app.client
+        .cancel_translation_job(CancelTranslationJobRequest { id: job.id })
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(state) = next(&mut stream).await {
+        last = Some(state.unwrap());
+    }
+    let last = last.expect("the cancel");
+    assert_eq!(last.status(), JobStatus::Cancelled);
+    assert!(
+        last.subtasks
+            .iter()
+            .all(|subtask| subtask.status() == JobStatus::Cancelled),
+        "the last message holds the subtasks as the cancel left them: {:?}",
+        last.subtasks
     );
     app.stop().await;
 }
