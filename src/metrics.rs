@@ -60,6 +60,11 @@ struct PriorityLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabel {
     lane: &'static str,
 }
@@ -86,6 +91,7 @@ pub struct Metrics {
     reaper_requeued: Counter,
     reaper_dead_lettered: Counter,
     reaper_republished: Counter,
+    jobs_pruned: Family<StatusLabel, Counter>,
     grpc_calls: Family<GrpcLabels, Counter>,
     grpc_latency: LatencyFamily<GrpcLabels>,
     http_requests: Family<HttpLabels, Counter>,
@@ -184,6 +190,12 @@ impl Metrics {
             "PENDING jobs whose message was lost that the reaper queued again",
             reaper_republished.clone(),
         );
+        let jobs_pruned = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "translation_jobs_pruned",
+            "Finished jobs deleted once past RETAIN_COMPLETED, RETAIN_FAILED or RETAIN_CANCELLED, by status",
+            jobs_pruned.clone(),
+        );
         let grpc_calls = Family::<GrpcLabels, Counter>::default();
         registry.register(
             "translation_grpc_requests",
@@ -225,6 +237,7 @@ impl Metrics {
             reaper_requeued,
             reaper_dead_lettered,
             reaper_republished,
+            jobs_pruned,
             grpc_calls,
             grpc_latency,
             http_requests,
@@ -270,6 +283,14 @@ impl Metrics {
         self.reaper_requeued.inc_by(requeued as u64);
         self.reaper_dead_lettered.inc_by(dead_lettered as u64);
         self.reaper_republished.inc_by(republished as u64);
+    }
+
+    /// Finished jobs of `status` (`COMPLETED`, `FAILED`, `CANCELLED`) that
+    /// retention deleted.
+    pub fn jobs_pruned(&self, status: &'static str, count: u64) {
+        self.jobs_pruned
+            .get_or_create(&StatusLabel { status })
+            .inc_by(count);
     }
 
     /// One gRPC call answered.
@@ -391,6 +412,9 @@ mod tests {
         metrics.job_created("NORMAL");
         metrics.relay_published(5, 1, Duration::from_millis(3));
         metrics.reaper_handed_out(1, 2, 3);
+        metrics.jobs_pruned("COMPLETED", 1000);
+        metrics.jobs_pruned("COMPLETED", 5);
+        metrics.jobs_pruned("FAILED", 2);
         let text = metrics.render(&gauges());
         for line in [
             "# TYPE translation_jobs_created_total counter\n",
@@ -405,6 +429,9 @@ mod tests {
             "translation_reaper_requeued_total 1\n",
             "translation_reaper_dead_lettered_total 2\n",
             "translation_reaper_republished_total 3\n",
+            "# TYPE translation_jobs_pruned_total counter\n",
+            "translation_jobs_pruned_total{status=\"COMPLETED\"} 1005\n",
+            "translation_jobs_pruned_total{status=\"FAILED\"} 2\n",
             "translation_redis_up 0\n",
             "translation_database_up 1\n",
             "translation_outbox_backlog 3\n",
