@@ -22,6 +22,8 @@
 //!   changes to WatchTranslationJob streams.
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
+//! - [`retention`]: deletes finished jobs once past their status's
+//!   retention, in bounded batches.
 //! - [`backlog`]: backpressure on creates.
 //! - [`stats`]: what waits where (lanes, outbox, dead letters), one reading
 //!   shared by the API, the dashboard and the CLI.
@@ -53,6 +55,7 @@ pub mod outbox;
 pub mod queue;
 pub mod reaper;
 pub mod redact;
+pub mod retention;
 pub mod stats;
 pub mod supervise;
 pub mod telemetry;
