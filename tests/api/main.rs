@@ -33,6 +33,7 @@ mod redrive;
 mod relay;
 mod relay_rounds;
 mod replicas;
+mod retention;
 mod scrape;
 mod secrets;
 mod sentinel;
