@@ -41,7 +41,7 @@ pub struct Pruned {
     /// Old enough jobs passed over because another transaction held one of
     /// their rows; a later pass takes them.
     pub held: u64,
-    /// Transactions this pass committed.
+    /// Batches this pass ran that found jobs to look at.
     pub batches: u32,
     /// Whether a status reached its batch limit with jobs possibly left.
     pub cut_short: bool,
@@ -103,6 +103,7 @@ impl Retention {
             };
             let mut after = Uuid::nil();
             for batch_number in 1..=policy.max_batches {
+                let started = Instant::now();
                 let batch = bounded(
                     self.settings.call_timeout,
                     jobs::prune_batch(&self.pool, status, cutoff, after, policy.batch_size),
@@ -112,16 +113,24 @@ impl Retention {
                 let deleted = batch.deleted.len() as u64;
                 pruned.add(status, deleted);
                 pruned.held += batch.held.len() as u64;
-                if batch.locked > 0 {
+                if batch.scanned > 0 {
                     pruned.batches += 1;
                 }
                 if deleted > 0 {
                     self.metrics.jobs_pruned(status.as_str(), deleted);
                 }
+                tracing::debug!(
+                    status = status.as_str(),
+                    scanned = batch.scanned,
+                    deleted,
+                    held = batch.held.len(),
+                    took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "retention batch"
+                );
                 for job_id in &batch.held {
                     tracing::debug!(%job_id, status = status.as_str(), "finished job held by another transaction; kept for a later pass");
                 }
-                let full = i64::try_from(batch.locked).unwrap_or(i64::MAX) >= policy.batch_size;
+                let full = i64::try_from(batch.scanned).unwrap_or(i64::MAX) >= policy.batch_size;
                 match batch.last {
                     Some(last) if full => {
                         after = last;
