@@ -414,7 +414,8 @@ struct Background {
 
 /// Starts the database probe, migrates (retrying with backoff until
 /// PostgreSQL answers or shutdown), then runs the LISTEN connection, the
-/// relay and the reaper, each supervised, until the token is cancelled.
+/// relay, the reaper and retention, each supervised, until the token is
+/// cancelled.
 async fn run_background(background: Background) {
     let Background {
         pool,
@@ -556,6 +557,7 @@ async fn run_background(background: Background) {
                 .run(interval, token.clone(), trim_beat.clone())
             }
         }));
+        run_retention(&mut loops, &pool, &settings, &metrics, &liveness, &token);
     } else {
         tracing::info!("reaper disabled (REAPER_ENABLED=false)");
     }
@@ -603,6 +605,36 @@ async fn run_background(background: Background) {
     }
 
     while loops.join_next().await.is_some() {}
+}
+
+/// The retention loop, beside the reaper; none when every finished status
+/// is kept forever.
+fn run_retention(
+    loops: &mut JoinSet<()>,
+    pool: &PgPool,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    liveness: &crate::supervise::Liveness,
+    token: &CancellationToken,
+) {
+    let retention = settings.retention;
+    if retention.policy.keeps_everything() {
+        tracing::info!("retention off: RETAIN_COMPLETED, RETAIN_FAILED and RETAIN_CANCELLED are 0");
+        return;
+    }
+    // A pass beats after every batch.
+    let beat = liveness.register(
+        "retention",
+        retention.interval + retention.call_timeout * 2 + LIVENESS_SLACK,
+    );
+    loops.spawn(supervise(token.clone(), beat.clone(), {
+        let (pool, metrics, token) = (pool.clone(), metrics.clone(), token.clone());
+        move || {
+            crate::retention::Retention::new(pool.clone(), retention)
+                .with_metrics(metrics.clone())
+                .run(token.clone(), beat.clone())
+        }
+    }));
 }
 
 /// Migrations, retried with backoff until they succeed; false on shutdown.

@@ -129,6 +129,8 @@ pub struct Settings {
     pub create_group: GroupCommitSettings,
     /// Backpressure limit (`QUEUE_MAX_BACKLOG`); 0 turns it off.
     pub queue_max_backlog: u64,
+    /// Deletion of finished jobs (`RETAIN_*`), run with the reaper.
+    pub retention: crate::retention::RetentionSettings,
     /// Whether this process runs the reaper.
     pub reaper_enabled: bool,
     pub reaper: ReaperSettings,
@@ -361,6 +363,7 @@ impl Settings {
                 0,
                 u64::MAX,
             )?,
+            retention: retention_settings(&get, call_timeout)?,
             reaper_enabled: boolean(&get, "REAPER_ENABLED", true)?,
             reaper: ReaperSettings {
                 interval: duration(&get, "REAPER_INTERVAL", DEFAULT_REAPER_INTERVAL)?,
@@ -438,6 +441,101 @@ impl Settings {
                 )?,
             },
         })
+    }
+}
+
+/// How long finished jobs are kept after their last update
+/// (`RETAIN_COMPLETED`, `RETAIN_FAILED`, `RETAIN_CANCELLED`).
+pub const DEFAULT_RETAIN_COMPLETED: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_RETAIN_FAILED: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_RETAIN_CANCELLED: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Finished jobs deleted per transaction: short transactions, few round
+/// trips per job.
+pub const RETENTION_BATCH_SIZE: i64 = 1000;
+/// Most batches of one status in one retention pass, so that a pass ends.
+pub const RETENTION_MAX_BATCHES: u32 = 100;
+
+/// `RETAIN_COMPLETED`, `RETAIN_FAILED`, `RETAIN_CANCELLED` (`0` keeps that
+/// status forever), a pass every `REAPER_INTERVAL`.
+fn retention_settings(
+    get: &impl Fn(&str) -> Option<String>,
+    call_timeout: Duration,
+) -> Result<crate::retention::RetentionSettings, ConfigError> {
+    let keep = |name: &'static str, default: Duration| {
+        duration_or_zero(get, name, default).map(|age| (!age.is_zero()).then_some(age))
+    };
+    Ok(crate::retention::RetentionSettings {
+        interval: duration(get, "REAPER_INTERVAL", DEFAULT_REAPER_INTERVAL)?,
+        policy: crate::jobs::RetentionPolicy {
+            completed: keep("RETAIN_COMPLETED", DEFAULT_RETAIN_COMPLETED)?,
+            failed: keep("RETAIN_FAILED", DEFAULT_RETAIN_FAILED)?,
+            cancelled: keep("RETAIN_CANCELLED", DEFAULT_RETAIN_CANCELLED)?,
+            batch_size: RETENTION_BATCH_SIZE,
+            max_batches: RETENTION_MAX_BATCHES,
+        },
+        call_timeout,
+    })
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn retention(
+        vars: &[(&str, &str)],
+    ) -> Result<crate::retention::RetentionSettings, ConfigError> {
+        let mut map: HashMap<&str, &str> = vars.iter().copied().collect();
+        map.insert("DATABASE_URL", "postgres://db/jobs");
+        map.insert("AUTH_MODE", "none");
+        Settings::from_lookup(|name| map.get(name).map(|v| (*v).to_owned())).map(|s| s.retention)
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn finished_jobs_are_kept_a_week_failed_ones_a_month_by_default() {
+        let r = retention(&[]).unwrap();
+        assert_eq!(r.policy.completed, Some(7 * DAY));
+        assert_eq!(r.policy.failed, Some(30 * DAY));
+        assert_eq!(r.policy.cancelled, Some(7 * DAY));
+        assert_eq!(r.interval, DEFAULT_REAPER_INTERVAL);
+        assert_eq!(r.policy.batch_size, 1000);
+        assert!(r.policy.max_batches >= 1);
+    }
+
+    #[test]
+    fn retention_takes_humantime_durations_and_zero_keeps_forever() {
+        let r = retention(&[
+            ("RETAIN_COMPLETED", "12h"),
+            ("RETAIN_FAILED", "0"),
+            ("RETAIN_CANCELLED", "90d"),
+            ("REAPER_INTERVAL", "5s"),
+        ])
+        .unwrap();
+        assert_eq!(r.policy.completed, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(r.policy.failed, None);
+        assert_eq!(r.policy.cancelled, Some(90 * DAY));
+        assert_eq!(r.interval, Duration::from_secs(5));
+        let r = retention(&[
+            ("RETAIN_COMPLETED", "0s"),
+            ("RETAIN_FAILED", " 0 "),
+            ("RETAIN_CANCELLED", "0ms"),
+        ])
+        .unwrap();
+        assert!(r.policy.keeps_everything());
+    }
+
+    #[test]
+    fn a_bad_retention_names_its_variable() {
+        for name in ["RETAIN_COMPLETED", "RETAIN_FAILED", "RETAIN_CANCELLED"] {
+            for bad in ["7", "a week", "-1d", "7 fortnights"] {
+                let error = retention(&[(name, bad)]).unwrap_err();
+                assert_eq!(error.name, name, "{name}={bad}");
+                assert!(error.reason.contains(bad), "{error}");
+            }
+        }
     }
 }
 

@@ -23,6 +23,8 @@
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
 //! - [`dead_lane`]: keeps the dead lane bounded by age and length.
+//! - [`retention`]: deletes finished jobs once past their status's
+//!   retention, in bounded batches.
 //! - [`backlog`]: backpressure on creates.
 //! - [`stats`]: what waits where (lanes, outbox, dead letters), one reading
 //!   shared by the API, the dashboard and the CLI.
@@ -55,6 +57,7 @@ pub mod outbox;
 pub mod queue;
 pub mod reaper;
 pub mod redact;
+pub mod retention;
 pub mod stats;
 pub mod supervise;
 pub mod telemetry;

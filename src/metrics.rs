@@ -60,6 +60,11 @@ struct PriorityLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabel {
     lane: &'static str,
 }
@@ -87,6 +92,7 @@ pub struct Metrics {
     reaper_dead_lettered: Counter,
     reaper_republished: Counter,
     dead_letters_trimmed: Counter,
+    jobs_pruned: Family<StatusLabel, Counter>,
     grpc_calls: Family<GrpcLabels, Counter>,
     grpc_latency: LatencyFamily<GrpcLabels>,
     http_requests: Family<HttpLabels, Counter>,
@@ -191,6 +197,12 @@ impl Metrics {
             "Dead letters dropped from the dead lane: their job gone or moved on, older than DEAD_LETTER_MAX_AGE, or beyond DEAD_LETTER_MAX_LENGTH",
             dead_letters_trimmed.clone(),
         );
+        let jobs_pruned = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "translation_jobs_pruned",
+            "Finished jobs deleted once past RETAIN_COMPLETED, RETAIN_FAILED or RETAIN_CANCELLED, by status",
+            jobs_pruned.clone(),
+        );
         let grpc_calls = Family::<GrpcLabels, Counter>::default();
         registry.register(
             "translation_grpc_requests",
@@ -233,6 +245,7 @@ impl Metrics {
             reaper_dead_lettered,
             reaper_republished,
             dead_letters_trimmed,
+            jobs_pruned,
             grpc_calls,
             grpc_latency,
             http_requests,
@@ -283,6 +296,14 @@ impl Metrics {
     /// Dead letters a trim pass dropped.
     pub fn dead_letters_trimmed(&self, dropped: u64) {
         self.dead_letters_trimmed.inc_by(dropped);
+    }
+
+    /// Finished jobs of `status` (`COMPLETED`, `FAILED`, `CANCELLED`) that
+    /// retention deleted.
+    pub fn jobs_pruned(&self, status: &'static str, count: u64) {
+        self.jobs_pruned
+            .get_or_create(&StatusLabel { status })
+            .inc_by(count);
     }
 
     /// One gRPC call answered.
@@ -404,6 +425,9 @@ mod tests {
         metrics.job_created("NORMAL");
         metrics.relay_published(5, 1, Duration::from_millis(3));
         metrics.reaper_handed_out(1, 2, 3);
+        metrics.jobs_pruned("COMPLETED", 1000);
+        metrics.jobs_pruned("COMPLETED", 5);
+        metrics.jobs_pruned("FAILED", 2);
         let text = metrics.render(&gauges());
         for line in [
             "# TYPE translation_jobs_created_total counter\n",
@@ -418,6 +442,9 @@ mod tests {
             "translation_reaper_requeued_total 1\n",
             "translation_reaper_dead_lettered_total 2\n",
             "translation_reaper_republished_total 3\n",
+            "# TYPE translation_jobs_pruned_total counter\n",
+            "translation_jobs_pruned_total{status=\"COMPLETED\"} 1005\n",
+            "translation_jobs_pruned_total{status=\"FAILED\"} 2\n",
             "translation_redis_up 0\n",
             "translation_database_up 1\n",
             "translation_outbox_backlog 3\n",

@@ -1,6 +1,7 @@
 //! The domain: what a job is, the statement that creates one (and the group
 //! commit that stores concurrent creates together), the status changes
-//! callers and the reaper make, and the queries that read jobs back. Writes
+//! callers and the reaper make, the queries that read jobs back, and the
+//! deletion of finished jobs once they are old enough. Writes
 //! outbox rows in the same transactions; publishing them is the `outbox`
 //! module's business.
 
@@ -16,6 +17,7 @@ mod model;
 mod redrive;
 mod requeue;
 mod rescue;
+mod retention;
 mod scope;
 mod subtags;
 mod transitions;
@@ -36,5 +38,6 @@ pub use rescue::{
     LostCandidate, RescuePolicy, Rescued, RolledBack, StuckBatch, lost_candidates, note_popped,
     requeue_lost, requeue_rolled_back, rescue_stuck_batch, rescue_stuck_jobs,
 };
+pub use retention::{PruneBatch, RetentionPolicy, cutoff, first_id_at, prune_batch};
 pub use scope::{JobView, Scope, SubtaskCounts};
 pub use transitions::{cancel_job, retry_job};

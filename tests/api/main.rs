@@ -37,6 +37,7 @@ mod redrive;
 mod relay;
 mod relay_rounds;
 mod replicas;
+mod retention;
 mod retries;
 mod schedules;
 mod scrape;
