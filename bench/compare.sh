@@ -27,7 +27,7 @@ done
 
 bench_setup
 [ "$http" = 1 ] && ensure_wrk
-db=bench_compare queue=bench_compare_jobs
+db=${BENCH_PREFIX:-bench_}compare queue=${BENCH_PREFIX:-bench_}compare_jobs
 fresh_db $db
 redis_forget "$queue"
 start_service $db $queue redis://127.0.0.1:6379/0 "${service_env[@]}"

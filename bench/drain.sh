@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
 done
 
 bench_setup
-db=bench_drain queue=bench_drain_jobs
+db=${BENCH_PREFIX:-bench_}drain queue=${BENCH_PREFIX:-bench_}drain_jobs
 fresh_db $db
 redis_port=$(free_port)
 redis_url=redis://127.0.0.1:$redis_port/0

@@ -1,5 +1,10 @@
 # Shared by the bench/ scripts: a fresh database, the service, a Redis of
 # the benchmark's own. Source it from the repository root.
+#
+# For a script that runs the others (bench/retention.sh): BENCH_PREFIX
+# replaces the `bench_` that starts the names of their databases and queues,
+# BENCH_TEMPLATE makes each fresh database a copy of that database, and
+# BENCH_SERVICE_LOG names a file the service's log is copied to at exit.
 
 # The build to measure: release for figures, dev for the CI smoke run.
 PROFILE=${PROFILE:-release}
@@ -19,6 +24,9 @@ bench_setup() {
 bench_cleanup() {
   if [ -n "${SERVICE_PID:-}" ]; then kill -TERM "$SERVICE_PID" 2>/dev/null; wait "$SERVICE_PID" 2>/dev/null || true; fi
   if [ -n "${REDIS_PID:-}" ]; then kill -KILL "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null || true; fi
+  if [ -n "${BENCH_SERVICE_LOG:-}" ] && [ -f "${BENCH_TMP:-/nonexistent}/service.log" ]; then
+    cp "$BENCH_TMP/service.log" "$BENCH_SERVICE_LOG"
+  fi
   rm -rf "${BENCH_TMP:-/nonexistent}"
   # The databases the run made: the figures are printed, nothing else needs them.
   for db in ${BENCH_DBS:-}; do
@@ -27,11 +35,15 @@ bench_cleanup() {
   true
 }
 
-# fresh_db NAME: drops and creates a database on the local server, dropped
-# again when the script exits.
+# fresh_db NAME: drops and creates a database on the local server (a copy
+# of $BENCH_TEMPLATE when set), dropped again when the script exits.
 fresh_db() {
   BENCH_DBS="${BENCH_DBS:-} $1"
-  psql "$SERVER_URL" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" 2>/dev/null
+  local from=""
+  # FILE_COPY: copies the files after a checkpoint instead of writing the
+  # whole template to the WAL.
+  [ -n "${BENCH_TEMPLATE:-}" ] && from=" TEMPLATE $BENCH_TEMPLATE STRATEGY FILE_COPY"
+  psql "$SERVER_URL" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1$from" 2>/dev/null
 }
 
 free_port() {
