@@ -417,19 +417,15 @@ impl TranslationJobService for JobsApi {
             )
         };
         let stream_permit = self.deps.limits.try_watch().map_err(ApiError::from)?;
-        // Subscribe first: a change between the read and the subscription
-        // would otherwise be missed (and one the read already holds is
-        // recognised by its transaction id and skipped).
-        let subscription = self.deps.hub.subscribe(id);
-        let (job, snapshot) = bounded(
+        // Subscribes (recording the job in watched_jobs), then reads it.
+        let (subscription, job, snapshot) = bounded(
             self.deps.call_timeout,
-            jobs::read_job_with_snapshot(&self.deps.pool, id, &caller.scope),
+            self.deps.hub.open(id, &caller.scope),
         )
         .await
         .map_err(ApiError::from)?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let follow = watch::follow(
-            self.deps.pool.clone(),
             subscription,
             job,
             snapshot,
