@@ -35,7 +35,7 @@ use crate::{
     supervise::{Beat, supervise},
     telemetry::error_chain,
     wake::Wake,
-    watch::{Listener, WatchHub, listener::IDLE_PING, registry},
+    watch::{Listener, WatchHub, listener, registry},
 };
 
 /// First and longest pause between attempts to reach PostgreSQL at start-up.
@@ -468,7 +468,7 @@ async fn run_background(background: Background) {
         move || hub.clone().run(token.clone(), hub_beat.clone())
     }));
 
-    let listener_beat = liveness.register("listener", IDLE_PING + LIVENESS_SLACK);
+    let listener_beat = liveness.register("listener", listener::MAX_QUIET + LIVENESS_SLACK);
     loops.spawn(supervise(token.clone(), listener_beat.clone(), {
         let (pool, hub, wake, token) =
             (pool.clone(), hub.clone(), relay_wake.clone(), token.clone());
