@@ -25,6 +25,7 @@ mod limits;
 mod list_pages;
 mod marker_expiry;
 mod metrics;
+mod notifications;
 mod outage;
 mod process;
 mod properties;
