@@ -36,7 +36,7 @@ use crate::{
     supervise::{Beat, supervise},
     telemetry::error_chain,
     wake::Wake,
-    watch::{Listener, WatchHub, listener::IDLE_PING},
+    watch::{Listener, WatchHub, listener, registry},
 };
 
 /// First and longest pause between attempts to reach PostgreSQL at start-up.
@@ -185,7 +185,7 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let hub = WatchHub::new();
+        let hub = WatchHub::new(self.pool.clone());
         let (creates, collector) = GroupCommit::new(self.pool.clone(), self.settings.create_group);
         if let Some(collector) = collector {
             let beat = health.liveness().register(
@@ -501,7 +501,19 @@ async fn run_background(background: Background) {
         token.clone(),
     ));
 
-    let listener_beat = liveness.register("listener", IDLE_PING + LIVENESS_SLACK);
+    // The jobs this process watches, in watched_jobs (whose table the
+    // migrations just made): released as their streams close, renewed
+    // every heartbeat, all deleted at shutdown.
+    let hub_beat = liveness.register(
+        "watched jobs",
+        registry::HEARTBEAT + call_timeout * 4 + LIVENESS_SLACK,
+    );
+    loops.spawn(supervise(token.clone(), hub_beat.clone(), {
+        let (hub, token) = (hub.clone(), token.clone());
+        move || hub.clone().run(token.clone(), hub_beat.clone())
+    }));
+
+    let listener_beat = liveness.register("listener", listener::MAX_QUIET + LIVENESS_SLACK);
     loops.spawn(supervise(token.clone(), listener_beat.clone(), {
         let (pool, hub, wake, token) =
             (pool.clone(), hub.clone(), relay_wake.clone(), token.clone());

@@ -37,6 +37,17 @@ const KEEPALIVE_IDLE_SECS: &str = "30";
 const KEEPALIVE_INTERVAL_SECS: &str = "10";
 const KEEPALIVE_COUNT: &str = "3";
 
+/// The LISTEN connection's server side gives up on a vanished peer sooner:
+/// while it waits, its place in PostgreSQL's notification queue (one for
+/// the whole cluster) holds the queue. Keepalive probes after this much
+/// silence, this often, this many times (about 11 s in all), and at most
+/// this long for sent data to go unacknowledged (a peer that vanished
+/// while notifications were on their way, where keepalives do not apply).
+const LISTEN_KEEPALIVE_IDLE_SECS: &str = "5";
+const LISTEN_KEEPALIVE_INTERVAL_SECS: &str = "2";
+const LISTEN_KEEPALIVE_COUNT: &str = "3";
+const LISTEN_TCP_USER_TIMEOUT_MS: &str = "10000";
+
 /// How to reach PostgreSQL and how long to wait for it.
 #[derive(Clone)]
 pub struct DatabaseSettings {
@@ -88,6 +99,22 @@ impl DatabaseSettings {
         self.pool_options()
             .application_name("translation-jobs-probe")
     }
+}
+
+/// Options of the LISTEN connection (`watch::Listener`): those of `pool`
+/// (the service's pool, see [`pool`]), named `translation-jobs-listener`,
+/// with the shorter keepalives and `tcp_user_timeout` above (given after
+/// the pool's, so the server takes these). sqlx exposes no client-side
+/// socket options; the listener's probes cover that side.
+pub fn listener_options(pool: &PgConnectOptions) -> PgConnectOptions {
+    pool.clone()
+        .application_name("translation-jobs-listener")
+        .options([
+            ("tcp_keepalives_idle", LISTEN_KEEPALIVE_IDLE_SECS),
+            ("tcp_keepalives_interval", LISTEN_KEEPALIVE_INTERVAL_SECS),
+            ("tcp_keepalives_count", LISTEN_KEEPALIVE_COUNT),
+            ("tcp_user_timeout", LISTEN_TCP_USER_TIMEOUT_MS),
+        ])
 }
 
 /// A lazy pool: creating it needs no server, connections open on first use.

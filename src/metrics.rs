@@ -112,6 +112,8 @@ pub struct Gauges {
     pub redis_maxmemory_policy: Option<String>,
     /// WatchTranslationJob streams open in this process.
     pub open_watch_streams: usize,
+    /// PostgreSQL's `pg_notification_queue_usage()` (0 to 1), when read.
+    pub notification_queue_usage: Option<f64>,
 }
 
 impl Default for Metrics {
@@ -391,6 +393,16 @@ fn scrape_registry(gauges: &Gauges) -> Registry {
             }),
         );
     }
+    if let Some(usage) = gauges.notification_queue_usage {
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        gauge.set(usage);
+        registry.register(
+            "translation_notification_queue_usage",
+            "Share of PostgreSQL's notification queue in use (pg_notification_queue_usage); \
+             notifying commits fail when it is full",
+            gauge,
+        );
+    }
     let streams = Gauge::<i64>::default();
     streams.set(i64::try_from(gauges.open_watch_streams).unwrap_or(i64::MAX));
     registry.register(
@@ -414,6 +426,7 @@ mod tests {
             lane_lengths: vec![("normal", 7), ("high", 0)],
             redis_maxmemory_policy: Some("allkeys-lru".into()),
             open_watch_streams: 2,
+            notification_queue_usage: Some(0.25),
         }
     }
 
@@ -453,6 +466,7 @@ mod tests {
             "translation_queue_length{lane=\"high\"} 0\n",
             "translation_redis_maxmemory_policy_info{policy=\"allkeys-lru\"} 1\n",
             "translation_watch_streams 2\n",
+            "translation_notification_queue_usage 0.25\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -356,18 +356,17 @@ impl JobsApi {
             Some(self.deps.limits.try_caller_watch(caller.user_id.as_str())?)
         };
         let stream_permit = self.deps.limits.try_watch()?;
-        // Subscribe first: a change between the read and the subscription
-        // would otherwise be missed (and one the read already holds is
-        // recognised by its transaction id and skipped).
-        let subscription = self.deps.hub.subscribe(id);
-        let (job, snapshot) = bounded(
+        // Subscribes first (recording the job in watched_jobs, so that its
+        // changes are notified from then on), then reads it: a change between
+        // the two is not missed, and one the read already holds is
+        // recognised by its transaction id and skipped.
+        let (subscription, job, snapshot) = bounded(
             self.deps.call_timeout,
-            jobs::read_job_with_snapshot(&self.deps.pool, id, &caller.scope),
+            self.deps.hub.open(id, &caller.scope),
         )
         .await?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let follow = watch::follow(
-            self.deps.pool.clone(),
             subscription,
             job,
             snapshot,

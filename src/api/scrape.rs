@@ -54,8 +54,8 @@ impl Scrape {
     }
 }
 
-/// Reads the outbox backlog from PostgreSQL and the policy and lane
-/// lengths from Redis, side by side, within [`SCRAPE_TIMEOUT`]: a scrape
+/// Reads the outbox backlog and the notification queue's usage from
+/// PostgreSQL and the policy and lane lengths from Redis, side by side, within [`SCRAPE_TIMEOUT`]: a scrape
 /// never hangs on a dead peer, it reports it down.
 async fn read(pool: &PgPool, queue: &RedisQueue) -> Gauges {
     let mut gauges = Gauges::default();
@@ -67,11 +67,19 @@ async fn read(pool: &PgPool, queue: &RedisQueue) -> Gauges {
         .fetch_one(pool),
     );
     let redis = tokio::time::timeout(SCRAPE_TIMEOUT, redis_readings(queue));
-    let (backlog, redis) = tokio::join!(backlog, redis);
+    // On the same connection, after the backlog: a function call, no table.
+    let notifications = tokio::time::timeout(
+        SCRAPE_TIMEOUT,
+        sqlx::query_scalar::<_, f64>("SELECT pg_notification_queue_usage()").fetch_one(pool),
+    );
+    let (backlog, redis, notifications) = tokio::join!(backlog, redis, notifications);
     if let Ok(Ok((count, oldest))) = backlog {
         gauges.database_up = true;
         gauges.outbox_backlog = Some(count);
         gauges.outbox_oldest_age = oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+    }
+    if let Ok(Ok(usage)) = notifications {
+        gauges.notification_queue_usage = Some(usage);
     }
     if let Ok((policy, lanes)) = redis {
         gauges.redis_up = !lanes.is_empty();

@@ -56,6 +56,20 @@ impl Change {
         serde_json::from_str(payload).ok()
     }
 
+    /// The job id of a payload the triggers wrote, found without parsing
+    /// the rest: a process checks whether it watches the job before it
+    /// parses the event (it receives the events of every job any replica
+    /// watches). `None` when the payload has no such key.
+    pub fn peek_job_id(payload: &str) -> Option<Uuid> {
+        let key = payload.find("\"job_id\"")?;
+        let value = payload[key + "\"job_id\"".len()..]
+            .trim_start()
+            .strip_prefix(':')?
+            .trim_start()
+            .strip_prefix('"')?;
+        Uuid::try_parse(value.get(..36)?).ok()
+    }
+
     pub fn job_id(&self) -> Uuid {
         match self {
             Change::Job(change) => change.job_id,
@@ -107,5 +121,31 @@ mod tests {
             Change::Subtask(SubtaskChange { reread: true, .. })
         ));
         assert_eq!(Change::parse("0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e"), None);
+    }
+
+    #[test]
+    fn the_job_id_is_found_without_parsing_the_event() {
+        let id = Uuid::parse_str("0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e").unwrap();
+        assert_eq!(
+            Change::peek_job_id(
+                r#"{"kind" : "subtask", "job_id" : "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e", "xid" : "12"}"#
+            ),
+            Some(id)
+        );
+        assert_eq!(
+            Change::peek_job_id(
+                r#"{"kind":"job","job_id":"0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e"}"#
+            ),
+            Some(id)
+        );
+        assert_eq!(
+            Change::peek_job_id(r#"{"kind" : "job", "job_id" : 7}"#),
+            None
+        );
+        assert_eq!(Change::peek_job_id(r#"{"job_id" : "0b9e8f0e"}"#), None);
+        assert_eq!(
+            Change::peek_job_id("0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e"),
+            None
+        );
     }
 }

@@ -27,6 +27,7 @@ mod limits;
 mod list_pages;
 mod marker_expiry;
 mod metrics;
+mod notifications;
 mod online_migration;
 mod outage;
 mod process;

@@ -93,7 +93,7 @@ async fn two_relays_on_one_outbox_publish_every_row_exactly_once(pool: PgPool) {
 async fn a_notify_on_the_outbox_channel_wakes_the_relay(pool: PgPool) {
     let wake = Wake::new();
     let token = CancellationToken::new();
-    let listener = Listener::new(pool.clone(), WatchHub::new(), wake.clone());
+    let listener = Listener::new(pool.clone(), WatchHub::new(pool.clone()), wake.clone());
     let running = tokio::spawn(listener.run(token.clone(), Beat::detached("listener")));
     // The listener wakes the relay once when it connects (rows may have
     // arrived unannounced before); after that only a NOTIFY does.
