@@ -29,6 +29,7 @@ mod marker_expiry;
 mod metrics;
 mod online_migration;
 mod outage;
+mod plans;
 mod process;
 mod properties;
 mod queue_binding;
