@@ -23,7 +23,7 @@ use crate::{
         scrape::{self, Scrape},
         tls::{self, TlsError},
     },
-    backlog::Backlog,
+    backlog::{self, Backlog},
     config::{AuthMode, ListenAddr, Settings},
     db,
     dead_lane::DeadLane,
@@ -197,6 +197,21 @@ impl App {
                 move || collector.again().run(token.clone(), beat.clone())
             }));
         }
+        let backlog = Arc::new(Backlog::new(
+            self.pool.clone(),
+            self.queue.clone(),
+            self.settings.queue_max_backlog,
+        ));
+        if backlog.limit() > 0 {
+            // Creates read its readings and never wait for PostgreSQL or Redis.
+            let beat = health
+                .liveness()
+                .register("backpressure", backlog::MAX_QUIET + LIVENESS_SLACK);
+            tasks.spawn(supervise(token.clone(), beat.clone(), {
+                let (backlog, token) = (backlog.clone(), token.clone());
+                move || backlog.clone().run(token.clone(), beat.clone())
+            }));
+        }
         let jobs_api = JobsApi::new(ApiDeps {
             pool: self.pool.clone(),
             queue: self.queue.clone(),
@@ -204,11 +219,7 @@ impl App {
             wake: relay_wake.clone(),
             schedule_wake: schedule_wake.clone(),
             metrics: self.metrics.clone(),
-            backlog: Arc::new(Backlog::new(
-                self.pool.clone(),
-                self.queue.clone(),
-                self.settings.queue_max_backlog,
-            )),
+            backlog: backlog.clone(),
             creates,
             hub: hub.clone(),
             shutdown: serving.clone(),

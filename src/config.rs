@@ -75,8 +75,14 @@ pub const DEFAULT_DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 
 /// The dead lane keeps at most this many messages, the newest.
 pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 100_000;
 pub const DEFAULT_MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Stuck jobs rescued per transaction.
+/// Stuck jobs rescued per transaction; also the PENDING jobs one batch of
+/// the search for lost messages looks at.
 pub const REAPER_BATCH_SIZE: i64 = 500;
+/// PENDING jobs a pass of the search for lost messages looks at without
+/// handing them out again before it stops until the next pass (see
+/// `reaper`): with fewer PENDING jobs than this, each pass looks at all of
+/// them.
+pub const REAPER_LOST_SCAN: usize = 5_000;
 /// Most jobs in one BatchCreateTranslationJobs call.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
 /// Bounds of `GRPC_MAX_MESSAGE_SIZE`: a create of `MAX_SUBTASKS_PER_JOB`
@@ -371,6 +377,7 @@ impl Settings {
                     stuck_after: duration(&get, "STUCK_JOB_TIMEOUT", DEFAULT_STUCK_JOB_TIMEOUT)?,
                     batch_size: REAPER_BATCH_SIZE,
                 },
+                lost_scan: REAPER_LOST_SCAN,
                 call_timeout,
             },
             retries: retry_settings(&get)?,

@@ -11,11 +11,11 @@
 //! notice a client that vanished (and roll back its transaction) within
 //! about a minute.
 
-use std::{future::Future, time::Duration};
+use std::{collections::HashMap, future::Future, time::Duration};
 
 use sqlx::{
     Connection, PgConnection, PgPool,
-    migrate::Migrator,
+    migrate::{AppliedMigration, Migrate, MigrateError, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -146,11 +146,30 @@ pub const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the migration's first connection attempt may take.
 pub const MIGRATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The advisory lock a process takes, by asking again and again, before it
+/// runs the migrations (see [`migrate`]). Advisory locks are per database,
+/// so one key serves every database.
+const MIGRATION_GATE: i64 = 0x746a_6d69_6772_6174; // "tjmigrat"
+
+/// How often a process asks for [`MIGRATION_GATE`] while another holds it.
+const MIGRATION_GATE_POLL: Duration = Duration::from_millis(200);
+
 /// Runs the migrations under sqlx's advisory lock (safe with any number of
 /// replicas starting at once) on a connection of their own, without the
 /// statement timeout (a migration may build a large index) but with
-/// [`MIGRATION_LOCK_TIMEOUT`]; refreshes the planner's statistics only when
-/// a migration was applied.
+/// [`MIGRATION_LOCK_TIMEOUT`] (see [`apply_pending`]); refreshes the
+/// planner's statistics only when a migration was applied, and warns about
+/// invalid indexes.
+///
+/// Before sqlx's lock, which a waiting process would wait for inside one
+/// long statement (`pg_advisory_lock`), the process takes
+/// [`MIGRATION_GATE`] by asking every [`MIGRATION_GATE_POLL`]: a
+/// `CREATE INDEX CONCURRENTLY` waits for every transaction older than its
+/// snapshot, the waiting statement of another replica is one, and it waits
+/// in turn for the lock the builder holds, so PostgreSQL would end one of
+/// them as a deadlock (and, when it picks the builder, leave an invalid
+/// index behind). A short question asked again holds nothing open for the
+/// build to wait for. Each migration runs as [`apply_pending`] says.
 pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     let options = settings
         .connect
@@ -169,8 +188,8 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     .await
     .map_err(|_| timed_out(MIGRATION_CONNECT_TIMEOUT))??;
     let _ = probe.close().await;
-    // A pool of one rather than a bare connection: sqlx's migrator future is
-    // only `Send` over a pool.
+    // A pool of one, so that every statement below runs on the one session
+    // that holds the gate (until the pool closes).
     let pool = bounded(
         settings.call_timeout(),
         PgPoolOptions::new()
@@ -180,23 +199,108 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     )
     .await?;
     let migrated = async {
-        let before = applied_migrations(&pool).await?;
-        MIGRATOR.run(&pool).await.map_err(|error| match error {
-            sqlx::migrate::MigrateError::Execute(error) => error,
-            other => sqlx::Error::Migrate(Box::new(other)),
-        })?;
-        if applied_migrations(&pool).await? != before {
+        let mut conn = pool.acquire().await?;
+        while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_GATE)
+            .fetch_one(&mut *conn)
+            .await?
+        {
+            tokio::time::sleep(MIGRATION_GATE_POLL).await;
+        }
+        let applied = apply_pending(&mut conn)
+            .await
+            .map_err(|error| match error {
+                sqlx::migrate::MigrateError::Execute(error) => error,
+                other => sqlx::Error::Migrate(Box::new(other)),
+            })?;
+        if applied > 0 {
             // Current statistics for the plans made from here on; a start
             // that applied nothing leaves them to autovacuum.
             sqlx::query("ANALYZE translation_jobs, translation_subtasks, outbox")
-                .execute(&pool)
+                .execute(&mut *conn)
                 .await?;
         }
+        warn_about_invalid_indexes(&mut conn).await?;
         Ok(())
     }
     .await;
     pool.close().await;
     migrated
+}
+
+/// Applies [`MIGRATOR`]'s pending migrations in order, as sqlx's migrator
+/// does (its lock, its table, the same checks of what was applied), and
+/// returns how many it applied. A migration that runs in a transaction runs
+/// with [`MIGRATION_LOCK_TIMEOUT`]; one that runs outside a transaction (a
+/// `CREATE INDEX CONCURRENTLY`) without it: such a build waits for every
+/// transaction older than it (a long report, a backup) while holding up no
+/// create, and cut short by the timeout it would leave an invalid index
+/// that its `IF NOT EXISTS` then takes for built.
+async fn apply_pending(conn: &mut PgConnection) -> Result<usize, MigrateError> {
+    conn.lock().await?;
+    conn.ensure_migrations_table().await?;
+    if let Some(version) = conn.dirty_version().await? {
+        return Err(MigrateError::Dirty(version));
+    }
+    let applied: HashMap<i64, AppliedMigration> = conn
+        .list_applied_migrations()
+        .await?
+        .into_iter()
+        .map(|migration| (migration.version, migration))
+        .collect();
+    if let Some(unknown) = applied
+        .keys()
+        .find(|version| !MIGRATOR.iter().any(|m| m.version == **version))
+    {
+        return Err(MigrateError::VersionMissing(*unknown));
+    }
+    let mut count = 0;
+    for migration in MIGRATOR.iter() {
+        if migration.migration_type.is_down_migration() {
+            continue;
+        }
+        if let Some(done) = applied.get(&migration.version) {
+            if done.checksum != migration.checksum {
+                return Err(MigrateError::VersionMismatch(migration.version));
+            }
+            continue;
+        }
+        let lock_timeout = if migration.no_tx {
+            Duration::ZERO
+        } else {
+            MIGRATION_LOCK_TIMEOUT
+        };
+        sqlx::query(&format!("SET lock_timeout = {}", lock_timeout.as_millis()))
+            .execute(&mut *conn)
+            .await?;
+        conn.apply(migration).await?;
+        count += 1;
+    }
+    conn.unlock().await?;
+    Ok(count)
+}
+
+/// Logs every invalid index of the service's schema: what a
+/// `CREATE INDEX CONCURRENTLY` that was interrupted leaves behind. Writes
+/// keep it up to date but no query uses it; docs/operations.md says how to
+/// build it again.
+async fn warn_about_invalid_indexes(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "SELECT i.indexrelid::regclass::text FROM pg_index AS i \
+         JOIN pg_class AS c ON c.oid = i.indexrelid \
+         WHERE NOT i.indisvalid AND c.relnamespace = current_schema()::regnamespace \
+         ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await?;
+    for index in invalid {
+        tracing::warn!(
+            %index,
+            "index is INVALID (an interrupted CREATE INDEX CONCURRENTLY): queries do not use it; \
+             drop it with DROP INDEX CONCURRENTLY and create it again (see docs/operations.md)"
+        );
+    }
+    Ok(())
 }
 
 /// The queue this database serves, recording `queue` when none is yet:
@@ -275,19 +379,6 @@ pub fn describe_connect_error(options: &PgConnectOptions, error: &sqlx::Error) -
         sqlx::Error::Tls(tls) => format!("TLS with PostgreSQL at {target} failed: {tls}"),
         other => format!("cannot connect to PostgreSQL at {target}: {other}"),
     }
-}
-
-/// Migrations recorded as applied (0 before the first run).
-async fn applied_migrations(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
-    if !exists {
-        return Ok(0);
-    }
-    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
-        .await
 }
 
 /// The longest one database call may take on `pool`'s connections

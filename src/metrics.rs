@@ -104,7 +104,10 @@ pub struct Metrics {
 pub struct Gauges {
     pub database_up: bool,
     pub redis_up: bool,
+    /// Outbox rows, exact up to `outbox::EXACT_UP_TO`, estimated above.
     pub outbox_backlog: Option<i64>,
+    /// Whether `outbox_backlog` is PostgreSQL's estimate.
+    pub outbox_backlog_estimated: bool,
     pub outbox_oldest_age: Option<Duration>,
     /// `(lane, length)` for each Redis lane that could be read.
     pub lane_lengths: Vec<(&'static str, u64)>,
@@ -359,8 +362,13 @@ fn scrape_registry(gauges: &Gauges) -> Registry {
         gauge.set(backlog);
         registry.register(
             "translation_outbox_backlog",
-            "Outbox rows not yet published",
+            "Outbox rows not yet published: counted when few, PostgreSQL's estimate when many (see translation_outbox_backlog_estimated)",
             gauge,
+        );
+        registry.register(
+            "translation_outbox_backlog_estimated",
+            "1 when translation_outbox_backlog is PostgreSQL's estimate (more rows than are counted one by one)",
+            flag(gauges.outbox_backlog_estimated),
         );
     }
     let oldest = Gauge::<f64, AtomicU64>::default();
@@ -422,6 +430,7 @@ mod tests {
             database_up: true,
             redis_up: false,
             outbox_backlog: Some(3),
+            outbox_backlog_estimated: false,
             outbox_oldest_age: Some(Duration::from_millis(1500)),
             lane_lengths: vec![("normal", 7), ("high", 0)],
             redis_maxmemory_policy: Some("allkeys-lru".into()),
@@ -461,6 +470,7 @@ mod tests {
             "translation_redis_up 0\n",
             "translation_database_up 1\n",
             "translation_outbox_backlog 3\n",
+            "translation_outbox_backlog_estimated 0\n",
             "translation_outbox_oldest_age_seconds 1.5\n",
             "translation_queue_length{lane=\"normal\"} 7\n",
             "translation_queue_length{lane=\"high\"} 0\n",
@@ -521,6 +531,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("translation_outbox_backlog "));
+        assert!(!text.contains("translation_outbox_backlog_estimated "));
         assert!(!text.contains("translation_queue_length{"));
         assert!(text.contains("translation_database_up 0\n"));
     }

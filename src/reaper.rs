@@ -6,6 +6,16 @@
 //! finds that Redis lost data), with the dead letters Redis lost (see
 //! `jobs::restore_lost_dead_letters`). Then it wakes the relay to publish
 //! them. Neither part waits for a row another transaction holds.
+//!
+//! The search for lost messages never reads every PENDING job: each pass
+//! looks at the PENDING jobs in id order from where the last pass (of any
+//! replica) stopped, a batch at a time, and stops after
+//! `ReaperSettings::lost_scan` jobs that needed nothing (jobs it hands out
+//! again do not count: after Redis lost its data every batch is work), or
+//! at the last PENDING job, from where the next pass starts over. One
+//! replica searches at a time (see `jobs::take_lost_sweep`). With more
+//! PENDING jobs than `lost_scan`, a lost message is found within
+//! `PENDING / lost_scan` passes instead of one.
 
 use std::{
     collections::HashSet,
@@ -37,6 +47,9 @@ use crate::{
 pub struct ReaperSettings {
     pub interval: Duration,
     pub policy: RescuePolicy,
+    /// PENDING jobs one pass of the lost-message search may look at without
+    /// handing them out again, before it stops until the next pass.
+    pub lost_scan: usize,
     /// Longest one batch may take (see `db::bounded`).
     pub call_timeout: Duration,
 }
@@ -55,6 +68,27 @@ pub enum ReaperError {
 impl From<sqlx::Error> for ReaperError {
     fn from(error: sqlx::Error) -> Self {
         Self::Job(JobError::Database(error))
+    }
+}
+
+/// What one batch of the search for lost messages did.
+struct Searched {
+    /// PENDING jobs it looked at.
+    looked_at: usize,
+    /// Those it handed out again.
+    lost: Vec<uuid::Uuid>,
+    /// The pass ends here: the search reached the last PENDING job, another
+    /// replica is searching, or Redis's generation changed meanwhile.
+    stop: bool,
+}
+
+impl Searched {
+    fn stopped() -> Self {
+        Self {
+            looked_at: 0,
+            lost: Vec::new(),
+            stop: true,
+        }
     }
 }
 
@@ -217,19 +251,21 @@ impl Reaper {
     }
 
     /// PENDING jobs whose message is gone, judged by Redis's counters and
-    /// lengths, batch after batch until one comes back short.
+    /// lengths, batch after batch of the search (see the module's doc)
+    /// until it has looked at `lost_scan` jobs that needed nothing, reached
+    /// the last PENDING job, or found another replica searching.
     async fn requeue_lost(&self, all: &mut Rescued) -> Result<(), ReaperError> {
-        let full = usize::try_from(self.settings.policy.batch_size).unwrap_or(usize::MAX);
+        let mut idle = 0usize;
         loop {
-            let lost = self.requeue_lost_once().await?;
-            let more = lost.len() >= full;
+            let searched = self.requeue_lost_once().await?;
+            idle += searched.looked_at - searched.lost.len();
             let batch = Rescued {
-                republished: lost,
+                republished: searched.lost,
                 ..Rescued::default()
             };
             self.handed_out(&batch);
             all.extend(batch);
-            if !more {
+            if searched.stop || idle >= self.settings.lost_scan {
                 return Ok(());
             }
         }
@@ -273,10 +309,12 @@ impl Reaper {
         Ok(())
     }
 
-    /// One batch of lost messages: settle the generation, read Redis, note
-    /// the messages seen popped, find candidates, read Redis again to
-    /// confirm, hand the lost ones out again.
-    async fn requeue_lost_once(&self) -> Result<Vec<uuid::Uuid>, ReaperError> {
+    /// One batch of the search for lost messages: settle the generation,
+    /// read Redis, take the search's place, note the messages of the next
+    /// window of PENDING jobs seen popped, find candidates among them, read
+    /// Redis again to confirm, hand the lost ones out again, move the place
+    /// on; all but the reads of Redis in one transaction.
+    async fn requeue_lost_once(&self) -> Result<Searched, ReaperError> {
         let limit = self.settings.call_timeout;
         let owner = self
             .owner
@@ -286,34 +324,54 @@ impl Reaper {
         let before = self.queue.snapshot().await?;
         if before.generation != Some(synced.generation) {
             // Changed since: the next pass settles it.
-            return Ok(Vec::new());
+            return Ok(Searched::stopped());
         }
+        let queue = self.queue.queue().as_str();
+        let mut tx = bounded(limit, self.pool.begin()).await?;
+        let Some(sweep) = bounded(limit, jobs::take_lost_sweep(&mut tx, queue)).await? else {
+            // Another replica is searching.
+            return Ok(Searched::stopped());
+        };
+        let batch = self.settings.policy.batch_size;
+        let window = bounded(limit, jobs::lost_sweep_window(&mut tx, sweep, batch)).await?;
+        let at_end = i64::try_from(window.len()).unwrap_or(i64::MAX) < batch;
+        let next = if at_end { None } else { window.last().copied() };
         bounded(
             limit,
-            jobs::note_popped(&self.pool, synced.generation, &before),
+            jobs::note_popped(&mut tx, &window, synced.generation, &before),
         )
         .await?;
-        let mut tx = bounded(limit, self.pool.begin()).await?;
         let candidates = bounded(
             limit,
-            jobs::lost_candidates(&mut tx, synced.generation, &before, self.settings.policy),
+            jobs::lost_candidates(
+                &mut tx,
+                &window,
+                synced.generation,
+                &before,
+                self.settings.policy,
+            ),
         )
         .await?;
-        if candidates.is_empty() {
-            return Ok(Vec::new());
+        let mut lost = Vec::new();
+        if !candidates.is_empty() {
+            let after = self.queue.snapshot().await?;
+            if after.generation != Some(synced.generation) {
+                return Ok(Searched::stopped());
+            }
+            lost = candidates
+                .iter()
+                .filter(|candidate| candidate.is_lost(synced.generation, &after))
+                .map(|candidate| candidate.job_id)
+                .collect();
+            bounded(limit, jobs::requeue_lost(&mut tx, &lost)).await?;
         }
-        let after = self.queue.snapshot().await?;
-        if after.generation != Some(synced.generation) {
-            return Ok(Vec::new());
-        }
-        let lost: Vec<uuid::Uuid> = candidates
-            .iter()
-            .filter(|candidate| candidate.is_lost(synced.generation, &after))
-            .map(|candidate| candidate.job_id)
-            .collect();
-        bounded(limit, jobs::requeue_lost(&mut tx, &lost)).await?;
+        bounded(limit, jobs::move_lost_sweep(&mut tx, queue, next)).await?;
         bounded(limit, tx.commit()).await?;
-        Ok(lost)
+        Ok(Searched {
+            looked_at: window.len(),
+            lost,
+            stop: at_end,
+        })
     }
 
     /// After each committed batch: count it and let the relay publish it.

@@ -1,8 +1,9 @@
 //! Queue statistics: what waits where. One reading shared by GetQueueStats,
 //! the HTTP `/api/v1/stats` (the dashboard) and the `stats` command.
 //!
-//! The outbox half comes from PostgreSQL (rows not yet published and the age
-//! of the oldest), the Redis half from one atomic read of every lane's
+//! The outbox half comes from PostgreSQL (rows not yet published, counted
+//! up to `outbox::EXACT_UP_TO` and estimated beyond, and the age of the
+//! oldest), the Redis half from one atomic read of every lane's
 //! length and push counter. Redis being down is part of the answer
 //! (`redis_reachable: false`), not an error: jobs then wait in the outbox.
 
@@ -12,6 +13,7 @@ use sqlx::PgPool;
 
 use crate::{
     db::bounded,
+    outbox::{EXACT_UP_TO, outbox_size},
     queue::{Lane, QueueError, QueueName, RedisQueue},
 };
 
@@ -36,8 +38,12 @@ pub struct QueueStats {
     pub queue: QueueName,
     /// Every lane, dead letters included; empty when Redis is unreachable.
     pub lanes: Vec<LaneStats>,
-    /// Outbox rows not yet published.
+    /// Outbox rows not yet published: exact up to
+    /// [`EXACT_UP_TO`](crate::outbox::EXACT_UP_TO), PostgreSQL's estimate
+    /// above (see `outbox_backlog_estimated`).
     pub outbox_backlog: i64,
+    /// Whether `outbox_backlog` (and so `backlog`) is an estimate.
+    pub outbox_backlog_estimated: bool,
     /// Age of the oldest of them; `None` when the outbox is empty.
     pub oldest_unpublished_age: Option<Duration>,
     /// Length of the dead lane.
@@ -67,22 +73,16 @@ pub async fn read_stats(
     backlog_limit: u64,
     call_timeout: Duration,
 ) -> Result<QueueStats, sqlx::Error> {
-    let (outbox_backlog, oldest): (i64, Option<f64>) = bounded(
-        call_timeout,
-        sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
-        )
-        .fetch_one(pool),
-    )
-    .await?;
+    let outbox = bounded(call_timeout, outbox_size(pool, EXACT_UP_TO)).await?;
     let mut stats = QueueStats {
         queue: queue.queue().clone(),
         lanes: Vec::new(),
-        outbox_backlog,
-        oldest_unpublished_age: oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+        outbox_backlog: outbox.rows,
+        outbox_backlog_estimated: outbox.estimated,
+        oldest_unpublished_age: outbox.oldest_age,
         dead_letters: 0,
         redis_reachable: false,
-        backlog: outbox_backlog,
+        backlog: outbox.rows,
         backlog_limit,
         redis_maxmemory_policy: String::new(),
     };

@@ -434,6 +434,7 @@ pub fn stats_to_proto(stats: &QueueStats) -> proto::QueueStats {
             })
             .collect(),
         outbox_backlog: stats.outbox_backlog,
+        outbox_backlog_estimated: stats.outbox_backlog_estimated,
         oldest_unpublished_age: stats.oldest_unpublished_age.map(duration),
         dead_letters: stats.dead_letters,
         redis_reachable: stats.redis_reachable,

@@ -154,7 +154,10 @@ pub struct StatsJson {
     pub redis_maxmemory_policy: String,
     /// Empty when Redis is unreachable.
     pub lanes: Vec<LaneJson>,
+    /// Exact up to 10,000 rows, PostgreSQL's estimate above.
     pub outbox_backlog: i64,
+    /// Whether `outbox_backlog` (and `backlog`) is an estimate.
+    pub outbox_backlog_estimated: bool,
     /// `null` when the outbox is empty.
     pub oldest_unpublished_age_seconds: Option<f64>,
     pub dead_letters: i64,
@@ -183,6 +186,7 @@ impl From<&QueueStats> for StatsJson {
                 })
                 .collect(),
             outbox_backlog: stats.outbox_backlog,
+            outbox_backlog_estimated: stats.outbox_backlog_estimated,
             oldest_unpublished_age_seconds: stats
                 .oldest_unpublished_age
                 .map(|age| age.as_secs_f64()),

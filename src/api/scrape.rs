@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     metrics::Gauges,
+    outbox::{EXACT_UP_TO, outbox_size},
     queue::{Lane, RedisQueue},
 };
 
@@ -54,29 +55,26 @@ impl Scrape {
     }
 }
 
-/// Reads the outbox backlog and the notification queue's usage from
-/// PostgreSQL and the policy and lane lengths from Redis, side by side, within [`SCRAPE_TIMEOUT`]: a scrape
-/// never hangs on a dead peer, it reports it down.
+/// Reads the outbox backlog (counted up to [`EXACT_UP_TO`], estimated
+/// beyond: a scrape never walks a large outbox) and the notification
+/// queue's usage from PostgreSQL, and the policy and lane lengths from
+/// Redis, side by side, within [`SCRAPE_TIMEOUT`]: a scrape never hangs on a
+/// dead peer, it reports it down.
 async fn read(pool: &PgPool, queue: &RedisQueue) -> Gauges {
     let mut gauges = Gauges::default();
-    let backlog = tokio::time::timeout(
-        SCRAPE_TIMEOUT,
-        sqlx::query_as::<_, (i64, Option<f64>)>(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox",
-        )
-        .fetch_one(pool),
-    );
+    let backlog = tokio::time::timeout(SCRAPE_TIMEOUT, outbox_size(pool, EXACT_UP_TO));
     let redis = tokio::time::timeout(SCRAPE_TIMEOUT, redis_readings(queue));
-    // On the same connection, after the backlog: a function call, no table.
+    // After the backlog: a function call, no table.
     let notifications = tokio::time::timeout(
         SCRAPE_TIMEOUT,
         sqlx::query_scalar::<_, f64>("SELECT pg_notification_queue_usage()").fetch_one(pool),
     );
     let (backlog, redis, notifications) = tokio::join!(backlog, redis, notifications);
-    if let Ok(Ok((count, oldest))) = backlog {
+    if let Ok(Ok(outbox)) = backlog {
         gauges.database_up = true;
-        gauges.outbox_backlog = Some(count);
-        gauges.outbox_oldest_age = oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+        gauges.outbox_backlog = Some(outbox.rows);
+        gauges.outbox_backlog_estimated = outbox.estimated;
+        gauges.outbox_oldest_age = outbox.oldest_age;
     }
     if let Ok(Ok(usage)) = notifications {
         gauges.notification_queue_usage = Some(usage);

@@ -38,6 +38,14 @@ pub async fn stats(context: &Context) -> Result<(), CliError> {
         0 => "no limit".to_owned(),
         limit => format!("limit {limit}"),
     };
+    // Past the rows counted one by one, PostgreSQL's estimate.
+    let about = |figure: i64| {
+        if stats.outbox_backlog_estimated {
+            format!("about {figure} (estimate)")
+        } else {
+            figure.to_string()
+        }
+    };
     let oldest = stats
         .oldest_unpublished_age_seconds
         .map_or("-".to_owned(), |secs| format!("{secs:.3}s"));
@@ -50,12 +58,12 @@ pub async fn stats(context: &Context) -> Result<(), CliError> {
         &mut out,
         &[
             ("queue", stats.queue.clone()),
-            ("outbox backlog", stats.outbox_backlog.to_string()),
+            ("outbox backlog", about(stats.outbox_backlog)),
             ("oldest unpublished", oldest),
             ("dead letters", stats.dead_letters.to_string()),
             (
                 "waiting (backpressure)",
-                format!("{} ({limit})", stats.backlog),
+                format!("{} ({limit})", about(stats.backlog)),
             ),
             ("redis maxmemory-policy", policy),
         ],

@@ -35,8 +35,9 @@ pub use redrive::{
     redrive_dead_letters, redrive_limit, restore_lost_dead_letters,
 };
 pub use rescue::{
-    LostCandidate, RescuePolicy, Rescued, RolledBack, StuckBatch, lost_candidates, note_popped,
-    requeue_lost, requeue_rolled_back, rescue_stuck_batch, rescue_stuck_jobs,
+    LostCandidate, LostSweep, RescuePolicy, Rescued, RolledBack, StuckBatch, lost_candidates,
+    lost_sweep_window, move_lost_sweep, note_popped, requeue_lost, requeue_rolled_back,
+    rescue_stuck_batch, rescue_stuck_jobs, take_lost_sweep,
 };
 pub use retention::{PruneBatch, RetentionPolicy, cutoff, first_id_at, prune_batch};
 pub use scope::{JobView, Scope, SubtaskCounts};

@@ -269,13 +269,81 @@ impl LostCandidate {
     }
 }
 
-/// Notes when a reaper first saw each PENDING job's current message popped
-/// (its position at or below its lane's popped count in `snapshot`): a
-/// message counts as popped and never claimed only once it has been seen
-/// popped for the policy's `stuck_after`, however long it waited before the
-/// pop. Rows another transaction holds are noted by a later pass.
+/// The reaper's place in its search for lost messages of one queue (the
+/// `lost_message_sweeps` row), taken for one transaction: the search looks
+/// at the PENDING jobs after `after` in id order, a window at a time, and
+/// the next window, in this pass or the next, whichever replica runs it,
+/// starts where this one ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostSweep {
+    /// The last job id looked at; `None` at the start of a round.
+    pub after: Option<Uuid>,
+}
+
+/// Takes the lost-message search of `queue` for the transaction `tx`, or
+/// `None` when another reaper holds it (its pass is under way: this one
+/// leaves the search to it). Never waits.
+pub async fn take_lost_sweep(
+    tx: &mut PgConnection,
+    queue: &str,
+) -> Result<Option<LostSweep>, JobError> {
+    sqlx::query(
+        "INSERT INTO lost_message_sweeps (queue) VALUES ($1) ON CONFLICT (queue) DO NOTHING",
+    )
+    .bind(queue)
+    .execute(&mut *tx)
+    .await?;
+    let after: Option<Option<Uuid>> = sqlx::query_scalar(
+        "SELECT after_id FROM lost_message_sweeps WHERE queue = $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(queue)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(after.map(|after| LostSweep { after }))
+}
+
+/// The next `limit` PENDING jobs after the search's place, in id order:
+/// through the status index, reading only these.
+pub async fn lost_sweep_window(
+    tx: &mut PgConnection,
+    sweep: LostSweep,
+    limit: i64,
+) -> Result<Vec<Uuid>, JobError> {
+    let window = sqlx::query_scalar(
+        "SELECT id FROM translation_jobs WHERE status = 'PENDING' AND id > $1 \
+         ORDER BY id LIMIT $2",
+    )
+    .bind(sweep.after.unwrap_or(Uuid::nil()))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(window)
+}
+
+/// Moves the search of `queue` on to after `after` (`None`: back to the
+/// start), in the transaction that holds it.
+pub async fn move_lost_sweep(
+    tx: &mut PgConnection,
+    queue: &str,
+    after: Option<Uuid>,
+) -> Result<(), JobError> {
+    sqlx::query("UPDATE lost_message_sweeps SET after_id = $2 WHERE queue = $1")
+        .bind(queue)
+        .bind(after)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Notes when a reaper first saw the current message of a job of `window`
+/// popped (its position at or below its lane's popped count in
+/// `snapshot`): a message counts as popped and never claimed only once it
+/// has been seen popped for the policy's `stuck_after`, however long it
+/// waited before the pop. Rows another transaction holds are noted when the
+/// search comes by again.
 pub async fn note_popped(
-    pool: &PgPool,
+    tx: &mut PgConnection,
+    window: &[Uuid],
     generation: i64,
     snapshot: &Snapshot,
 ) -> Result<u64, JobError> {
@@ -287,28 +355,30 @@ pub async fn note_popped(
              SELECT p.job_id FROM translation_jobs AS j \
              JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
              JOIN UNNEST($2::text[], $3::int8[]) AS l (lane, popped) ON l.lane = p.lane \
-             WHERE j.status = 'PENDING' AND p.generation = $1 AND p.seq <= l.popped \
-               AND p.popped_seen_at IS NULL \
+             WHERE j.id = ANY($4) AND j.status = 'PENDING' AND p.generation = $1 \
+               AND p.seq <= l.popped AND p.popped_seen_at IS NULL \
              FOR UPDATE OF p SKIP LOCKED)",
     )
     .bind(generation)
     .bind(&lanes)
     .bind(&popped)
-    .execute(pool)
+    .bind(window)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     Ok(noted)
 }
 
-/// PENDING jobs whose current attempt's message may be gone, judged by a
-/// snapshot of Redis taken before (`before`): pushed under another
-/// generation, at a position beyond the lane's counter, or at a position
-/// workers popped, seen popped (see [`note_popped`]) longer than
+/// The jobs of `window` still PENDING whose current attempt's message may
+/// be gone, judged by a snapshot of Redis taken before (`before`): pushed
+/// under another generation, at a position beyond the lane's counter, or at
+/// a position workers popped, seen popped (see [`note_popped`]) longer than
 /// `stuck_after` ago. Locks them (skipping locked ones); the caller
 /// confirms with a second snapshot ([`LostCandidate::is_lost`]) and hands
 /// the lost ones out again with [`requeue_lost`] in the same transaction.
 pub async fn lost_candidates(
     tx: &mut PgConnection,
+    window: &[Uuid],
     generation: i64,
     before: &Snapshot,
     policy: RescuePolicy,
@@ -328,13 +398,13 @@ pub async fn lost_candidates(
          JOIN job_publications AS p ON p.job_id = j.id AND p.attempt = j.attempts \
          LEFT JOIN UNNEST($2::text[], $3::int8[], $4::int8[]) AS l (lane, pushed, popped) \
                 ON l.lane = p.lane \
-         WHERE j.status = 'PENDING' \
+         WHERE j.id = ANY($6) AND j.status = 'PENDING' \
            AND ((p.generation IS NULL AND p.published_at < now() - make_interval(secs => $5)) \
                 OR p.generation <> $1 \
                 OR p.seq > l.pushed \
                 OR (p.seq <= l.popped \
                     AND p.popped_seen_at < now() - make_interval(secs => $5))) \
-         ORDER BY j.id LIMIT $6 \
+         ORDER BY j.id \
          FOR UPDATE OF j SKIP LOCKED",
     )
     .bind(generation)
@@ -342,7 +412,7 @@ pub async fn lost_candidates(
     .bind(&pushed)
     .bind(&popped)
     .bind(policy.stuck_after.as_secs_f64())
-    .bind(policy.batch_size)
+    .bind(window)
     .fetch_all(&mut *tx)
     .await?;
     Ok(candidates)

@@ -1,6 +1,7 @@
 //! The transactional outbox: rows written with each change that must reach
-//! Redis, the relay that publishes them, and the generation of Redis's data
-//! that tells when published messages were lost.
+//! Redis, the relay that publishes them, the generation of Redis's data
+//! that tells when published messages were lost, and how much waits in it
+//! (`size`, read without walking the table).
 //!
 //! The create statement (see `jobs::create_job`) inserts the row; the relay
 //! deletes it in the transaction that pushed it. Progress is never tracked
@@ -15,9 +16,11 @@ mod enqueue;
 pub mod generation;
 mod relay;
 pub mod scheduler;
+mod size;
 
 pub use enqueue::{OUTBOX_CHANNEL, Pending, enqueue};
 pub use relay::{
     Claimed, Drained, FULL_SCAN_EVERY, OutboxRow, Published, Relay, RelayError, RelaySettings,
 };
 pub use scheduler::Scheduler;
+pub use size::{EXACT_UP_TO, OutboxSize, outbox_size};

@@ -1,5 +1,7 @@
 //! Creates are refused with RESOURCE_EXHAUSTED while too many jobs wait.
 
+use std::time::{Duration, Instant};
+
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -7,9 +9,12 @@ use sqlx::{
 use tonic::Code;
 use translation_jobs::api::proto::BatchCreateTranslationJobsRequest;
 
-use crate::support::{
-    SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_request, redis_client,
-    unique_queue, wait_for_messages,
+use crate::{
+    common::proxy::{Mode, Proxy},
+    support::{
+        SHARED_REDIS_URL, TestApp, TestRedis, cleanup, counts, create_request, redis_client,
+        unique_queue, wait_for_messages,
+    },
 };
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -98,5 +103,44 @@ async fn jobs_waiting_in_redis_count_too(_: PgPoolOptions, database: PgConnectOp
         error.message()
     );
     cleanup(&redis, &queue).await;
+    app.stop().await;
+}
+
+/// Creates read the last reading of the backlog: a Redis whose every answer
+/// comes 700 ms late (past the reading's 500 ms limit for Redis) delays the
+/// next reading, never a create. Before, the create that found the reading
+/// stale held a lock across the reading, and it and every create behind it
+/// waited for Redis, four times a second.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_redis_that_answers_slowly_delays_the_backlog_reading_not_the_creates(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let mut app = TestApp::spawn_with(
+        database,
+        &format!("redis://{}/0", proxy.addr),
+        unique_queue(),
+        &[("QUEUE_MAX_BACKLOG", "100000")],
+    )
+    .await;
+    app.wait_ready().await;
+    app.create().await;
+
+    proxy.set(Mode::Latency(Duration::from_millis(700)));
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut created = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let one = Instant::now();
+        app.create().await;
+        slowest = slowest.max(one.elapsed());
+        created += 1;
+    }
+    assert!(
+        slowest < Duration::from_millis(400),
+        "the slowest of {created} creates took {slowest:?}"
+    );
+    proxy.set(Mode::Pass);
     app.stop().await;
 }

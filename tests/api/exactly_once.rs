@@ -35,6 +35,7 @@ fn reaper(pool: &PgPool, queue: translation_jobs::queue::RedisQueue) -> Reaper {
                 stuck_after: STUCK_AFTER,
                 batch_size: 100,
             },
+            lost_scan: translation_jobs::config::REAPER_LOST_SCAN,
             call_timeout: Duration::from_secs(10),
         },
         Wake::new(),

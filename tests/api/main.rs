@@ -30,6 +30,7 @@ mod metrics;
 mod notifications;
 mod online_migration;
 mod outage;
+mod plans;
 mod process;
 mod properties;
 mod queue_binding;

@@ -278,6 +278,7 @@ async fn the_reaper_counts_what_it_requeues_and_dead_letters(pool: PgPool) {
                 stuck_after: Duration::from_secs(600),
                 batch_size: 100,
             },
+            lost_scan: translation_jobs::config::REAPER_LOST_SCAN,
             call_timeout: Duration::from_secs(10),
         },
         Wake::new(),

@@ -246,6 +246,7 @@ fn reaper_on(pool: &PgPool, queue: RedisQueue) -> Reaper {
         ReaperSettings {
             interval: Duration::from_secs(3600),
             policy: POLICY,
+            lost_scan: translation_jobs::config::REAPER_LOST_SCAN,
             call_timeout: Duration::from_secs(2),
         },
         Wake::new(),
@@ -299,5 +300,81 @@ async fn a_transaction_holding_a_stuck_job_s_subtask_stops_neither_other_rescues
     let rescued = reaper.reap_once().await.unwrap();
     assert_eq!(rescued.requeued, [held]);
     assert!(rescued.republished.is_empty(), "{rescued:?}");
+    cleanup(&redis, &name).await;
+}
+
+/// Where the lost-message search of `queue` stands.
+async fn lost_search_after(pool: &PgPool, queue: &str) -> Option<Uuid> {
+    sqlx::query_scalar("SELECT after_id FROM lost_message_sweeps WHERE queue = $1")
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn the_lost_message_search_reads_a_bounded_window_per_pass_and_goes_on_where_it_stopped(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let queue = queue(&name).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(new_job(&pool).await);
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "job ids are in creation order");
+    relay(&pool, queue.clone(), 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    // Redis lost the last push: the newest job's message.
+    let _: String = redis.rpop(name.key(Lane::Normal), None).await.unwrap();
+    let _: i64 = redis
+        .hincrby(name.tagged("state"), "pushed:normal", -1)
+        .await
+        .unwrap();
+
+    // Batches of 2 PENDING jobs, at most 4 that need nothing per pass.
+    let reaper = Reaper::new(
+        pool.clone(),
+        queue.clone(),
+        ReaperSettings {
+            interval: Duration::from_secs(3600),
+            policy: RescuePolicy {
+                batch_size: 2,
+                ..POLICY
+            },
+            lost_scan: 4,
+            call_timeout: Duration::from_secs(2),
+        },
+        Wake::new(),
+    );
+    let pass = || async { reaper.reap_lost_once().await.unwrap().republished };
+    assert!(pass().await.is_empty());
+    assert_eq!(lost_search_after(&pool, name.as_str()).await, Some(ids[3]));
+    assert!(pass().await.is_empty());
+    assert_eq!(lost_search_after(&pool, name.as_str()).await, Some(ids[7]));
+
+    // Another replica's pass holds the search: this one leaves it alone.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM lost_message_sweeps WHERE queue = $1 FOR UPDATE")
+        .bind(name.as_str())
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert!(pass().await.is_empty());
+    other.rollback().await.unwrap();
+    assert_eq!(lost_search_after(&pool, name.as_str()).await, Some(ids[7]));
+
+    // The third pass reaches the lost message, and the last PENDING job:
+    // the next one starts over.
+    assert_eq!(pass().await, [ids[9]]);
+    assert_eq!(lost_search_after(&pool, name.as_str()).await, None);
+    assert!(pass().await.is_empty());
+    assert_eq!(lost_search_after(&pool, name.as_str()).await, Some(ids[3]));
     cleanup(&redis, &name).await;
 }

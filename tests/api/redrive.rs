@@ -352,6 +352,7 @@ async fn dead_letters_survive_redis_losing_its_data(pool: PgPool) {
                 stuck_after: Duration::from_secs(3600),
                 batch_size: 100,
             },
+            lost_scan: translation_jobs::config::REAPER_LOST_SCAN,
             call_timeout: CALL_TIMEOUT,
         },
         Wake::new(),

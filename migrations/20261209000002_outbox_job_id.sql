@@ -1,0 +1,21 @@
+-- no-transaction
+--
+-- The outbox by job: cancel, retry, the reaper and the redrive drop a job's
+-- waiting messages with `DELETE FROM outbox WHERE job_id = ANY(...)`, which
+-- without this index walks the whole table, and the table is largest when
+-- that hurts most (a Redis outage, when every create waits in it).
+--
+-- Built CONCURRENTLY, so creates and the relay go on writing the outbox
+-- while it builds; that cannot run inside a transaction block, hence the
+-- first line, which tells sqlx to run this file outside one. For the same
+-- reason the file holds this one statement only: several statements sent
+-- together form an implicit transaction. (`outbox_scheduled` has had its
+-- `job_id` index since it was created.)
+--
+-- IF NOT EXISTS: a build that was interrupted (the connection dropped, the
+-- migration was cancelled) leaves an INVALID index under this name, and the
+-- next run would otherwise fail on the name and stop every start. It then
+-- finds the name taken and is recorded as done: the service warns at each
+-- start about an invalid index of its tables, and docs/operations.md says
+-- how to build it again (DROP INDEX CONCURRENTLY, then this statement).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_job_id_idx ON outbox (job_id);
