@@ -18,8 +18,9 @@
 //!   the generation of Redis's data that tells when messages were lost.
 //! - [`queue`]: the Redis side: message format, lanes, idempotent push,
 //!   lengths, health.
-//! - [`watch`]: the process's LISTEN connection and the fan-out of job
-//!   changes to WatchTranslationJob streams.
+//! - [`watch`]: the process's LISTEN connection, the record of the jobs it
+//!   watches (`watched_jobs`, which the change triggers consult) and the
+//!   fan-out of job changes to the watch streams.
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
 //! - [`backlog`]: backpressure on creates.
