@@ -18,8 +18,10 @@
 //!   the generation of Redis's data that tells when messages were lost.
 //! - [`queue`]: the Redis side: message format, lanes, idempotent push,
 //!   lengths, health.
-//! - [`watch`]: the process's LISTEN connection and the fan-out of job
-//!   changes to watch streams (gRPC WatchTranslationJob, HTTP events).
+//! - [`watch`]: the process's LISTEN connection, the record of the jobs it
+//!   watches (`watched_jobs`, which the change triggers consult) and the
+//!   fan-out of job changes to the watch streams (gRPC WatchTranslationJob,
+//!   HTTP events).
 //! - [`reaper`]: rescues jobs stuck IN_PROGRESS, dead-letters those out of
 //!   attempts.
 //! - [`dead_lane`]: keeps the dead lane bounded by age and length.

@@ -16,12 +16,16 @@
 //!
 //! Re-reads of jobs are capped at [`REREADS_AT_ONCE`]: when the LISTEN
 //! connection reopens, every stream must read its job again, and they queue
-//! for a place (after a random pause of up to [`RESYNC_SPREAD`]) instead of
-//! taking every connection of the pool at once.
+//! for a place (when there are more streams than places, after a random
+//! pause of up to [`RESYNC_SPREAD`]) instead of taking every connection of
+//! the pool at once.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -48,7 +52,8 @@ pub const REREADS_AT_ONCE: usize = 16;
 
 /// After the LISTEN connection reopened, each stream waits a random part of
 /// this before it queues to read its job again, so the reads are spread out
-/// instead of arriving together.
+/// instead of arriving together; unless there are no more streams than
+/// [`REREADS_AT_ONCE`], which then read at once.
 pub const RESYNC_SPREAD: Duration = Duration::from_millis(500);
 
 /// Bound on the hub's own database calls when the pool carries no statement
@@ -89,6 +94,8 @@ struct Inner {
     /// This process in `watched_jobs`.
     watcher: Uuid,
     jobs: Mutex<HashMap<Uuid, Entry>>,
+    /// Streams open, all jobs together.
+    streams: AtomicUsize,
     /// Jobs whose last stream closed, for [`WatchHub::release_closed`].
     closed: Mutex<Vec<Uuid>>,
     /// Wakes the hub's loop when `closed` gets a job.
@@ -111,6 +118,7 @@ impl WatchHub {
                 pool,
                 watcher: Uuid::new_v4(),
                 jobs: Mutex::new(HashMap::new()),
+                streams: AtomicUsize::new(0),
                 closed: Mutex::new(Vec::new()),
                 closed_wake: Wake::new(),
                 rereads: Semaphore::new(REREADS_AT_ONCE),
@@ -164,6 +172,7 @@ impl WatchHub {
             registration: Registration::default(),
         });
         entry.watchers += 1;
+        self.inner.streams.fetch_add(1, Ordering::Relaxed);
         let subscription = Subscription {
             hub: self.clone(),
             job_id,
@@ -214,19 +223,19 @@ impl WatchHub {
 
     /// How many streams are open.
     pub fn open_streams(&self) -> usize {
-        self.lock_jobs().values().map(|entry| entry.watchers).sum()
+        self.inner.streams.load(Ordering::Relaxed)
     }
 
     /// Reads a watched job again for one of its streams, when a place among
-    /// [`REREADS_AT_ONCE`] is free, bounded in time. `staggered`: first a
-    /// random pause of up to [`RESYNC_SPREAD`] (every stream was told to
-    /// read again at once).
+    /// [`REREADS_AT_ONCE`] is free, bounded in time. `staggered`: every
+    /// stream was told to read again at once; when they are more than the
+    /// places, first a random pause of up to [`RESYNC_SPREAD`].
     pub(super) async fn read_again(
         &self,
         job_id: Uuid,
         staggered: bool,
     ) -> Result<(Job, TxSnapshot), JobError> {
-        if staggered {
+        if staggered && self.open_streams() > REREADS_AT_ONCE {
             tokio::time::sleep(RESYNC_SPREAD.mul_f64(fastrand::f64())).await;
         }
         let _place = self
@@ -462,6 +471,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.hub.inner.streams.fetch_sub(1, Ordering::Relaxed);
         let mut jobs = self.hub.lock_jobs();
         if let Some(entry) = jobs.get_mut(&self.job_id) {
             entry.watchers = entry.watchers.saturating_sub(1);

@@ -312,6 +312,7 @@ async fn a_change_in_flight_when_a_stream_opens_reaches_the_stream(
 ) {
     let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
+    wait_for_listener(&pool).await;
     let job = app
         .client
         .create_translation_job(request_with_subtasks(1))
@@ -398,6 +399,27 @@ async fn a_job_that_ends_through_events_is_read_once_more_before_its_last_state(
     follow.await.unwrap();
 }
 
+/// Waits until the service's LISTEN connection listens. A stream opened
+/// before that sees the changes made meanwhile only through the re-read
+/// that follows the connection, as one state.
+async fn wait_for_listener(pool: &PgPool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'translation-jobs-listener' AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if listening > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the service never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `/metrics` reports `streams` open watch streams.
 async fn wait_for_open_streams(app: &TestApp, streams: usize) {
     let url = format!("http://{}/metrics", app.http_addr);
@@ -474,7 +496,8 @@ async fn cancelling_a_watched_job_of_many_subtasks_sends_its_whole_final_state_o
     database: PgConnectOptions,
 ) {
     const SUBTASKS: usize = 500;
-    let mut app = TestApp::ready(database).await;
+    let mut app = TestApp::ready(database.clone()).await;
+    wait_for_listener(&PgPool::connect_with(database).await.unwrap()).await;
     let job = app
         .client
         .create_translation_job(request_with_subtasks(SUBTASKS))
@@ -513,6 +536,7 @@ async fn a_transaction_that_changes_every_subtask_is_sent_as_far_fewer_states_th
     const SUBTASKS: usize = 200;
     let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
+    wait_for_listener(&pool).await;
     let job = app
         .client
         .create_translation_job(request_with_subtasks(SUBTASKS))
@@ -588,6 +612,7 @@ async fn when_the_listen_connection_is_replaced_every_stream_reads_its_job_again
 ) {
     let mut app = TestApp::ready(database.clone()).await;
     let pool = PgPool::connect_with(database).await.unwrap();
+    wait_for_listener(&pool).await;
     let job = app.create().await;
     let mut stream = watch(&mut app, &job.id).await;
 
@@ -613,6 +638,7 @@ async fn after_the_listen_connection_is_replaced_only_a_few_streams_read_at_a_ti
     .await;
     app.wait_ready().await;
     let pool = PgPool::connect_with(database).await.unwrap();
+    wait_for_listener(&pool).await;
     let job = app.create().await;
     let mut streams = Vec::new();
     for _ in 0..STREAMS {
@@ -673,6 +699,7 @@ async fn a_listen_connection_that_goes_silent_is_replaced_and_the_streams_read_a
     .await;
     app.wait_ready().await;
     let pool = PgPool::connect_with(database).await.unwrap();
+    wait_for_listener(&pool).await;
     let job = app.create().await;
     let mut stream = watch(&mut app, &job.id).await;
 
