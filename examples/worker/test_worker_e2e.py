@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from conftest import poll
 from worker import NotRetryable, Outcome, translate_entity
@@ -329,7 +330,17 @@ def test_deadlock_with_a_concurrent_cancel_is_survived(service, lanes, make_work
     the worker runs again."""
     job = new_job(service, subtasks=SUBTASKS)
     lanes.wait_for(job["id"])
+    # Which side PostgreSQL aborts is the one whose deadlock check runs once
+    # the cycle exists. The worker starts waiting first; under load the cancel
+    # may start waiting only after the worker's check (deadlock_timeout, 1 s)
+    # found no cycle yet, and then the cancel would be the victim. So the
+    # worker's sessions check after 3 s, and the cancel's never before 30 s.
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} SET deadlock_timeout = '3s'").format(sql.Identifier(admin.info.dbname))
+        )
     cancel = psycopg.connect(database_url)  # one transaction, as in the service's cancel_job
+    cancel.execute("SET deadlock_timeout = '30s'")
     errors: list[BaseException] = []
 
     def finish_cancel():
@@ -367,6 +378,8 @@ def test_deadlock_with_a_concurrent_cancel_is_survived(service, lanes, make_work
             thread.join(timeout=30)
         if not thread.is_alive():
             cancel.close()
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} RESET deadlock_timeout").format(sql.Identifier(admin.info.dbname)))
     assert not thread.is_alive(), "the cancel transaction hung"
     assert errors == []
     assert outcome == Outcome.PROCESSED
