@@ -173,6 +173,9 @@ refuses "exactly one of minAvailable and maxUnavailable" "${base[@]}" \
     --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
 refuses "maxReplicas must be >= " "${base[@]}" --set autoscaling.enabled=true --set autoscaling.maxReplicas=1
 refuses "chart requires kubeVersion" "${base[@]}" --kube-version 1.29.0
+refuses "worker.enabled needs worker.image.repository" "${base[@]}" --set worker.enabled=true
+refuses "+ 6 (worker.replicas x worker.databaseConnections)" "${base[@]}" --set database.maxConnections=42 \
+    --set worker.enabled=true --set worker.image.repository=w --set worker.image.tag=v1 --set worker.replicas=6
 
 say "chart: TLS on: probes and scrapes on the plain-HTTP management port"
 if manifests=$("$helm" template translation-jobs "$chart" --namespace translation \
@@ -180,7 +183,7 @@ if manifests=$("$helm" template translation-jobs "$chart" --namespace translatio
         && "$venv/bin/python" - "$manifests" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(sys.argv[1]) if d]
-kinds = {d["kind"]: d for d in docs}
+kinds = {d["kind"]: d for d in docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "worker"}
 config = kinds["ConfigMap"]["data"]
 assert config.get("MANAGEMENT_ADDR", "").endswith(":9090"), config
 container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]

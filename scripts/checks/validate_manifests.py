@@ -95,9 +95,12 @@ def check_consistency(docs: list[dict], report: Report) -> None:
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    deployments = by_kind.get("Deployment", [])
+    def component(doc: dict) -> str:
+        return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+
+    deployments = [d for d in by_kind.get("Deployment", []) if component(d) == "server"]
     if len(deployments) != 1:
-        report.error("Deployment", f"expected exactly one, found {len(deployments)}")
+        report.error("Deployment", f"expected exactly one of component server, found {len(deployments)}")
         return
     deploy = deployments[0]
     what = name_of(deploy)
@@ -164,6 +167,27 @@ def check_consistency(docs: list[dict], report: Report) -> None:
         for endpoint in doc["spec"]["endpoints"]:
             if endpoint["port"] not in service_ports:
                 report.error(name_of(doc), f"endpoint port {endpoint['port']} is not a Service port")
+    for doc in by_kind.get("Deployment", []):
+        if doc is deploy:
+            continue
+        # The workers (values: worker): never the Service's endpoints, and
+        # they read the same Secret as the service for DATABASE_URL.
+        worker_pod = doc["spec"]["template"]
+        if component(doc) != "worker":
+            report.error(name_of(doc), "a Deployment that is neither the server nor the workers")
+        if matches(selector, worker_pod["metadata"].get("labels", {})):
+            report.error(name_of(doc), "its pods match the Deployment's selector (and the Service's)")
+        if not matches(doc["spec"]["selector"].get("matchLabels"), worker_pod["metadata"].get("labels", {})):
+            report.error(name_of(doc), "selector does not match its pod labels")
+        worker_env = {e["name"]: e for e in worker_pod["spec"]["containers"][0].get("env", [])}
+        secrets = {ref["secretRef"]["name"] for ref in container.get("envFrom", []) if "secretRef" in ref}
+        database = worker_env.get("DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+        if database.get("name") not in secrets:
+            report.error(name_of(doc), f"DATABASE_URL not from the service's Secret {sorted(secrets)}")
+        if worker_env.get("TRANSLATION_QUEUE", {}).get("value") != env.get("TRANSLATION_QUEUE", "translation_jobs"):
+            report.error(name_of(doc), "TRANSLATION_QUEUE differs from the service's")
+        else:
+            print(f"  ok   {name_of(doc)}: the service's Secret and queue, not behind the Service")
     for doc in by_kind.get("Job", []):
         # A Job pod the Service selected would get gRPC traffic while it runs.
         if matches(selector, doc["spec"]["template"]["metadata"].get("labels", {})):
