@@ -30,6 +30,17 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Upper bounds (seconds) of the reaper's pass durations: fine below 50 ms,
+/// where a pass on an indexed, bounded search belongs, with 20 ms among them
+/// (the bound BENCHMARKS.md holds a pass to at 10 million jobs).
+const REAPER_PASS_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn reaper_pass_histogram() -> Histogram {
+    Histogram::new(REAPER_PASS_BUCKETS)
+}
+
 /// Labels of a gRPC call. `service` and `method` come from the served
 /// descriptors (or are `unknown`), so the set of series stays bounded.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +76,11 @@ struct StatusLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabel {
+    part: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabel {
     lane: &'static str,
 }
@@ -91,6 +107,7 @@ pub struct Metrics {
     reaper_requeued: Counter,
     reaper_dead_lettered: Counter,
     reaper_republished: Counter,
+    reaper_pass: Family<PartLabel, Histogram, fn() -> Histogram>,
     dead_letters_trimmed: Counter,
     jobs_pruned: Family<StatusLabel, Counter>,
     grpc_calls: Family<GrpcLabels, Counter>,
@@ -196,6 +213,14 @@ impl Metrics {
             "PENDING jobs whose message was lost that the reaper queued again",
             reaper_republished.clone(),
         );
+        let reaper_pass: Family<PartLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(reaper_pass_histogram);
+        registry.register_with_unit(
+            "translation_reaper_pass_duration",
+            "Time one reaper pass took, by part (stuck: stuck jobs, lost: lost messages; lost_batch: one transaction of the search for lost messages, of which a pass runs up to ten), failed passes included",
+            Unit::Seconds,
+            reaper_pass.clone(),
+        );
         let dead_letters_trimmed = Counter::default();
         registry.register(
             "translation_dead_letters_trimmed",
@@ -249,6 +274,7 @@ impl Metrics {
             reaper_requeued,
             reaper_dead_lettered,
             reaper_republished,
+            reaper_pass,
             dead_letters_trimmed,
             jobs_pruned,
             grpc_calls,
@@ -296,6 +322,14 @@ impl Metrics {
         self.reaper_requeued.inc_by(requeued as u64);
         self.reaper_dead_lettered.inc_by(dead_lettered as u64);
         self.reaper_republished.inc_by(republished as u64);
+    }
+
+    /// One reaper pass of `part` (`stuck` or `lost`), or one batch of the
+    /// search for lost messages (`lost_batch`), took `took`.
+    pub fn reaper_pass(&self, part: &'static str, took: Duration) {
+        self.reaper_pass
+            .get_or_create(&PartLabel { part })
+            .observe(took.as_secs_f64());
     }
 
     /// Dead letters a trim pass dropped.
@@ -447,6 +481,7 @@ mod tests {
         metrics.job_created("NORMAL");
         metrics.relay_published(5, 1, Duration::from_millis(3));
         metrics.reaper_handed_out(1, 2, 3);
+        metrics.reaper_pass("lost", Duration::from_millis(15));
         metrics.jobs_pruned("COMPLETED", 1000);
         metrics.jobs_pruned("COMPLETED", 5);
         metrics.jobs_pruned("FAILED", 2);
@@ -462,6 +497,8 @@ mod tests {
             "translation_relay_batch_duration_seconds_bucket{le=\"0.005\"} 1\n",
             "translation_relay_batch_duration_seconds_bucket{le=\"0.0025\"} 0\n",
             "translation_reaper_requeued_total 1\n",
+            "translation_reaper_pass_duration_seconds_bucket{part=\"lost\",le=\"0.02\"} 1\n",
+            "translation_reaper_pass_duration_seconds_bucket{part=\"lost\",le=\"0.01\"} 0\n",
             "translation_reaper_dead_lettered_total 2\n",
             "translation_reaper_republished_total 3\n",
             "# TYPE translation_jobs_pruned_total counter\n",

@@ -257,7 +257,10 @@ impl Reaper {
     async fn requeue_lost(&self, all: &mut Rescued) -> Result<(), ReaperError> {
         let mut idle = 0usize;
         loop {
-            let searched = self.requeue_lost_once().await?;
+            let started = std::time::Instant::now();
+            let searched = self.requeue_lost_once().await;
+            self.metrics.reaper_pass("lost_batch", started.elapsed());
+            let searched = searched?;
             idle += searched.looked_at - searched.lost.len();
             let batch = Rescued {
                 republished: searched.lost,
@@ -396,8 +399,8 @@ impl Reaper {
             stuck_after = ?self.settings.policy.stuck_after,
             "reaper started"
         );
-        let stuck = self.run_part(&token, None, &beat, "stuck jobs", || self.reap_stuck_once());
-        let lost = self.run_part(&token, Some(&lost_data), &beat, "lost messages", || {
+        let stuck = self.run_part(&token, None, &beat, Part::STUCK, || self.reap_stuck_once());
+        let lost = self.run_part(&token, Some(&lost_data), &beat, Part::LOST, || {
             self.reap_lost_once()
         });
         tokio::join!(stuck, lost);
@@ -409,7 +412,7 @@ impl Reaper {
         token: &CancellationToken,
         woken_by: Option<&Wake>,
         beat: &Beat,
-        part: &'static str,
+        part: Part,
         pass: P,
     ) where
         P: Fn() -> F,
@@ -428,7 +431,11 @@ impl Reaper {
                 } => {}
             }
             beat.beat();
-            match pass().await {
+            let started = std::time::Instant::now();
+            let outcome = pass().await;
+            self.metrics.reaper_pass(part.label, started.elapsed());
+            let part = part.name;
+            match outcome {
                 Ok(rescued) if !rescued.is_empty() => {
                     tracing::info!(
                         part,
@@ -445,4 +452,23 @@ impl Reaper {
             }
         }
     }
+}
+
+/// One of the reaper's two loops: its name in the log and its label in
+/// `translation_reaper_pass_duration_seconds`.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    name: &'static str,
+    label: &'static str,
+}
+
+impl Part {
+    const STUCK: Part = Part {
+        name: "stuck jobs",
+        label: "stuck",
+    };
+    const LOST: Part = Part {
+        name: "lost messages",
+        label: "lost",
+    };
 }
