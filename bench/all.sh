@@ -2,7 +2,7 @@
 # Every figure of BENCHMARKS.md in one go, for a quiet machine: builds the
 # release binaries once, then runs each script with the parameters the
 # document quotes, and writes everything to bench-results-<time>.txt (not
-# committed). About 40 minutes.
+# committed). About 75 minutes.
 #
 #   bench/all.sh [OUTPUT_FILE]
 set -euo pipefail
@@ -29,4 +29,6 @@ run bench/latency.sh --rate 1300 --duration 15s
 run bench/outage.sh --rate 1200
 run bench/memory.sh --watchers 1000
 run bench/retention.sh
+run bench/notify.sh --rounds 5
+run bench/statements.sh
 echo "results in $out" >&2

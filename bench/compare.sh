@@ -44,5 +44,5 @@ for round in $(seq 1 "$rounds"); do
     "$(ratio "$grate" "$ptps"), $(ratio "$gp99" "$pp99")" "$(ratio "$hrate" "$ptps"), $(ratio "$hp99" "$pp99")" \
     "grpc $gerr http $hbad"
 done
-echo "concurrency=$concurrency subtasks=$subtasks duration=$duration rounds=$rounds profile=$PROFILE ${service_env[*]}"
+echo "concurrency=$concurrency subtasks=$subtasks duration=$duration rounds=$rounds profile=$PROFILE QUEUE_MAX_BACKLOG=$BENCH_QUEUE_MAX_BACKLOG ${service_env[*]}"
 redis_forget "$queue"

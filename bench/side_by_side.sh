@@ -85,6 +85,6 @@ for round in $(seq 1 "$rounds"); do
   printf '%-6s %-8s %10s %10s %12s %12s %s\n' "$round" old "$o_rate" "$o_p99" \
     "$(ratio "$o_rate" "$r_rate"), $(ratio "$o_p99" "$r_p99")" "1, 1" "$o_err"
 done
-echo "rounds=$rounds duration=$duration concurrency=$concurrency subtasks=$subtasks profile=$PROFILE (ratios: rate, p99)"
+echo "rounds=$rounds duration=$duration concurrency=$concurrency subtasks=$subtasks profile=$PROFILE QUEUE_MAX_BACKLOG=$BENCH_QUEUE_MAX_BACKLOG (ratios: rate, p99)"
 echo "service outbox left after the run: $(outbox_count $db)"
 redis_forget "$queue"

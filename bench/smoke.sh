@@ -23,4 +23,6 @@ check '^1 +1 ' bench/scale.sh --subtasks 1 --callers 1 --duration 2s --warmup 0s
 check '^push.lua, a retried batch' bench/push_script.sh --rounds 2
 check '^after +ratio' bench/drain_ab.sh --runs 1 --jobs 2000 before="$PWD/target/debug/translation-jobs" after="$PWD/target/debug/translation-jobs"
 check 'retention: [0-9]+ jobs deleted' bench/retention.sh --jobs 20000 --rounds 1 --duration 2s --drain-jobs 2000
-echo "benchmark smoke run ok: 10 scripts"
+check '^median ratio to off' bench/notify.sh --rounds 1 --duration 2s --jobs 500
+check '^  reaper pass \(lost\)' bench/statements.sh --jobs 20000 --outbox 2000 --calls 10
+echo "benchmark smoke run ok: 12 scripts"
