@@ -10,7 +10,7 @@
 # cc-debian12, pinned in the Dockerfile, where gcr.io answers; otherwise one made here:
 # `debootstrap --variant=minbase bookworm`, imported, and cut down to distroless's packages
 # by scripts/image/local.Containerfile. The debootstrap tree is made once and kept as the
-# image localhost/translation-jobs-debootstrap:bookworm (about a minute and 200 MB; the
+# image localhost/translation-jobs-debootstrap:bookworm (a minute or two, 200 MB; the
 # rest is the engine's layer cache); --refresh-base makes it again, with today's updates.
 # IMAGE_BASE=local or IMAGE_BASE=distroless forces one.
 #
@@ -60,7 +60,7 @@ values=helm/translation-jobs/values.yaml
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/translation-jobs
 
 binary="" smoke=0 compose=0 refresh=0
-usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --binary) binary=${2:?--binary needs a path}; shift 2 ;;
@@ -87,7 +87,7 @@ cannot() {
     exit 1
 }
 apt_install() {
-    command -v apt-get >/dev/null 2>&1 || cannot "$1 is missing and there is no apt-get to install it"
+    command -v apt-get >/dev/null 2>&1 || { echo "image.sh: $* missing, and no apt-get to install them" >&2; exit 1; }
     say "installing $* from Debian"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
@@ -108,6 +108,7 @@ case $engine in
             cannot "podman runs as root here (debootstrap needs root too), and sudo asks for a password"
         fi
         if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+            command -v apt-get >/dev/null 2>&1 || cannot "no podman (with runc) or docker engine, and no apt-get to install podman"
             apt_install podman runc
         fi
         as_root unshare --fork --pid --mount --uts --ipc --net true 2>/dev/null \
@@ -150,7 +151,7 @@ make_debootstrap_image() {
         local rootfs started quiet
         started=$(ms)
         rootfs=$(mktemp -d "${TMPDIR:-/tmp}/translation-jobs-rootfs.XXXXXX")
-        say "making the local base: debootstrap --variant=minbase bookworm (once; about a minute)"
+        say "making the local base: debootstrap --variant=minbase bookworm (once; a minute or two)"
         if ! as_root debootstrap --variant=minbase bookworm "$rootfs" \
                 "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$cache/debootstrap.log" 2>&1; then
             tail -n 20 "$cache/debootstrap.log" >&2
@@ -262,7 +263,8 @@ chart_value() {
             if (p == path) { gsub(/^"|"$/, "", value); print value; exit }
         }' "$values"
 }
-need() { local v; v=$(chart_value "$1"); [ -n "$v" ] || fail "no $1 in $values"; echo "$v"; }
+# (Called in $(...): a failure is said on stderr, or it would vanish into the variable.)
+need() { local v; v=$(chart_value "$1"); [ -n "$v" ] || fail "no $1 in $values" >&2; echo "$v"; }
 shutdown_timeout=$(need shutdownTimeoutSeconds)
 margin=$(need terminationGraceMarginSeconds)
 prestop=0
@@ -418,7 +420,7 @@ awk -v s="$stopped" -v l="$stop_limit" 'BEGIN { exit !(s < l) }' || fail "took $
 
 echo "image smoke: PASS $image (${image_id:0:12}, $size, $engine, base $base_kind):" \
      "uid 65532, no capabilities, read-only root, no shell;" \
-     "migrate ${migrate_args[*]} twice in ${migrate_time}s ($applied migrations);" \
+     "translation-jobs ${migrate_args[*]} twice in ${migrate_time}s ($applied migrations);" \
      "/readyz 200 after ${ready}s; gRPC health $liveness_service and $readiness_service SERVING, /healthz and /readyz 200;" \
      "create reached Redis in ${queued}s; SIGTERM: exit 0 in ${stopped}s (limit ${stop_limit}s of the ${grace}s grace period);" \
      "$(seconds_since "$smoke_started")s"
