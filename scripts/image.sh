@@ -190,7 +190,11 @@ case $base_kind in
     distroless) say "base: distroless cc-debian12, as pinned in the Dockerfile (gcr.io answers)" ;;
     local)
         make_debootstrap_image
-        build_local runtime-base "$runtime_base_image" || { echo "image.sh: building the runtime base failed" >&2; exit 1; }
+        # The updated Debian tree gets a name, so that no prune of dangling images takes it.
+        if ! build_local base "$stack_prefix-base:bookworm" || ! build_local runtime-base "$runtime_base_image"; then
+            echo "image.sh: building the local base failed" >&2
+            exit 1
+        fi
         base_args=(--build-arg "RUNTIME_BASE=$runtime_base_image")
         say "base: $runtime_base_image (made here; no registry needed)"
         ;;
@@ -454,7 +458,10 @@ else
 fi
 
 step="compose: images"
-if [ "$base_kind" != local ]; then make_debootstrap_image; fi
+if [ "$base_kind" != local ]; then
+    make_debootstrap_image
+    build_local base "$stack_prefix-base:bookworm" || fail "base"
+fi
 say "building the stack's local images (PostgreSQL, Redis, Python: Debian's packages)"
 build_local postgres "$stack_prefix-postgres:15" || fail "postgres"
 build_local redis "$stack_prefix-redis:7" || fail "redis"
