@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Helm chart (helm/translation-jobs) and the container files (Dockerfile,
-# .dockerignore, docker-compose.yml). Exits non-zero on any problem.
+# .dockerignore, docker-compose.yml, and scripts/image/'s local images and compose
+# override). Exits non-zero on any problem. (Building and running the image is
+# scripts/image.sh --smoke.)
 #
 # Installs its pinned tools into .tools/ (git-ignored) when they are missing, so it works
 # on a fresh Debian 12 machine with only the package registries:
@@ -19,7 +21,8 @@
 #      schema knows, against our own strict subset of its schema; and the cross-object
 #      rules (selectors, ports, grace period >= preStop + SHUTDOWN_TIMEOUT, ...);
 # then that the chart refuses bad values with a clear message, that NOTES.txt renders,
-# and the container files: hadolint, `docker compose config`, and
+# and the container files: hadolint (Dockerfile, scripts/image/local.Containerfile),
+# `docker compose config` (alone and with scripts/image/compose.local.yml), and
 # scripts/checks/check_container_files.py (YAML load plus repository-specific rules).
 #
 # Environment: TOOLS_DIR (default .tools), KUBE_VERSIONS (default "1.30.0 1.34.0":
@@ -245,12 +248,20 @@ else
 fi
 
 say "container files"
-if "$venv/bin/hadolint" Dockerfile; then echo "  ok   hadolint Dockerfile"; else fail "hadolint Dockerfile"; fi
+for file in Dockerfile scripts/image/local.Containerfile; do
+    if "$venv/bin/hadolint" "$file"; then echo "  ok   hadolint $file"; else fail "hadolint $file"; fi
+done
 if out=$("$compose" -f docker-compose.yml config --quiet 2>&1); then
     echo "  ok   docker compose config (compose-spec validation, no engine needed)"
 else
     printf '%s\n' "$out" | sed 's/^/  /'
     fail "docker compose config"
+fi
+if out=$("$compose" -f docker-compose.yml -f scripts/image/compose.local.yml config --quiet 2>&1); then
+    echo "  ok   docker compose config, with scripts/image/compose.local.yml (the local images)"
+else
+    printf '%s\n' "$out" | sed 's/^/  /'
+    fail "docker compose config with scripts/image/compose.local.yml"
 fi
 if out=$("$venv/bin/python" scripts/checks/check_container_files.py "$root" 2>&1); then
     printf '%s\n' "$out" | sed 's/^/  /'

@@ -63,8 +63,8 @@ redis_cli=(redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379/0}")
 # databases, the unique queue names of the Rust tests, the Python tests'
 # runs, the benchmarks, the fault suite. Only such names are compared, so
 # another user of the same servers never fails the run.
-db_prefixes="^(_sqlx_test|bench_|worker_e2e_|dashboard_test_|faults_)"
-key_pattern="(test_jobs_|worker_e2e_|dashboard_test_|bench_|faults_jobs)"
+db_prefixes="^(_sqlx_test|bench_|worker_e2e_|dashboard_test_|faults_|image_smoke_)"
+key_pattern="(test_jobs_|worker_e2e_|dashboard_test_|bench_|faults_jobs|image_smoke_)"
 leftovers() {
   {
     psql "$DATABASE_URL" -qtAc "SELECT 'database ' || datname FROM pg_database
@@ -85,6 +85,9 @@ section "fuzz: a short run of each target (scripts/fuzz.sh 20; a real run is min
 bash scripts/fuzz.sh 20
 section "benchmark smoke run (tiny runs on the debug build: the figures mean nothing)"
 bash bench/smoke.sh 2>&1 | sed "s/^/  smoke | /"
+section "container image: scripts/image.sh --smoke --compose (podman, read-only root, no capabilities)"
+# The debug binary the tests built, not a release build; the base is made once and cached.
+bash scripts/image.sh --smoke --compose --binary "${CARGO_TARGET_DIR:-target}/debug/translation-jobs"
 
 section "nothing left behind: the tests' own databases and Redis keys, before and after"
 left=$(comm -13 "$before" <(leftovers))

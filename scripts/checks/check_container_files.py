@@ -5,9 +5,14 @@ What hadolint and `docker-compose config` (run by scripts/check_chart.sh) do not
 know about this repository:
   - docker-compose.yml loads as YAML and has the services, images and settings the
     stack depends on (Redis with AOF and noeviction, health-gated depends_on, ...);
-  - every COPY source of the Dockerfile exists and is not excluded by .dockerignore;
-  - the runtime stage runs as a non-root user, exposes 50051 and 8000 and starts
-    the binary in exec form.
+  - every COPY source of the Dockerfile exists and is not excluded by .dockerignore
+    (but the `prebuilt` stage's, whose build context holds only the binary);
+  - base images are pinned by digest (ARG defaults expanded), the build stage is
+    rust:1-bookworm and the `runtime` stage's default base distroless cc-debian12;
+  - the `runtime` stage runs no command (its base may have no shell), runs as a
+    non-root user, exposes 50051 and 8000 and starts the binary in exec form;
+  - both ways to build end on it: the `prebuilt` stage and the last (default) stage
+    are FROM runtime and add only the binary, from the context or the build stage.
 
 Usage: check_container_files.py [REPO_ROOT]. Exits 1 on any problem.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -75,29 +81,76 @@ def check_dockerfile(root: Path) -> None:
         check(ignored(must, patterns), f".dockerignore does not exclude {must}/")
 
     instructions = dockerfile_instructions(dockerfile.read_text())
-    stages = [i for i, (name, _) in enumerate(instructions) if name == "FROM"]
+    # Global ARGs (before the first FROM) and their defaults, for FROM lines.
+    defaults: dict[str, str] = {}
+    for name, args in instructions:
+        if name == "FROM":
+            break
+        if name == "ARG":
+            key, _, value = args.partition("=")
+            defaults[key.strip()] = value.strip().strip('"')
+
+    def expand(text: str) -> str:
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), text)
+
+    # Stages: (alias, base as written, base expanded, instructions after FROM).
+    stages: list[tuple[str, str, str, list[tuple[str, str]]]] = []
+    for name, args in instructions:
+        if name == "FROM":
+            words = args.split()
+            alias = words[2].lower() if len(words) >= 3 and words[1].upper() == "AS" else ""
+            stages.append((alias, words[0], expand(words[0]), []))
+        elif stages:
+            stages[-1][3].append((name, args))
     check(len(stages) >= 2, "Dockerfile is not multi-stage")
-    check(instructions[0][0] == "FROM" and instructions[0][1].startswith("rust:1-bookworm"),
-          "build stage is not FROM rust:1-bookworm")
-    for index in stages:
-        image = instructions[index][1].split()[0]
-        check("@sha256:" in image, f"base image {image!r} is not pinned by digest")
-    final = instructions[stages[-1]:]
-    base = final[0][1]
+    if not stages:
+        return
+    check(stages[0][2].startswith("rust:1-bookworm"), "build stage is not FROM rust:1-bookworm")
+    aliases: set[str] = set()
+    for alias, written, base, _ in stages:
+        if base.lower() not in aliases and base != "scratch":
+            check("@sha256:" in base, f"base image {written!r} ({base}) is not pinned by digest")
+        if alias:
+            aliases.add(alias)
+
+    by_alias = {alias: (base, body) for alias, _, base, body in stages if alias}
+    if "runtime" not in by_alias:
+        problems.append("no stage named runtime (the one both ways to build end on)")
+        return
+    base, runtime = by_alias["runtime"]
     check(base.startswith("gcr.io/distroless/cc-debian12") or base.startswith("debian:bookworm-slim"),
           f"runtime stage base {base!r} is neither distroless cc-debian12 nor debian:bookworm-slim")
+    check(not any(name == "RUN" for name, _ in runtime),
+          "the runtime stage has a RUN: its base (distroless) has no shell")
 
-    for name, args in instructions:
-        if name == "COPY" and "--from=" not in args:
-            words = [w for w in args.split() if not w.startswith("--")]
-            for source in words[:-1]:
-                check((root / source).exists(), f"COPY source {source} does not exist")
-                check(not ignored(source, patterns), f"COPY source {source} is excluded by .dockerignore")
-        if name == "RUN" and "cargo build" in args:
-            check("--locked" in args and "--release" in args and "--bin translation-jobs" in args,
-                  f"cargo build without --release --locked --bin translation-jobs: {args}")
+    binary = "/usr/local/bin/translation-jobs"
+    def adds_only_the_binary(body: list[tuple[str, str]], source: str, label: str) -> None:
+        copies = [args for name, args in body if name == "COPY"]
+        others = [name for name, _ in body if name not in ("COPY",)]
+        check(len(copies) == 1 and copies[0].split() == source.split() + [binary] and not others,
+              f"{label} does not just COPY {source} {binary}: {body}")
+    prebuilt = [(alias, base, body) for alias, _, base, body in stages if alias == "prebuilt"]
+    check(len(prebuilt) == 1 and prebuilt[0][1] == "runtime", "no stage `prebuilt` FROM runtime")
+    if prebuilt:
+        adds_only_the_binary(prebuilt[0][2], "translation-jobs", "the prebuilt stage")
+    last_alias, _, last_base, last_body = stages[-1]
+    check(last_base == "runtime", f"the last (default) stage is FROM {last_base}, not runtime")
+    adds_only_the_binary(last_body, f"--from={stages[0][0] or 'build'} {binary}", "the last stage")
 
-    final_names = {name: args for name, args in final}
+    for alias, _, _, body in stages:
+        if alias == "prebuilt":
+            continue  # its build context is a directory holding only the binary
+        for name, args in body:
+            if name == "COPY" and "--from=" not in args:
+                words = [w for w in args.split() if not w.startswith("--")]
+                for source in words[:-1]:
+                    check((root / source).exists(), f"COPY source {source} does not exist")
+                    check(not ignored(source, patterns), f"COPY source {source} is excluded by .dockerignore")
+            if name == "RUN" and "cargo build" in args:
+                check("--locked" in args and "--release" in args and "--bin translation-jobs" in args,
+                      f"cargo build without --release --locked --bin translation-jobs: {args}")
+
+    final_names = {name: args for name, args in runtime}
     user = final_names.get("USER", "")
     check(user != "" and user.split(":")[0] not in ("0", "root"), "runtime stage does not set a non-root USER")
     exposed = set(final_names.get("EXPOSE", "").split())
@@ -107,7 +160,7 @@ def check_dockerfile(root: Path) -> None:
         entry = json.loads(entrypoint)
     except json.JSONDecodeError:
         entry = None
-    check(isinstance(entry, list) and entry and entry[0].endswith("/translation-jobs"),
+    check(isinstance(entry, list) and entry and entry[0] == binary,
           f"ENTRYPOINT is not the binary in exec form: {entrypoint!r}")
     check(final_names.get("CMD", "").replace(" ", "") == '["serve"]', 'CMD is not ["serve"]')
 
@@ -173,7 +226,7 @@ def main() -> int:
     if problems:
         print(f"FAIL container files: {len(problems)} problem(s)")
         return 1
-    print("PASS container files: Dockerfile stages, COPY sources vs .dockerignore, "
+    print("PASS container files: Dockerfile stages (runtime, prebuilt, default), COPY sources vs .dockerignore, "
           "runtime user/ports/entrypoint; docker-compose.yml services and settings")
     return 0
 
