@@ -49,6 +49,10 @@ CHROMIUM_FLAGS = [
 # relay (polls every 200 ms) or the reaper (every second, stuck after 2 s).
 BACKGROUND_DEADLINE_SECONDS = 30
 
+NOVEL_ID = "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e"
+# How long the page may take to show a change (it polls every 2 s).
+PAGE_TIMEOUT_MS = 15_000
+
 
 def poll(check: Callable[[], Any], what: str, deadline: float = BACKGROUND_DEADLINE_SECONDS) -> Any:
     """Calls `check` until it returns something truthy; fails after `deadline` seconds."""
