@@ -1,8 +1,8 @@
 """The dashboard at GET /, in a real headless browser: it loads, shows a job
 created in the test, and its redrive button moves a dead job back to PENDING
 with its message on its lane; the job it shows in detail follows its
-server-sent events, never polled. The header, the chart and the list's
-filter and paging are tested in test_health_and_list.py."""
+server-sent events, never polled. The newer parts of the page are tested in
+test_health_and_list.py and test_job_actions.py."""
 
 from __future__ import annotations
 

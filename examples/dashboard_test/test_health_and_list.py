@@ -46,6 +46,8 @@ def test_the_header_shows_readiness_postgresql_and_redis_as_the_service_reports_
     expect(page.locator("#redis-state")).to_contain_text("Redis up, maxmemory-policy ")
     for check in ("ready", "postgres", "redis"):
         expect(page.locator(f"#{check}-dot")).to_have_class("dot ok")
+    # Without authentication nothing asks for a token.
+    expect(page.locator("#token-form")).to_be_hidden()
 
     # The service as it answers with PostgreSQL and Redis gone: /readyz 503,
     # and /metrics reporting both down.
