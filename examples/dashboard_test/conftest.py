@@ -4,7 +4,9 @@ One service per session, run from the real binary against a database of its
 own (created on the PostgreSQL server named by DATABASE_URL, dropped at the
 end) and a queue name of its own on Redis (its keys deleted at the end). The
 reaper runs every second and gives a job up at its first rescue, so a test
-can make a real dead letter in seconds. A headless Chromium (Debian's
+can make a real dead letter in seconds. A second service, with
+authentication on (HS256 tokens), starts only for the tests that ask for it,
+with a database and a queue of its own. A headless Chromium (Debian's
 package, never a downloaded one) with a fresh profile loads the page.
 
 Environment:
@@ -16,10 +18,16 @@ Environment:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +56,14 @@ CHROMIUM_FLAGS = [
 # How long something the service does in the background may take here: the
 # relay (polls every 200 ms) or the reaper (every second, stuck after 2 s).
 BACKGROUND_DEADLINE_SECONDS = 30
+
+NOVEL_ID = "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e"
+# How long the page may take to show a change (it polls every 2 s).
+PAGE_TIMEOUT_MS = 15_000
+# The scope of a token that sees every job (src/api/auth.rs, ADMIN_SCOPE).
+ADMIN_SCOPE = "translation.admin"
+# How long the tests' tokens are valid.
+TOKEN_LIFETIME_SECONDS = 3600
 
 
 def poll(check: Callable[[], Any], what: str, deadline: float = BACKGROUND_DEADLINE_SECONDS) -> Any:
@@ -111,6 +127,74 @@ def service(database_url: str, queue: Queue, tmp_path_factory):
         JOB_MAX_ATTEMPTS="1",
     ) as svc:
         yield svc
+
+
+def hs256_token(secret: str, subject: str, admin: bool = False) -> str:
+    """A JWT signed with `secret` (HS256) for `subject`, with the admin scope
+    when asked."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = {"sub": subject, "exp": int(time.time()) + TOKEN_LIFETIME_SECONDS}
+    if admin:
+        claims["scope"] = ADMIN_SCOPE
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+class AuthService:
+    """The service with authentication on, and tokens for it."""
+
+    def __init__(self, service: Service, secret: str):
+        self.service = service
+        self.http_base = service.http_base
+        self.secret = secret
+
+    def token(self, subject: str, admin: bool = False) -> str:
+        return hs256_token(self.secret, subject, admin)
+
+    def request(self, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+        """One HTTP call with `token`; returns (status, decoded JSON body)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.http_base + path, data=data, method=method)
+        req.add_header("Authorization", "Bearer " + token)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=service_harness.HTTP_TIMEOUT_SECONDS) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def create_job(self, token: str, **fields: Any) -> dict:
+        status, job = self.request("POST", "/api/v1/translation-jobs", token, fields)
+        assert status == 201, f"create answered {status}: {job}"
+        return job
+
+    def get_job(self, job_id: str) -> dict:
+        status, job = self.request("GET", f"/api/v1/translation-jobs/{job_id}", self.token("test", admin=True))
+        assert status == 200, f"get answered {status}: {job}"
+        return job
+
+
+@pytest.fixture(scope="session")
+def auth_service(run_id: str, tmp_path_factory):
+    """The binary with HS256 bearer tokens required; its own database and
+    queue, dropped and deleted at the end."""
+    name = f"dashboard_test_{run_id}_auth"
+    client = redis.Redis.from_url(service_harness.redis_url(), decode_responses=True)
+    lanes = Queue(client, name)
+    secret = secrets.token_hex(32)
+    try:
+        with service_harness.fresh_database(name) as url, service_harness.running_service(
+            url, name, tmp_path_factory.mktemp("auth-service"), AUTH_JWT_SECRET=secret
+        ) as svc:
+            yield AuthService(svc, secret)
+    finally:
+        lanes.delete_all_keys()
+        client.close()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The dashboard at GET /, in a real headless browser: it loads, shows a job
 created in the test, and its redrive button moves a dead job back to PENDING
 with its message on its lane; the job it shows in detail follows its
-server-sent events, never polled."""
+server-sent events, never polled. The newer parts of the page are tested in
+test_health_and_list.py and test_job_actions.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,9 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from conftest import HERE, Queue, Service, poll
+from conftest import HERE, NOVEL_ID, PAGE_TIMEOUT_MS, Queue, Service, poll
 
-NOVEL_ID = "0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e"
-# How long the page may take to show a change (it polls every 2 s).
-PAGE_TIMEOUT_MS = 15_000
-# Longer than an EventSource waits before it opens an ended stream again
-# (3 s in Chromium).
+# Longer than the page waits before it opens an ended stream again (3 s).
 RECONNECT_WAIT_MS = 5_000
 
 
