@@ -12,6 +12,8 @@
 //! - [`api`]: gRPC and HTTP handlers: requests into domain types, errors into
 //!   statuses; bearer-token auth, TLS and the limits of the job service;
 //!   the layer that counts, times and traces every call.
+//! - [`proto`]: the code generated from `proto/translation/v1`, below both
+//!   `api` and `health`.
 //! - [`jobs`]: the domain: job and subtask types, the create statement
 //!   (job + subtasks + outbox row), queries.
 //! - [`outbox`]: the relay that moves committed outbox rows to Redis, and
@@ -56,6 +58,7 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;
+pub mod proto;
 pub mod queue;
 pub mod reaper;
 pub mod redact;

@@ -13,7 +13,6 @@ pub mod json;
 pub mod limits;
 pub mod observe;
 pub mod origin;
-pub mod proto;
 mod rest;
 pub mod scrape;
 pub mod shares;
@@ -24,6 +23,10 @@ pub mod wire;
 
 pub use grpc::{ApiDeps, JobsApi};
 pub use status::ApiError;
+
+/// The generated code of the API, where clients and tests have always
+/// found it (it lives in [`crate::proto`], below `api` and `health`).
+pub use crate::proto;
 
 /// The job service as the gRPC server serves it: every call checked by the
 /// auth interceptor, behind the limits (calls in flight, message size).
