@@ -21,24 +21,25 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::request::Parts,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, errors::ErrorKind};
 use serde::Deserialize;
 use tonic::{Request, Status, service::Interceptor};
 
 use super::{
-    JobsApi,
-    convert::{Caller, TRACEPARENT_METADATA, USER_ID_METADATA, traceparent_from, user_id_from},
-    rest::HttpError,
-    status::ApiError,
+    caller::{
+        ADMIN_SCOPE, Caller, Principal, TRACEPARENT_METADATA, USER_ID_METADATA, traceparent_from,
+        user_id_from,
+    },
+    status::{ApiError, AuthError, HttpError},
 };
 use crate::jobs::{Scope, fields::UserId};
 
 /// Metadata key (and HTTP header) of the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
-/// The scope that lets a caller see and change every job and call the
-/// admin-only RPCs (GetQueueStats, dead-letter redrive).
-pub const ADMIN_SCOPE: &str = "translation.admin";
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 /// Shortest HS256 secret accepted: 256 bits, as RFC 7518 section 3.2 asks.
@@ -49,21 +50,6 @@ pub const MIN_HS256_SECRET_LEN: usize = 32;
 /// thousands of calls a second would be cores. Only tokens that passed
 /// every check are remembered; when full, the memory is emptied.
 const VERIFIED_TOKENS: usize = 4096;
-
-/// Why a caller is not let in. The messages say what is wrong with the
-/// token, never what it contained.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing bearer token: send `authorization: Bearer <JWT>`")]
-    Missing,
-    #[error("the authorization value is not `Bearer <JWT>`")]
-    NotBearer,
-    #[error("invalid bearer token: {0}")]
-    Invalid(&'static str),
-    /// The token is good but does not allow the call.
-    #[error("{action} needs a token with the {ADMIN_SCOPE} scope")]
-    NotAdmin { action: &'static str },
-}
 
 /// The key settings, as read from the environment (see `config`). Has no
 /// `Debug`: it holds the HS256 secret.
@@ -125,18 +111,6 @@ impl PublicKey {
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
-}
-
-/// Who a checked call comes from; the interceptor puts it into the gRPC
-/// request's extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Stored as the `user_id` of the jobs it creates; scopes `request_id`.
-    pub user_id: UserId,
-    /// Whose jobs it sees and changes.
-    pub scope: Scope,
-    /// Whether it may call the admin-only RPCs.
-    pub admin: bool,
 }
 
 /// The claims the service reads; everything else in the token is ignored.
@@ -453,13 +427,19 @@ pub fn grpc_caller<T>(request: &Request<T>) -> Result<Caller, ApiError> {
     ))
 }
 
-/// The caller of an HTTP job route, checked like a gRPC call.
-impl FromRequestParts<JobsApi> for Caller {
+/// The caller of an HTTP job route, checked like a gRPC call. Any router
+/// state that yields the [`Authenticator`] will do (the job routes' is
+/// `JobsApi`).
+impl<S> FromRequestParts<S> for Caller
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, api: &JobsApi) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let headers = &parts.headers;
-        let principal = api.authenticator().authenticate(
+        let principal = Authenticator::from_ref(state).authenticate(
             headers.get(AUTHORIZATION).map(|v| v.as_bytes()),
             headers.get(USER_ID_METADATA).map(|v| v.as_bytes()),
         )?;

@@ -1,9 +1,27 @@
 //! The edge: gRPC and HTTP handlers, request parsing, who is calling
 //! (`auth`), TLS and the limits of the listeners, cross-site writes
-//! (`origin`), and the mapping of errors to statuses. Calls into `jobs`; nothing below calls back up.
+//! (`origin`), and the mapping of errors to statuses. Calls into `jobs`;
+//! nothing below calls back up.
+//!
+//! The modules form a one-way stack; each uses only the layers below its
+//! own, bottom first:
+//! - leaves, using nothing of `api`: `caller` (who is calling), `shares`,
+//!   `wire`, `body`, `tls`, `transport`, `scrape`, `observe`;
+//! - `http_server` (uses `tls`);
+//! - `convert`: requests into domain types, results into responses;
+//! - `json`: the JSON shapes;
+//! - `status`: every error a call can fail with, the refusals of `auth`
+//!   and `limits` included, and its one mapping to a gRPC status and an
+//!   HTTP answer;
+//! - `limits`, `origin`;
+//! - `auth`: the token checks, the interceptor, the `Caller` extractor;
+//! - `grpc`: [`JobsApi`], the job service;
+//! - `events`, then `rest`: the HTTP routes;
+//! - `http`: the routers.
 
 pub mod auth;
 pub mod body;
+pub mod caller;
 pub mod convert;
 pub mod events;
 mod grpc;
