@@ -120,6 +120,14 @@ fn filter_fingerprint(query: &ListQuery) -> u32 {
 
 /// Failed attempts a job may be given at most (`max_attempts`).
 pub const MAX_MAX_ATTEMPTS: i32 = 100;
+/// A job's `max_attempts` when the create request has none
+/// (`JOB_MAX_ATTEMPTS`'s default): a failure is final.
+pub const DEFAULT_JOB_MAX_ATTEMPTS: i32 = 1;
+/// The furthest ahead a `schedule_time` may be (`MAX_SCHEDULE_AHEAD`'s
+/// default).
+pub const DEFAULT_MAX_SCHEDULE_AHEAD: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// What a create request is checked against and completed with.
 #[derive(Debug, Clone, Copy)]
 pub struct CreateRules {
@@ -136,8 +144,8 @@ impl CreateRules {
     pub fn with_max_subtasks(max_subtasks: usize) -> Self {
         Self {
             max_subtasks,
-            default_max_attempts: crate::config::DEFAULT_JOB_MAX_ATTEMPTS,
-            max_schedule_ahead: crate::config::DEFAULT_MAX_SCHEDULE_AHEAD,
+            default_max_attempts: DEFAULT_JOB_MAX_ATTEMPTS,
+            max_schedule_ahead: DEFAULT_MAX_SCHEDULE_AHEAD,
         }
     }
 }
