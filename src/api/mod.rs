@@ -4,7 +4,7 @@
 //! nothing below calls back up.
 //!
 //! The modules form a one-way stack; each uses only the layers below its
-//! own, bottom first:
+//! own (`tests/layout.rs` checks it), bottom first:
 //! - leaves, using nothing of `api`: `caller` (who is calling), `shares`,
 //!   `wire`, `body`, `tls`, `transport`, `scrape`, `observe`;
 //! - `http_server` (uses `tls`);
