@@ -7,8 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use super::proto;
-use crate::jobs::fields::FieldError;
+use crate::{jobs::fields::FieldError, proto};
 
 /// A JSON object and where it sits in the request (`""`, `subtasks[2].`).
 pub struct Object<'a> {

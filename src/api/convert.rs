@@ -4,17 +4,19 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::{auth::Principal, proto};
 use uuid::Uuid;
 
-use crate::jobs::{
-    Job, JobStatus, JobView, ListQuery, NewJob, Priority, Redriven, Scope, SubtaskCounts,
-    fields::{
-        FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, TraceParent,
-        UserId, parse_uuid,
+use crate::{
+    jobs::{
+        Job, JobStatus, JobView, ListQuery, NewJob, Priority, Redriven, SubtaskCounts,
+        fields::{
+            FieldError, LanguageTag, OutputDir, RequestId, SubtaskSpec, TargetFields, UserId,
+            parse_uuid,
+        },
     },
+    proto,
+    stats::QueueStats,
 };
-use crate::stats::QueueStats;
 
 /// Page size when the caller gives none.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -116,61 +118,15 @@ fn filter_fingerprint(query: &ListQuery) -> u32 {
     })
 }
 
-/// Metadata key naming the caller on whose behalf a job is created, when
-/// the service runs without authentication (set by the gateway in front of
-/// it); scopes request_id idempotency. With authentication on, the token's
-/// `sub` takes its place and this key is ignored.
-pub const USER_ID_METADATA: &str = "x-user-id";
-
-/// Who is calling (checked by `auth`), and their trace context.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// Stored as the `user_id` of the jobs it creates; scopes request_id.
-    pub user_id: UserId,
-    /// Whose jobs the caller sees and changes.
-    pub scope: Scope,
-    /// Whether the caller may call the admin-only RPCs.
-    pub admin: bool,
-    pub traceparent: Option<TraceParent>,
-}
-
-impl Caller {
-    pub fn new(principal: Principal, traceparent: Option<TraceParent>) -> Self {
-        Self {
-            user_id: principal.user_id,
-            scope: principal.scope,
-            admin: principal.admin,
-            traceparent,
-        }
-    }
-}
-
-/// Metadata key (and HTTP header) of the caller's W3C trace context.
-pub const TRACEPARENT_METADATA: &str = "traceparent";
-
-/// The caller's trace context from the raw header value, if well formed.
-pub fn traceparent_from(value: Option<&[u8]>) -> Option<TraceParent> {
-    value
-        .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .and_then(TraceParent::parse)
-}
-
-/// The caller's user id from the raw header value, gRPC or HTTP.
-pub fn user_id_from(value: Option<&[u8]>) -> Result<UserId, FieldError> {
-    match value {
-        None => Ok(UserId::default()),
-        Some(bytes) => {
-            let raw = std::str::from_utf8(bytes)
-                .ok()
-                .filter(|raw| raw.is_ascii())
-                .ok_or_else(|| FieldError::new(USER_ID_METADATA, "must be printable ASCII"))?;
-            UserId::parse(USER_ID_METADATA, raw)
-        }
-    }
-}
-
 /// Failed attempts a job may be given at most (`max_attempts`).
 pub const MAX_MAX_ATTEMPTS: i32 = 100;
+/// A job's `max_attempts` when the create request has none
+/// (`JOB_MAX_ATTEMPTS`'s default): a failure is final.
+pub const DEFAULT_JOB_MAX_ATTEMPTS: i32 = 1;
+/// The furthest ahead a `schedule_time` may be (`MAX_SCHEDULE_AHEAD`'s
+/// default).
+pub const DEFAULT_MAX_SCHEDULE_AHEAD: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// What a create request is checked against and completed with.
 #[derive(Debug, Clone, Copy)]
@@ -188,8 +144,8 @@ impl CreateRules {
     pub fn with_max_subtasks(max_subtasks: usize) -> Self {
         Self {
             max_subtasks,
-            default_max_attempts: crate::config::DEFAULT_JOB_MAX_ATTEMPTS,
-            max_schedule_ahead: crate::config::DEFAULT_MAX_SCHEDULE_AHEAD,
+            default_max_attempts: DEFAULT_JOB_MAX_ATTEMPTS,
+            max_schedule_ahead: DEFAULT_MAX_SCHEDULE_AHEAD,
         }
     }
 }

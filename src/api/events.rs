@@ -30,13 +30,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
-    JobsApi, convert,
-    convert::Caller,
+    caller::Caller,
+    convert,
+    grpc::JobsApi,
     json::{ErrorJson, job_json},
-    proto,
-    rest::HttpError,
-    status::ApiError,
+    status::{ApiError, HttpError},
 };
+use crate::proto;
 
 /// Longest a stream stays silent: then it sends a comment line, so that
 /// proxies and load balancers do not close it as idle (most wait 30 to

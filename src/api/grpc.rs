@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use axum::extract::FromRef;
+
 use super::{
     auth::{self, Authenticator, require_admin},
-    convert::{self, Caller},
+    caller::Caller,
+    convert,
     limits::Limits,
-    proto::{self, translation_job_service_server::TranslationJobService},
     shares::Share,
     status::ApiError,
     wire::WireLimits,
@@ -25,6 +27,7 @@ use crate::{
     health::Health,
     jobs::{self, JobView, fields::FieldError, fields::parse_uuid},
     metrics::Metrics,
+    proto::{self, translation_job_service_server::TranslationJobService},
     queue::RedisQueue,
     stats,
     wake::Wake,
@@ -65,6 +68,14 @@ pub struct ApiDeps {
 #[derive(Clone)]
 pub struct JobsApi {
     deps: Arc<ApiDeps>,
+}
+
+/// The HTTP job routes check their callers with the service's
+/// [`Authenticator`] (see `auth`'s extractor of `Caller`).
+impl FromRef<JobsApi> for Authenticator {
+    fn from_ref(api: &JobsApi) -> Self {
+        api.authenticator().clone()
+    }
 }
 
 impl JobsApi {

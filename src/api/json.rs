@@ -6,8 +6,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use super::proto;
-use crate::{jobs::Redriven, stats::QueueStats};
+use super::convert::job_to_proto;
+use crate::{jobs::Redriven, proto, stats::QueueStats};
 
 #[derive(Debug, Serialize)]
 pub struct SubtaskJson {
@@ -214,7 +214,7 @@ impl From<&Redriven> for RedriveJson {
             jobs: redriven
                 .jobs
                 .iter()
-                .map(|job| job_json(&super::convert::job_to_proto(job)))
+                .map(|job| job_json(&job_to_proto(job)))
                 .collect(),
             stale_count: redriven.stale,
             unreadable_count: redriven.unreadable,

@@ -31,9 +31,8 @@ use tonic::{
 };
 
 use super::{
-    rest::HttpError,
     shares::{Share, Shares},
-    status::ApiError,
+    status::{ApiError, HttpError, LimitError},
     wire::{self, WireLimits},
 };
 use crate::jobs::fields::FieldError;
@@ -85,31 +84,6 @@ impl Default for LimitSettings {
             max_watch_streams_per_caller: DEFAULT_MAX_WATCH_STREAMS_PER_CALLER,
         }
     }
-}
-
-/// A limit the service is at.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LimitError {
-    #[error(
-        "the service is handling its limit of {limit} calls at once (MAX_CONCURRENT_REQUESTS); \
-         retry shortly"
-    )]
-    Calls { limit: usize },
-    #[error(
-        "the service holds its limit of {limit} open watch streams (MAX_WATCH_STREAMS); \
-         retry later or poll GetTranslationJob"
-    )]
-    WatchStreams { limit: usize },
-    #[error(
-        "this caller has its limit of {limit} calls in flight \
-         (MAX_CONCURRENT_REQUESTS_PER_CALLER); retry shortly"
-    )]
-    CallerCalls { limit: usize },
-    #[error(
-        "this caller holds its limit of {limit} open watch streams \
-         (MAX_WATCH_STREAMS_PER_CALLER); close one, or poll GetTranslationJob"
-    )]
-    CallerWatchStreams { limit: usize },
 }
 
 /// The limits and the permits they hand out. Cheap to clone; clones share

@@ -22,9 +22,9 @@ use tower_service::Service;
 use tracing::{Instrument as _, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::proto::FILE_DESCRIPTOR_SET;
 use crate::{
     metrics::{GrpcLabels, HttpLabels, Metrics},
+    proto::FILE_DESCRIPTOR_SET,
     telemetry::traces,
 };
 

@@ -19,7 +19,7 @@ use axum::{
 };
 use tonic::Code;
 
-use super::rest::HttpError;
+use super::status::HttpError;
 
 /// Why a request was refused, or `None` when it may go on.
 pub fn cross_site_refusal(method: &Method, headers: &HeaderMap) -> Option<String> {

@@ -13,21 +13,25 @@ use axum::{
         Path, Query, State,
         rejection::{BytesRejection, PathRejection, QueryRejection},
     },
-    http::{HeaderValue, Method, StatusCode, Uri, header::WWW_AUTHENTICATE},
+    http::{Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tonic::Code;
 
 use super::{
-    JobsApi, body,
-    convert::Caller,
+    body,
+    caller::Caller,
     events::job_events,
-    json::{ErrorJson, JobPageJson, RedriveJson, StatsJson, job_json},
-    proto,
-    status::ApiError,
+    grpc::JobsApi,
+    json::{JobPageJson, RedriveJson, StatsJson, job_json},
+    status::HttpError,
+    wire,
 };
-use crate::jobs::{JobView, fields::FieldError};
+use crate::{
+    jobs::{JobView, fields::FieldError},
+    proto,
+};
 
 /// The JSON routes under `/api/v1`.
 pub fn routes() -> Router<JobsApi> {
@@ -39,98 +43,6 @@ pub fn routes() -> Router<JobsApi> {
         .route("/api/v1/translation-jobs/{id}/retry", post(retry))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/dead-letters/redrive", post(redrive))
-}
-
-/// An error answered as `{"error": {"code", "message"}}`, with the HTTP
-/// status matching its gRPC code (or an explicit one, for 404, 405 and 413
-/// answers that have no gRPC twin).
-pub struct HttpError {
-    status: StatusCode,
-    code: Code,
-    message: String,
-}
-
-impl HttpError {
-    pub fn new(status: StatusCode, code: Code, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<tonic::Status> for HttpError {
-    fn from(status: tonic::Status) -> Self {
-        let http = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
-            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(http, status.code(), status.message())
-    }
-}
-
-impl From<ApiError> for HttpError {
-    fn from(error: ApiError) -> Self {
-        tonic::Status::from(error).into()
-    }
-}
-
-impl From<FieldError> for HttpError {
-    fn from(error: FieldError) -> Self {
-        ApiError::from(error).into()
-    }
-}
-
-impl From<BytesRejection> for HttpError {
-    fn from(rejection: BytesRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            // gRPC answers an over-size message with RESOURCE_EXHAUSTED.
-            Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::ResourceExhausted,
-                format!("body: {}", rejection.body_text()),
-            )
-        } else {
-            FieldError::new("body", rejection.body_text()).into()
-        }
-    }
-}
-
-impl From<PathRejection> for HttpError {
-    fn from(rejection: PathRejection) -> Self {
-        FieldError::new("id", rejection.body_text()).into()
-    }
-}
-
-impl From<QueryRejection> for HttpError {
-    fn from(rejection: QueryRejection) -> Self {
-        FieldError::new("query", rejection.body_text()).into()
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
-        let mut response =
-            (self.status, Json(ErrorJson::new(self.code, self.message))).into_response();
-        if unauthorized {
-            // RFC 6750: how to authenticate, and that this token was bad.
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"translation-jobs\""),
-            );
-        }
-        response
-    }
 }
 
 /// Any path no route serves: the same JSON error body as every other error.
@@ -164,7 +76,7 @@ async fn create(
     let body = body?;
     // Counted before anything is built: an array of a million entries is
     // refused without becoming a million values.
-    super::wire::check_create_json(&body, &api.wire_limits())?;
+    wire::check_create_json(&body, &api.wire_limits())?;
     let request = body::create_request(&body)?;
     let (job, replayed) = api.create(caller, request).await?;
     let status = if replayed {

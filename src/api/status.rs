@@ -1,18 +1,71 @@
-//! The one mapping from domain errors to gRPC statuses.
+//! The one mapping from errors to answers: every error a call can fail
+//! with ([`ApiError`], including the refusals of `auth` and `limits`), its
+//! gRPC status, and that status's HTTP twin ([`HttpError`], with the JSON
+//! error body).
 //!
 //! Callers get a code they can act on and a message that names what is
 //! wrong with their request; internal causes are logged with their chain and
 //! never sent to the caller.
+//!
+//! The refusals [`AuthError`] and [`LimitError`] are defined here, beside
+//! their mapping, so that `status` sits below `auth` and `limits`: they
+//! answer with these, and nothing here reaches up to them.
 
+use axum::{
+    Json,
+    extract::rejection::{BytesRejection, PathRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header::WWW_AUTHENTICATE},
+    response::{IntoResponse, Response},
+};
 use tonic::{Code, Status};
 
-use super::{auth::AuthError, limits::LimitError};
+use super::{caller::ADMIN_SCOPE, json::ErrorJson};
 use crate::{
     backlog::BacklogError,
     jobs::{JobError, RedriveError, fields::FieldError},
     queue::QueueError,
     telemetry::error_chain,
 };
+
+/// Why a caller is not let in. The messages say what is wrong with the
+/// token, never what it contained.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token: send `authorization: Bearer <JWT>`")]
+    Missing,
+    #[error("the authorization value is not `Bearer <JWT>`")]
+    NotBearer,
+    #[error("invalid bearer token: {0}")]
+    Invalid(&'static str),
+    /// The token is good but does not allow the call.
+    #[error("{action} needs a token with the {ADMIN_SCOPE} scope")]
+    NotAdmin { action: &'static str },
+}
+
+/// A limit the service is at (see `limits`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error(
+        "the service is handling its limit of {limit} calls at once (MAX_CONCURRENT_REQUESTS); \
+         retry shortly"
+    )]
+    Calls { limit: usize },
+    #[error(
+        "the service holds its limit of {limit} open watch streams (MAX_WATCH_STREAMS); \
+         retry later or poll GetTranslationJob"
+    )]
+    WatchStreams { limit: usize },
+    #[error(
+        "this caller has its limit of {limit} calls in flight \
+         (MAX_CONCURRENT_REQUESTS_PER_CALLER); retry shortly"
+    )]
+    CallerCalls { limit: usize },
+    #[error(
+        "this caller holds its limit of {limit} open watch streams \
+         (MAX_WATCH_STREAMS_PER_CALLER); close one, or poll GetTranslationJob"
+    )]
+    CallerWatchStreams { limit: usize },
+}
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +184,98 @@ fn database_code(error: &sqlx::Error) -> Code {
             _ => Code::Internal,
         },
         _ => Code::Internal,
+    }
+}
+
+/// An error answered as `{"error": {"code", "message"}}`, with the HTTP
+/// status matching its gRPC code (or an explicit one, for 404, 405 and 413
+/// answers that have no gRPC twin).
+pub struct HttpError {
+    status: StatusCode,
+    code: Code,
+    message: String,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, code: Code, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tonic::Status> for HttpError {
+    fn from(status: tonic::Status) -> Self {
+        let http = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(http, status.code(), status.message())
+    }
+}
+
+impl From<ApiError> for HttpError {
+    fn from(error: ApiError) -> Self {
+        tonic::Status::from(error).into()
+    }
+}
+
+impl From<FieldError> for HttpError {
+    fn from(error: FieldError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<BytesRejection> for HttpError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // gRPC answers an over-size message with RESOURCE_EXHAUSTED.
+            Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::ResourceExhausted,
+                format!("body: {}", rejection.body_text()),
+            )
+        } else {
+            FieldError::new("body", rejection.body_text()).into()
+        }
+    }
+}
+
+impl From<PathRejection> for HttpError {
+    fn from(rejection: PathRejection) -> Self {
+        FieldError::new("id", rejection.body_text()).into()
+    }
+}
+
+impl From<QueryRejection> for HttpError {
+    fn from(rejection: QueryRejection) -> Self {
+        FieldError::new("query", rejection.body_text()).into()
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut response =
+            (self.status, Json(ErrorJson::new(self.code, self.message))).into_response();
+        if unauthorized {
+            // RFC 6750: how to authenticate, and that this token was bad.
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"translation-jobs\""),
+            );
+        }
+        response
     }
 }
 

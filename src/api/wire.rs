@@ -297,7 +297,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::api::proto::{
+    use crate::proto::{
         BatchCreateTranslationJobsRequest, CreateTranslationJobRequest, SubtaskSpec,
     };
 

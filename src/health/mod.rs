@@ -21,7 +21,7 @@ pub use probe::run_database_probe;
 pub use service::{HealthService, Statuses};
 use tokio::sync::watch;
 
-use crate::{api::proto::translation_job_service_server::SERVICE_NAME, supervise::Liveness};
+use crate::{proto::translation_job_service_server::SERVICE_NAME, supervise::Liveness};
 
 /// The health name of liveness.
 pub const LIVENESS: &str = "liveness";

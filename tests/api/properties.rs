@@ -11,6 +11,7 @@ use serde::Deserialize;
 use translation_jobs::{
     api::{
         auth::{AuthSettings, Authenticator},
+        caller,
         convert::{self, MAX_PAGE_SIZE},
         proto::{self, CreateTranslationJobRequest, ListTranslationJobsRequest},
     },
@@ -614,7 +615,7 @@ proptest! {
                 prop_assert!(checked.is_err(), "a random token was accepted: {bearer:?}");
             }
         }
-        let _ = convert::user_id_from(user_id.as_deref());
+        let _ = caller::user_id_from(user_id.as_deref());
         let _ = TraceParent::parse(&traceparent);
     }
 
