@@ -24,5 +24,5 @@ check '^push.lua, a retried batch' bench/push_script.sh --rounds 2
 check '^after +ratio' bench/drain_ab.sh --runs 1 --jobs 2000 before="$PWD/target/debug/translation-jobs" after="$PWD/target/debug/translation-jobs"
 check 'retention: [0-9]+ jobs deleted' bench/retention.sh --jobs 20000 --rounds 1 --duration 2s --drain-jobs 2000
 check '^median ratio to off' bench/notify.sh --rounds 1 --duration 2s --jobs 500
-check '^  reaper pass \(lost\)' bench/statements.sh --jobs 20000 --outbox 2000 --calls 10
+check '^  reaper pass \(lost\)' env BENCH_REAPER_SECONDS=2 bench/statements.sh --jobs 20000 --outbox 2000 --calls 10
 echo "benchmark smoke run ok: 12 scripts"
