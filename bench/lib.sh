@@ -24,6 +24,10 @@ bench_setup() {
 bench_cleanup() {
   if [ -n "${SERVICE_PID:-}" ]; then kill -TERM "$SERVICE_PID" 2>/dev/null; wait "$SERVICE_PID" 2>/dev/null || true; fi
   if [ -n "${REDIS_PID:-}" ]; then kill -KILL "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null || true; fi
+  # The queues the service ran on, on the shared Redis, once no service
+  # is left to write them again (a forget while it ran could lose the race
+  # with its last write of the queue's state).
+  for queue in ${BENCH_QUEUES:-}; do redis_forget "$queue"; done
   if [ -n "${BENCH_SERVICE_LOG:-}" ] && [ -f "${BENCH_TMP:-/nonexistent}/service.log" ]; then
     cp "$BENCH_TMP/service.log" "$BENCH_SERVICE_LOG"
   fi
@@ -79,6 +83,7 @@ BENCH_QUEUE_MAX_BACKLOG=${BENCH_QUEUE_MAX_BACKLOG:-100000000}
 # waiting until it is ready. Sets GRPC_PORT, HTTP_PORT, SERVICE_PID.
 start_service() {
   local db=$1 queue=$2 redis_url=$3; shift 3
+  BENCH_QUEUES="${BENCH_QUEUES:-} $queue"
   GRPC_PORT=$(free_port) HTTP_PORT=$(free_port)
   env DATABASE_URL="$BASE_URL/$db" REDIS_URL="$redis_url" TRANSLATION_QUEUE="$queue" \
     GRPC_ADDR="127.0.0.1:$GRPC_PORT" HTTP_ADDR="127.0.0.1:$HTTP_PORT" \

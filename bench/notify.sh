@@ -63,7 +63,6 @@ UPDATE translation_subtasks SET status = 'IN_PROGRESS', attempts = attempts + 1,
 SQL
 
 start_service "$db" "$queue" redis://127.0.0.1:6379/0 RELAY_ENABLED=false REAPER_ENABLED=false
-trap 'redis_forget $queue; bench_cleanup' EXIT
 
 # The heartbeat trigger's function as the migrations leave it (it looks
 # for watchers of a worker's change), and the same without that look: the

@@ -36,7 +36,6 @@ export BENCH_SKIP_BUILD=1
 db=bench_statements queue=bench_statements_jobs
 url="$BASE_URL/$db"
 sql() { psql "$url" -v ON_ERROR_STOP=1 -qtA "$@"; }
-trap 'redis_forget $queue; bench_cleanup' EXIT
 started=$(now_ms)
 if [ "$reuse" = 1 ] && psql "$url" -qtAc "SELECT 1" >/dev/null 2>&1; then
   echo "reusing $db" >&2

@@ -309,6 +309,16 @@ async fn job_pages(conn: &mut PgConnection) -> i64 {
     .unwrap()
 }
 
+/// A pool of one connection: [`job_pages`] counts what the session that
+/// ran the pages read.
+async fn one_connection(database: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(database)
+        .await
+        .unwrap()
+}
+
 /// Each combination of filters runs more often than the five executions
 /// after which PostgreSQL may switch a prepared statement to a generic
 /// plan, with common values and large pages (which make a generic plan
@@ -323,11 +333,7 @@ async fn every_list_filter_combination_reads_through_its_index_after_many_execut
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(database)
-        .await
-        .unwrap();
+    let pool = one_connection(database).await;
     fill_jobs(&pool).await;
 
     for combination in Combination::all() {
@@ -382,12 +388,7 @@ async fn a_first_page_finds_its_filter_through_its_index_when_the_newest_jobs_do
     _: PgPoolOptions,
     database: PgConnectOptions,
 ) {
-    // One connection: the page counts are those of the session that read.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(database)
-        .await
-        .unwrap();
+    let pool = one_connection(database).await;
     const FINISHED: i64 = 30_000;
     const NEWEST: i64 = 10_000;
     sqlx::query(
