@@ -13,16 +13,20 @@
 //! `ReaperSettings::lost_scan` jobs that needed nothing (jobs it hands out
 //! again do not count: after Redis lost its data every batch is work), or
 //! at the last PENDING job, from where the next pass starts over. One
-//! replica searches at a time (see `jobs::take_lost_sweep`). With more
-//! PENDING jobs than `lost_scan`, a lost message is found within
-//! `PENDING / lost_scan` passes instead of one.
+//! replica searches at a time (see `jobs::take_lost_sweep`). By default a
+//! pass is one transaction of 500 jobs (`REAPER_LOST_SCAN`), so that no pass
+//! holds the search long; while the search has not reached the last PENDING
+//! job, the next pass comes after a tenth of the interval
+//! (`LOST_PASSES_PER_INTERVAL`), so that the search still looks at 5,000
+//! jobs per interval, and a lost message among a million PENDING jobs is
+//! found within 200 intervals at most.
 
 use std::{
     collections::HashSet,
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -41,6 +45,11 @@ use crate::{
     telemetry::error_chain,
     wake::Wake,
 };
+
+/// Passes of the search for lost messages per `ReaperSettings::interval`
+/// while the search has not reached the last PENDING job (one per interval
+/// once it has).
+pub const LOST_PASSES_PER_INTERVAL: u32 = 10;
 
 /// Settings of the reaper.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +117,9 @@ pub struct Reaper {
     /// The generation whose lost dead letters this reaper has restored (0:
     /// none yet, so the first pass after start looks).
     dead_letters_of: AtomicI64,
+    /// The last pass of the search for lost messages stopped before the last
+    /// PENDING job: the next one comes sooner.
+    search_goes_on: AtomicBool,
 }
 
 impl Reaper {
@@ -121,6 +133,7 @@ impl Reaper {
             metrics: Arc::new(Metrics::default()),
             held: Mutex::new(HashSet::new()),
             dead_letters_of: AtomicI64::new(0),
+            search_goes_on: AtomicBool::new(false),
         }
     }
 
@@ -256,6 +269,7 @@ impl Reaper {
     /// the last PENDING job, or found another replica searching.
     async fn requeue_lost(&self, all: &mut Rescued) -> Result<(), ReaperError> {
         let mut idle = 0usize;
+        self.search_goes_on.store(false, Ordering::Release);
         loop {
             let started = std::time::Instant::now();
             let searched = self.requeue_lost_once().await;
@@ -268,7 +282,11 @@ impl Reaper {
             };
             self.handed_out(&batch);
             all.extend(batch);
-            if searched.stop || idle >= self.settings.lost_scan {
+            if searched.stop {
+                return Ok(());
+            }
+            if idle >= self.settings.lost_scan {
+                self.search_goes_on.store(true, Ordering::Release);
                 return Ok(());
             }
         }
@@ -399,22 +417,46 @@ impl Reaper {
             stuck_after = ?self.settings.policy.stuck_after,
             "reaper started"
         );
-        let stuck = self.run_part(&token, None, &beat, Part::STUCK, || self.reap_stuck_once());
-        let lost = self.run_part(&token, Some(&lost_data), &beat, Part::LOST, || {
-            self.reap_lost_once()
-        });
+        let interval = self.settings.interval;
+        let sooner = interval / LOST_PASSES_PER_INTERVAL;
+        let stuck = self.run_part(
+            &token,
+            None,
+            &beat,
+            Part::STUCK,
+            || interval,
+            || self.reap_stuck_once(),
+        );
+        let lost = self.run_part(
+            &token,
+            Some(&lost_data),
+            &beat,
+            Part::LOST,
+            || {
+                if self.search_goes_on.load(Ordering::Acquire) {
+                    sooner
+                } else {
+                    interval
+                }
+            },
+            || self.reap_lost_once(),
+        );
         tokio::join!(stuck, lost);
         tracing::info!("reaper stopped");
     }
 
-    async fn run_part<'a, F, P>(
+    /// One part's loop: waits `wait()` (or until `woken_by`), runs `pass`,
+    /// times and logs it.
+    async fn run_part<'a, F, P, W>(
         &'a self,
         token: &CancellationToken,
         woken_by: Option<&Wake>,
         beat: &Beat,
         part: Part,
+        wait: W,
         pass: P,
     ) where
+        W: Fn() -> Duration,
         P: Fn() -> F,
         F: Future<Output = Result<Rescued, ReaperError>> + 'a,
     {
@@ -422,7 +464,7 @@ impl Reaper {
             beat.beat();
             tokio::select! {
                 () = token.cancelled() => break,
-                () = tokio::time::sleep(self.settings.interval) => {}
+                () = tokio::time::sleep(wait()) => {}
                 () = async {
                     match woken_by {
                         Some(wake) => wake.woken().await,

@@ -13,9 +13,9 @@ pub const DEFAULT_STUCK_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const REAPER_BATCH_SIZE: i64 = 500;
 /// PENDING jobs a pass of the search for lost messages looks at without
 /// handing them out again before it stops until the next pass (see
-/// `reaper`): with fewer PENDING jobs than this, each pass looks at all of
-/// them.
-pub const REAPER_LOST_SCAN: usize = 5_000;
+/// `reaper`): one batch, so that a pass is one short transaction; with
+/// fewer PENDING jobs than this, each pass looks at all of them.
+pub const REAPER_LOST_SCAN: usize = 500;
 
 /// `REAPER_INTERVAL` and `STUCK_JOB_TIMEOUT`.
 pub(super) fn reaper_settings(

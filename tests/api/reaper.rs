@@ -303,13 +303,15 @@ async fn a_transaction_holding_a_stuck_job_s_subtask_stops_neither_other_rescues
     cleanup(&redis, &name).await;
 }
 
-/// Where the lost-message search of `queue` stands.
+/// Where the lost-message search of `queue` stands (`None` also before its
+/// first pass).
 async fn lost_search_after(pool: &PgPool, queue: &str) -> Option<Uuid> {
     sqlx::query_scalar("SELECT after_id FROM lost_message_sweeps WHERE queue = $1")
         .bind(queue)
-        .fetch_one(pool)
+        .fetch_optional(pool)
         .await
         .unwrap()
+        .flatten()
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -376,5 +378,72 @@ async fn the_lost_message_search_reads_a_bounded_window_per_pass_and_goes_on_whe
     assert_eq!(lost_search_after(&pool, name.as_str()).await, None);
     assert!(pass().await.is_empty());
     assert_eq!(lost_search_after(&pool, name.as_str()).await, Some(ids[3]));
+    cleanup(&redis, &name).await;
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn the_lost_message_search_comes_back_sooner_until_it_reaches_the_last_pending_job(
+    pool: PgPool,
+) {
+    let name = unique_queue();
+    let queue = queue(&name).await;
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(new_job(&pool).await);
+    }
+    relay(&pool, queue.clone(), 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+
+    // Passes of one batch of 2 jobs; 10 s between passes once the search
+    // has reached the last PENDING job, a tenth of that before.
+    let interval = Duration::from_secs(10);
+    let reaper = Reaper::new(
+        pool.clone(),
+        queue.clone(),
+        ReaperSettings {
+            interval,
+            policy: RescuePolicy {
+                batch_size: 2,
+                ..POLICY
+            },
+            lost_scan: 2,
+            call_timeout: Duration::from_secs(2),
+        },
+        Wake::new(),
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    let lost_data = Wake::new();
+    let running = tokio::spawn(reaper.run(
+        token.clone(),
+        lost_data.clone(),
+        translation_jobs::supervise::Beat::detached("reaper"),
+    ));
+    // The first pass at once; the next three (ids 2-3, 4-5, then the end)
+    // within a second each, long before the interval.
+    lost_data.wake();
+    let started = tokio::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&None) || seen.len() < 2 {
+        assert!(
+            started.elapsed() < interval - Duration::from_secs(2),
+            "the search went no further than {seen:?}"
+        );
+        let at = lost_search_after(&pool, name.as_str()).await;
+        if seen.last() != Some(&at) && (at.is_some() || !seen.is_empty()) {
+            seen.push(at);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, [Some(ids[1]), Some(ids[3]), Some(ids[5]), None]);
+
+    // At the end the search waits the whole interval again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(lost_search_after(&pool, name.as_str()).await, None);
+    token.cancel();
+    running.await.unwrap();
     cleanup(&redis, &name).await;
 }
