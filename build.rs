@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.protoc_executable(protoc);
 
     tonic_prost_build::configure()
+        // Prost's codec with smaller per-call buffers (see src/codec.rs).
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("translation_descriptor.bin"))
         .compile_with_config(
             config,

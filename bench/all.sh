@@ -27,7 +27,7 @@ run bench/cpu_split.sh CREATE_GROUP_MAX_JOBS=1
 run bench/scale.sh
 run bench/latency.sh --rate 1300 --duration 15s
 run bench/outage.sh --rate 1200
-run bench/memory.sh --watchers 1000
+run bench/memory.sh --watchers 10000
 run bench/retention.sh
 run bench/notify.sh --rounds 5
 run bench/statements.sh

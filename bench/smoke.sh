@@ -16,7 +16,7 @@ check() {
 check '^1 ' bench/compare.sh --duration 2s --rounds 1 --warmup 0s --concurrency 4
 check '^ratio' bench/drain.sh --jobs 2000 --batch 500
 check 'lost=0 duplicated=0' bench/outage.sh --rate 100 --before 2 --down 2 --after 3
-check 'with_50_watch_streams' bench/memory.sh --watchers 50 --duration 2s
+check 'per_stream_kib' bench/memory.sh --watchers 50 --duration 2s
 check '^commit_to_redis_ms' bench/latency.sh --rate 100 --duration 2s
 check '^1 +grpc' bench/side_by_side.sh --rounds 1 --duration 2s --concurrency 4
 check '^1 +1 ' bench/scale.sh --subtasks 1 --callers 1 --duration 2s --warmup 0s

@@ -15,7 +15,8 @@
 //!   the layer that counts, times and traces every call. A one-way stack
 //!   of modules (see its doc).
 //! - [`proto`]: the code generated from `proto/translation/v1`, below both
-//!   `api` and `health`.
+//!   `api` and `health`; [`codec`]: its gRPC codec (prost with small
+//!   buffers).
 //! - [`jobs`]: the domain: job and subtask types, the create statement
 //!   (job + subtasks + outbox row), queries.
 //! - [`outbox`]: the relay that moves committed outbox rows to Redis, and
@@ -55,6 +56,7 @@ pub mod api;
 pub mod app;
 pub mod backlog;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod db;
 pub mod dead_lane;

@@ -26,13 +26,11 @@ use axum::{
     },
 };
 use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     caller::Caller,
     convert,
-    grpc::JobsApi,
+    grpc::{JobsApi, WatchStates},
     json::{ErrorJson, job_json},
     status::{ApiError, HttpError},
 };
@@ -71,12 +69,12 @@ pub async fn job_events(
     Ok(event_stream(states))
 }
 
-/// The response: one event per state until the channel closes.
-fn event_stream(states: mpsc::Receiver<Result<proto::TranslationJob, ApiError>>) -> Response {
+/// The response: one event per state until the stream ends.
+fn event_stream(states: WatchStates<Result<proto::TranslationJob, ApiError>>) -> Response {
     // `id:` is the event's number within this stream. A client that
     // reconnects gets the job's current state first in any case, so the
     // Last-Event-ID header it sends back is not needed and not read.
-    let events = ReceiverStream::new(states)
+    let events = states
         .enumerate()
         .map(|(index, state)| Ok::<_, Infallible>(event(index + 1, state)));
     let mut response = Sse::new(events)
@@ -116,6 +114,7 @@ mod tests {
         http::header::{CACHE_CONTROL, CONTENT_TYPE},
     };
     use http_body_util::BodyExt as _;
+    use tokio::sync::mpsc;
 
     use super::*;
 
@@ -141,14 +140,14 @@ mod tests {
     #[tokio::test]
     async fn each_state_is_a_named_numbered_event_of_the_http_json_and_the_end_ends_the_body() {
         let (sender, receiver) = mpsc::channel(4);
-        let response = event_stream(receiver);
+        let response = event_stream(WatchStates::new(receiver));
         assert_eq!(response.headers()[CONTENT_TYPE], "text/event-stream");
         assert_eq!(response.headers()[CACHE_CONTROL], "no-cache");
         assert_eq!(response.headers()["x-accel-buffering"], "no");
         let mut body = response.into_body();
 
         for status in [proto::JobStatus::Pending, proto::JobStatus::Completed] {
-            sender.send(Ok(job(status))).await.unwrap();
+            sender.send(Box::new(Ok(job(status)))).await.unwrap();
         }
         drop(sender);
         for (number, status) in [
@@ -171,10 +170,10 @@ mod tests {
     #[tokio::test]
     async fn a_failed_read_is_an_error_event_with_the_apis_error_json() {
         let (sender, receiver) = mpsc::channel(4);
-        let mut body = event_stream(receiver).into_body();
+        let mut body = event_stream(WatchStates::new(receiver)).into_body();
         sender
-            .send(Err(ApiError::Job(crate::jobs::JobError::Database(
-                sqlx::Error::PoolTimedOut,
+            .send(Box::new(Err(ApiError::Job(
+                crate::jobs::JobError::Database(sqlx::Error::PoolTimedOut),
             ))))
             .await
             .unwrap();
@@ -191,7 +190,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_stream_sends_a_keep_alive_comment_every_interval() {
         let (sender, receiver) = mpsc::channel(4);
-        let mut body = event_stream(receiver).into_body();
+        let mut body = event_stream(WatchStates::new(receiver)).into_body();
         let started = tokio::time::Instant::now();
         for _ in 0..2 {
             assert_eq!(next(&mut body).await.unwrap(), ": keep-alive\n\n");
@@ -201,7 +200,7 @@ mod tests {
         // An event puts the next comment off by a whole interval.
         tokio::time::sleep(Duration::from_secs(5)).await;
         sender
-            .send(Ok(job(proto::JobStatus::Pending)))
+            .send(Box::new(Ok(job(proto::JobStatus::Pending))))
             .await
             .unwrap();
         assert!(next(&mut body).await.unwrap().starts_with("event: job\n"));

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -36,6 +36,31 @@ use crate::{
 
 /// Messages buffered per watch stream before the sender waits for the client.
 const WATCH_BUFFER: usize = 4;
+
+/// A watch stream's states, as its client receives them. The channel
+/// carries them boxed: tokio's channel allocates its slots 32 at a time
+/// whatever its bound, and 32 slots of a job (368 bytes) were 12 KiB per
+/// stream; 32 boxes are 256 bytes.
+pub struct WatchStates<T>(ReceiverStream<Box<T>>);
+
+impl<T> WatchStates<T> {
+    pub fn new(receiver: mpsc::Receiver<Box<T>>) -> Self {
+        Self(ReceiverStream::new(receiver))
+    }
+}
+
+impl<T> Stream for WatchStates<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|state| state.map(|boxed| *boxed))
+    }
+}
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -356,7 +381,7 @@ impl JobsApi {
         caller: &Caller,
         id: &str,
         item: impl Fn(Result<&jobs::Job, jobs::JobError>) -> T + Send + 'static,
-    ) -> Result<mpsc::Receiver<T>, ApiError> {
+    ) -> Result<WatchStates<T>, ApiError> {
         let id: Uuid = parse_uuid("id", id)?;
         self.ensure_ready()?;
         // Held until the stream ends: a place among all streams, and the
@@ -382,7 +407,7 @@ impl JobsApi {
             job,
             snapshot,
             sender,
-            item,
+            move |state| Box::new(item(state)),
             self.deps.shutdown.clone(),
         );
         tokio::spawn(async move {
@@ -390,7 +415,7 @@ impl JobsApi {
             drop(stream_permit);
             drop(caller_share);
         });
-        Ok(receiver)
+        Ok(WatchStates::new(receiver))
     }
 }
 
@@ -455,7 +480,7 @@ impl TranslationJobService for JobsApi {
         }))
     }
 
-    type WatchTranslationJobStream = ReceiverStream<Result<proto::TranslationJob, Status>>;
+    type WatchTranslationJobStream = WatchStates<Result<proto::TranslationJob, Status>>;
 
     async fn watch_translation_job(
         &self,
@@ -469,7 +494,7 @@ impl TranslationJobService for JobsApi {
                     .map_err(|error| Status::from(ApiError::from(error)))
             })
             .await?;
-        Ok(Response::new(ReceiverStream::new(states)))
+        Ok(Response::new(states))
     }
 
     async fn get_queue_stats(

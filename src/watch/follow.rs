@@ -111,7 +111,9 @@ pub async fn follow<T: Send + 'static>(
         if read_again != ReadAgain::No {
             let read = tokio::select! {
                 () = shutdown.cancelled() => return,
-                read = hub.read_again(job_id, read_again == ReadAgain::Staggered) => read,
+                // Boxed: the read is rare, and held inline its state would
+                // be most of every idle stream's task.
+                read = Box::pin(hub.read_again(job_id, read_again == ReadAgain::Staggered)) => read,
             };
             read_again = ReadAgain::No;
             match read {

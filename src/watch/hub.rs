@@ -43,8 +43,10 @@ use crate::{
     wake::Wake,
 };
 
-/// Changes buffered per watched job for its slowest stream.
-pub const EVENTS_PER_JOB: usize = 256;
+/// Changes buffered per watched job for its slowest stream. The channel
+/// allocates them all when the job's first stream opens (about 48 bytes
+/// each); a stream that falls further behind reads its job once instead.
+pub const EVENTS_PER_JOB: usize = 16;
 
 /// Streams reading their job again at the same time, at most: the rest wait
 /// for a place.

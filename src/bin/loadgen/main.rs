@@ -9,6 +9,7 @@
 //!         [--warmup 2s] [--subtasks 10] [--rate 0] [--priority-mix high:0,normal:100,low:0]
 //!         [--consume] [--redis-url redis://127.0.0.1:6379/0] [--queue translation_jobs]
 //! loadgen --watchers 1000 [--duration 10s]     # hold 1,000 WatchTranslationJob streams
+//! loadgen --sse-watchers 1000 [--http-addr 127.0.0.1:8000]   # the same as server-sent events
 //! ```
 //! `--rate 0` (the default) is a closed loop: each of the `--concurrency`
 //! callers sends its next request as soon as the previous one answered. A
@@ -27,6 +28,8 @@
 //! it, so the consumer's own losses are never counted as the service's:
 //! `missing` is an acknowledged job with no message anywhere in Redis.
 
+mod watch;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     process::ExitCode,
@@ -41,8 +44,8 @@ use fred::{
 use tonic::transport::{Channel, Endpoint};
 use translation_jobs::{
     api::proto::{
-        BatchCreateTranslationJobsRequest, CreateTranslationJobRequest, Priority, SubtaskSpec,
-        WatchTranslationJobRequest, translation_job_service_client::TranslationJobServiceClient,
+        CreateTranslationJobRequest, Priority, SubtaskSpec,
+        translation_job_service_client::TranslationJobServiceClient,
     },
     queue::{JobMessage, Lane, QueueName},
 };
@@ -72,6 +75,11 @@ struct Options {
     /// Watch mode: open this many WatchTranslationJob streams (one per new
     /// job) and hold them for `--duration`, instead of creating load.
     watchers: usize,
+    /// The same over HTTP: this many event streams
+    /// (`GET /api/v1/translation-jobs/{id}/events`, one connection each).
+    sse_watchers: usize,
+    /// Where the HTTP API listens, for `--sse-watchers`.
+    http_addr: String,
 }
 
 fn parse_mix(raw: &str) -> Result<[u32; 3], String> {
@@ -110,6 +118,8 @@ fn parse_args() -> Result<Options, String> {
         redis_url: "redis://127.0.0.1:6379/0".into(),
         queue: "translation_jobs".into(),
         watchers: 0,
+        sse_watchers: 0,
+        http_addr: "127.0.0.1:8000".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -135,6 +145,10 @@ fn parse_args() -> Result<Options, String> {
             "--watchers" => {
                 options.watchers = value()?.parse().map_err(|_| "--watchers: a number")?
             }
+            "--sse-watchers" => {
+                options.sse_watchers = value()?.parse().map_err(|_| "--sse-watchers: a number")?
+            }
+            "--http-addr" => options.http_addr = value()?,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -346,55 +360,6 @@ async fn settle(options: &Options, tally: &Mutex<Tally>) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates `--watchers` jobs, opens one WatchTranslationJob stream on each,
-/// reads the first message of every stream and holds them all open for
-/// `--duration` (so an outside script can measure the service's memory).
-async fn watch_mode(
-    clients: &[TranslationJobServiceClient<Channel>],
-    options: &Options,
-) -> ExitCode {
-    let mut ids = Vec::with_capacity(options.watchers);
-    let mut client = clients[0].clone();
-    while ids.len() < options.watchers {
-        let count = (options.watchers - ids.len()).min(100);
-        let batch = BatchCreateTranslationJobsRequest {
-            requests: (0..count).map(|_| request(1, options.mix)).collect(),
-        };
-        match client.batch_create_translation_jobs(batch).await {
-            Ok(created) => ids.extend(created.into_inner().jobs.into_iter().map(|j| j.id)),
-            Err(status) => {
-                eprintln!("loadgen: cannot create the watched jobs: {status}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let mut streams = Vec::with_capacity(ids.len());
-    for (index, id) in ids.into_iter().enumerate() {
-        let mut client = clients[index % clients.len()].clone();
-        match client
-            .watch_translation_job(WatchTranslationJobRequest { id })
-            .await
-        {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                if let Err(status) = stream.message().await {
-                    eprintln!("loadgen: watch stream failed: {status}");
-                    return ExitCode::FAILURE;
-                }
-                streams.push(stream);
-            }
-            Err(status) => {
-                eprintln!("loadgen: cannot watch: {status}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    println!("watchers={} open", streams.len());
-    tokio::time::sleep(options.duration).await;
-    println!("watchers={} held {:?}", streams.len(), options.duration);
-    ExitCode::SUCCESS
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -426,7 +391,8 @@ async fn main() -> ExitCode {
             eprintln!(
                 "usage: loadgen [--addr URL] [--concurrency N] [--duration 10s] [--warmup 2s] \
                  [--subtasks N] [--rate PER_SECOND] [--priority-mix high:W,normal:W,low:W] \
-                 [--consume] [--redis-url URL] [--queue NAME] [--watchers N]"
+                 [--consume] [--redis-url URL] [--queue NAME] [--watchers N] \
+                 [--sse-watchers N] [--http-addr HOST:PORT]"
             );
             return ExitCode::from(2);
         }
@@ -450,8 +416,8 @@ async fn main() -> ExitCode {
         }
     }
 
-    if options.watchers > 0 {
-        return watch_mode(&clients, &options).await;
+    if options.watchers > 0 || options.sse_watchers > 0 {
+        return watch::run(&clients, &options).await;
     }
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -465,6 +431,7 @@ async fn main() -> ExitCode {
             addr: String::new(),
             redis_url: options.redis_url.clone(),
             queue: options.queue.clone(),
+            http_addr: String::new(),
             ..options
         };
         Some(tokio::spawn(async move {
