@@ -21,6 +21,9 @@ run bench/side_by_side.sh --rounds 3 --duration 15s
 for claimers in 1 2 1 2 1 2; do
   run bench/drain.sh --jobs 100000 RELAY_CLAIMERS=$claimers
 done
+for scheduled in 0 20000 0 20000 0 20000; do
+  run bench/drain.sh --jobs 100000 --scheduled $scheduled
+done
 run bench/push_script.sh
 run bench/cpu_split.sh
 run bench/cpu_split.sh CREATE_GROUP_MAX_JOBS=1

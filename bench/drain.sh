@@ -4,16 +4,21 @@
 # the raw limits measured in the same run (pgbench claiming and deleting
 # outbox batches on one connection; redis-benchmark RPUSH pipelined).
 #
-#   bench/drain.sh [--jobs 100000] [--batch 500] [VAR=VALUE ...]   # extra settings for the service
+#   bench/drain.sh [--jobs 100000] [--batch 500] [--scheduled 0] [VAR=VALUE ...]   # extra settings for the service
+#
+# --scheduled N adds N jobs scheduled an hour ahead, their messages waiting
+# in outbox_scheduled, as scheduled jobs and retries leave them: the drain
+# must neither push them early nor slow down for them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-jobs=100000 batch=500 service_env=()
+jobs=100000 batch=500 scheduled=0 service_env=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --jobs) jobs=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
+    --scheduled) scheduled=$2; shift 2 ;;
     *=*) service_env+=("$1"); shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
@@ -45,8 +50,28 @@ fill_outbox() {
     FROM jobs;
     ANALYZE translation_jobs, outbox;"
 }
+# Jobs scheduled an hour ahead, written as a create with schedule_time
+# writes them: the job PENDING with scheduled_at, its message in
+# outbox_scheduled until it is due.
+fill_scheduled() {
+  [ "$scheduled" -gt 0 ] || return 0
+  psql "$BASE_URL/$db" -qc "
+    WITH jobs AS (
+      INSERT INTO translation_jobs (id, novel_id, source_lang, target_lang, target_fields, output_dir, scheduled_at)
+      SELECT gen_random_uuid(), gen_random_uuid(), 'ja', 'en', '{title,description,content}',
+             'outputs/novel_jobs', now() + interval '1 hour'
+      FROM generate_series(1, $scheduled)
+      RETURNING id, scheduled_at)
+    INSERT INTO outbox_scheduled (job_id, attempt, lane, payload, due_at)
+    SELECT id, 1, 'normal', '{\"job_id\":\"' || id || '\",\"target_lang\":\"en\",\"source_lang\":\"ja\",\"output_dir\":\"outputs/novel_jobs\",\"target_fields\":[\"title\",\"description\",\"content\"]}', scheduled_at
+    FROM jobs;
+    ANALYZE translation_jobs, outbox_scheduled;"
+}
+scheduled_count() { psql "$BASE_URL/$db" -qtAc "SELECT count(*) FROM outbox_scheduled"; }
 fill_outbox
+fill_scheduled
 [ "$(outbox_count $db)" -eq "$jobs" ] || { echo "backlog not written" >&2; exit 1; }
+[ "$(scheduled_count)" -eq "$scheduled" ] || { echo "scheduled jobs not written" >&2; exit 1; }
 
 # CPU time (ns) of a process, and of the database's server processes that
 # serve this benchmark's database (the service's pool).
@@ -90,6 +115,7 @@ service_cpu=$(( $(cpu_ns "$SERVICE_PID") - s_before )) redis_cpu=$(( $(cpu_ns "$
 pg_cpu=0
 for pid in $(pg_pids); do pg_cpu=$(( pg_cpu + $(cpu_ns "$pid") - ${pg_before[$pid]:-0} )); done
 length=$(redis-cli -p "$redis_port" llen "$queue")
+still_scheduled=$(scheduled_count)
 # Redis memory of the push-once markers this drain left (4 bytes per message
 # plus one key per 1024 outbox ids, each living RELAY_MARKER_TTL).
 marker_bytes=$(redis-cli -p "$redis_port" --scan --pattern "{$queue}:pushed:*" \
@@ -117,7 +143,7 @@ push_rate=$(redis-benchmark -p "$redis_port" -t rpush -n $((jobs * 5)) -P "$batc
 
 limit=$(( claim_rate < push_rate ? claim_rate : push_rate ))
 ratio=$(awk -v a="$rate" -v b="$limit" 'BEGIN {printf "%.2f", a/b}')
-echo "jobs=$jobs batch=$batch pushed=$length"
+echo "jobs=$jobs batch=$batch pushed=$length scheduled=$scheduled still_scheduled=$still_scheduled"
 echo "drain_ms=$drain_ms (from Redis start) steady_ms=$steady_ms (from the first push) rate=$rate/s"
 echo "raw_claim_delete=$claim_rate/s raw_rpush_pipelined=$push_rate/s limit=$limit/s"
 echo "ratio drain/limit=$ratio"
@@ -129,3 +155,4 @@ awk -v s="$service_cpu" -v p="$pg_cpu" -v r="$redis_cpu" -v n="$jobs" -v ms="$dr
 }'
 echo "push_markers bytes=$marker_bytes per_message=$(awk -v b="$marker_bytes" -v n="$jobs" 'BEGIN {printf "%.2f", b / n}')"
 [ "$length" -eq "$jobs" ] || { echo "expected $jobs messages, found $length" >&2; exit 1; }
+[ "$still_scheduled" -eq "$scheduled" ] || { echo "scheduled messages were pushed early: $still_scheduled of $scheduled left" >&2; exit 1; }

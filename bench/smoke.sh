@@ -14,7 +14,7 @@ check() {
   grep -qE "$expect" "$out" || { echo "smoke: '$*' printed no line matching $expect" >&2; exit 1; }
 }
 check '^1 ' bench/compare.sh --duration 2s --rounds 1 --warmup 0s --concurrency 4
-check '^ratio' bench/drain.sh --jobs 2000 --batch 500
+check '^ratio' bench/drain.sh --jobs 2000 --batch 500 --scheduled 100
 check 'lost=0 duplicated=0' bench/outage.sh --rate 100 --before 2 --down 2 --after 3
 check 'per_stream_kib' bench/memory.sh --watchers 50 --duration 2s
 check '^commit_to_redis_ms' bench/latency.sh --rate 100 --duration 2s
