@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Resident memory of the service: each kind of watch stream on a fresh
 # process (WatchTranslationJob streams over gRPC, then server-sent event
-# streams over HTTP/1.1, one connection each), so that no allocator
+# streams over HTTP/1.1, one connection each, then server-sent event
+# streams over HTTP/2, sharing connections as gRPC's do), so that no allocator
 # high-water mark from earlier work hides the streams' own cost; then, on
 # another fresh process, idle, at peak load and after it.
 #
@@ -33,15 +34,15 @@ db=bench_memory queue=bench_memory_jobs
 fresh_db $db
 redis_forget "$queue"
 
-# streams KIND FLAG: a fresh service, its RSS idle, then with $watchers
-# streams of one kind open; prints one line.
+# streams KIND LOADGEN_FLAGS...: a fresh service, its RSS idle, then with
+# $watchers streams of one kind open; prints one line.
 streams() {
-  local kind=$1 flag=$2 idle with
+  local kind=$1 idle with; shift
   start_service $db $queue redis://127.0.0.1:6379/0 MAX_WATCH_STREAMS=$((watchers + 1))
   sleep 1
   idle=$(rss_mib "$SERVICE_PID" VmRSS)
   "$BIN_DIR/loadgen" --addr "http://127.0.0.1:$GRPC_PORT" --http-addr "127.0.0.1:$HTTP_PORT" --concurrency 256 \
-    "$flag" "$watchers" --duration "$duration" >"$BENCH_TMP/watch.out" 2>&1 &
+    "$@" --duration "$duration" >"$BENCH_TMP/watch.out" 2>&1 &
   local watch=$!
   for _ in $(seq 1 1800); do
     grep -q open "$BENCH_TMP/watch.out" 2>/dev/null && break
@@ -57,8 +58,9 @@ streams() {
   awk -v k="$kind" -v n="$watchers" -v i="$idle" -v w="$with" 'BEGIN {
     printf "%s: rss_mib fresh=%.1f with_%d_streams=%.1f per_stream_kib=%.1f\n", k, i, n, w, (w - i) * 1024 / n }'
 }
-streams grpc --watchers
-streams sse --sse-watchers
+streams grpc --watchers "$watchers"
+streams sse_http1 --sse-watchers "$watchers"
+streams sse_http2 --sse-watchers "$watchers" --sse-http2
 
 start_service $db $queue redis://127.0.0.1:6379/0
 idle=$(rss_mib "$SERVICE_PID" VmRSS)

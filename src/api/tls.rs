@@ -79,7 +79,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerTlsConfig, TlsError
 
 /// The HTTPS listener's acceptor: the same certificate and key as the gRPC
 /// listener, and the same client-CA policy (a certificate signed by the CA
-/// required when one is given). HTTP/1.1 only.
+/// required when one is given); ALPN offers HTTP/2 and HTTP/1.1.
 pub fn https_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chain: Vec<CertificateDer<'static>> =
@@ -122,7 +122,9 @@ pub fn https_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(TlsError::Https)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first: browsers then share one connection among their event
+    // streams (see `http_server`).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -1,6 +1,7 @@
-//! The gRPC listener's HTTP/2 limits, fixed rather than left to tonic's
-//! defaults (which advertise no bound on concurrent streams, and with it
-//! lose hyper's protection against rapid resets).
+//! The HTTP/2 limits of both listeners (gRPC, and the HTTP listener's
+//! HTTP/2 connections, see `http_server`), fixed rather than left to
+//! tonic's defaults (which advertise no bound on concurrent streams, and
+//! with it lose hyper's protection against rapid resets).
 
 use std::time::Duration;
 

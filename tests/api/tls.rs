@@ -349,3 +349,65 @@ async fn unreadable_or_mismatched_certificates_stop_start_up_naming_the_variable
         assert!(!error.contains("hunter2"), "{error}");
     }
 }
+
+/// The protocol the HTTPS listener agrees by ALPN when the client offers
+/// `offered`.
+async fn negotiated(addr: std::net::SocketAddr, ca: &Ca, offered: &[&[u8]]) -> Option<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// Browsers offer HTTP/2 by ALPN and get it (their event streams then share
+/// a connection); a client offering only HTTP/1.1 gets that.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn https_agrees_http2_with_clients_that_offer_it(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let cert = write(dir.path(), "server.crt", &cert);
+    let key = write(dir.path(), "server.key", &key);
+    let app = TestApp::spawn_with(
+        database,
+        SHARED_REDIS_URL,
+        unique_queue(),
+        &[
+            ("GRPC_TLS_CERT", &cert),
+            ("GRPC_TLS_KEY", &key),
+            ("MANAGEMENT_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    app.wait_ready().await;
+    assert_eq!(
+        negotiated(app.http_addr, &ca, &[b"h2", b"http/1.1"]).await,
+        Some(b"h2".to_vec())
+    );
+    assert_eq!(
+        negotiated(app.http_addr, &ca, &[b"http/1.1"]).await,
+        Some(b"http/1.1".to_vec())
+    );
+    // HTTP/1.1 requests without ALPN still work (see the test above).
+    let (status, _) = https_request(app.http_addr, &ca, None, "GET", "/readyz")
+        .await
+        .expect("HTTPS");
+    assert_eq!(status, 200);
+    app.stop().await;
+}

@@ -1,4 +1,5 @@
-//! The gRPC listener's HTTP/2 limits, read from what the server sends.
+//! The listeners' HTTP/2 limits, read from what the server sends; the HTTP
+//! listener's choice of HTTP/1.1 or HTTP/2, and its timeout for silent clients.
 
 use std::time::Duration;
 
@@ -97,5 +98,92 @@ async fn a_slow_http_client_is_cut_off(_: PgPoolOptions, database: PgConnectOpti
         "closed before the timeout: {:?}",
         started.elapsed()
     );
+    app.stop().await;
+}
+
+/// The HTTP port speaks HTTP/2 to a client that opens with its preface
+/// (prior knowledge), with the gRPC listener's bound on concurrent streams.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn the_http_port_speaks_http2_with_prior_knowledge_and_bounds_its_streams(
+    _: PgPoolOptions,
+    database: PgConnectOptions,
+) {
+    let app = TestApp::ready(database).await;
+    let settings = server_settings(app.http_addr).await;
+    assert!(
+        settings.contains(&(
+            MAX_CONCURRENT_STREAMS,
+            translation_jobs::api::transport::MAX_CONCURRENT_STREAMS
+        )),
+        "SETTINGS: {settings:?}"
+    );
+    app.stop().await;
+}
+
+/// Server-sent event streams of several jobs share one HTTP/2 connection,
+/// each starting with its job.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn event_streams_share_one_http2_connection(_: PgPoolOptions, database: PgConnectOptions) {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let mut app = TestApp::ready(database).await;
+    let jobs = [app.create().await, app.create().await, app.create().await];
+    let stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut bodies = Vec::new();
+    for job in &jobs {
+        let request = hyper::Request::get(format!("/api/v1/translation-jobs/{}/events", job.id))
+            .header("host", app.http_addr.to_string())
+            .body(Empty::<hyper::body::Bytes>::new())
+            .unwrap();
+        let response = sender.clone().send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        bodies.push(response.into_body());
+    }
+    // Every stream is open at once; each sends its own job first.
+    for (job, body) in jobs.iter().zip(&mut bodies) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the first event in time")
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+        assert!(text.starts_with("event: job\nid: 1\n"), "{text}");
+        assert!(text.contains(&job.id), "{text}");
+    }
+    app.stop().await;
+}
+
+/// A plain connection that sends nothing is closed after the header-read
+/// timeout, whichever HTTP it would have spoken.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_silent_http_connection_is_closed(_: PgPoolOptions, database: PgConnectOptions) {
+    use translation_jobs::api::http_server::HEADER_READ_TIMEOUT;
+    let app = TestApp::ready(database).await;
+    let mut stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(HEADER_READ_TIMEOUT * 3, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the silent connection was still open {:?} later",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= HEADER_READ_TIMEOUT / 2);
     app.stop().await;
 }

@@ -9,7 +9,7 @@
 //!         [--warmup 2s] [--subtasks 10] [--rate 0] [--priority-mix high:0,normal:100,low:0]
 //!         [--consume] [--redis-url redis://127.0.0.1:6379/0] [--queue translation_jobs]
 //! loadgen --watchers 1000 [--duration 10s]     # hold 1,000 WatchTranslationJob streams
-//! loadgen --sse-watchers 1000 [--http-addr 127.0.0.1:8000]   # the same as server-sent events
+//! loadgen --sse-watchers 1000 [--sse-http2] [--http-addr 127.0.0.1:8000]   # as server-sent events
 //! ```
 //! `--rate 0` (the default) is a closed loop: each of the `--concurrency`
 //! callers sends its next request as soon as the previous one answered. A
@@ -80,6 +80,9 @@ struct Options {
     sse_watchers: usize,
     /// Where the HTTP API listens, for `--sse-watchers`.
     http_addr: String,
+    /// The event streams over HTTP/2 connections instead of one HTTP/1.1
+    /// connection each.
+    sse_http2: bool,
 }
 
 fn parse_mix(raw: &str) -> Result<[u32; 3], String> {
@@ -120,6 +123,7 @@ fn parse_args() -> Result<Options, String> {
         watchers: 0,
         sse_watchers: 0,
         http_addr: "127.0.0.1:8000".into(),
+        sse_http2: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -149,6 +153,7 @@ fn parse_args() -> Result<Options, String> {
                 options.sse_watchers = value()?.parse().map_err(|_| "--sse-watchers: a number")?
             }
             "--http-addr" => options.http_addr = value()?,
+            "--sse-http2" => options.sse_http2 = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -392,7 +397,7 @@ async fn main() -> ExitCode {
                 "usage: loadgen [--addr URL] [--concurrency N] [--duration 10s] [--warmup 2s] \
                  [--subtasks N] [--rate PER_SECOND] [--priority-mix high:W,normal:W,low:W] \
                  [--consume] [--redis-url URL] [--queue NAME] [--watchers N] \
-                 [--sse-watchers N] [--http-addr HOST:PORT]"
+                 [--sse-watchers N] [--sse-http2] [--http-addr HOST:PORT]"
             );
             return ExitCode::from(2);
         }

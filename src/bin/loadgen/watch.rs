@@ -1,12 +1,20 @@
 //! Watch mode: creates one job per stream, opens `--watchers`
 //! WatchTranslationJob streams and `--sse-watchers` server-sent event
-//! streams on them, reads the first state of each, prints `open`, and holds
-//! them all for `--duration`, so that an outside script can measure the
-//! service's memory while they are open.
+//! streams on them (each on its own HTTP/1.1 connection, or with
+//! `--sse-http2` over as many HTTP/2 connections as gRPC uses), reads the
+//! first state of each, prints `open`, and holds them all for `--duration`,
+//! so that an outside script can measure the service's memory while they
+//! are open.
 
 use std::{process::ExitCode, time::Duration};
 
 use futures_util::{StreamExt as _, stream};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{
+    body::{Bytes, Incoming},
+    client::conn::http2::SendRequest,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -54,13 +62,26 @@ async fn open_and_hold(
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    let sse = stream::iter(sse_ids)
-        .map(|id| open_sse(&options.http_addr, id))
-        .buffer_unordered(OPENING_AT_ONCE)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let sse = if options.sse_http2 {
+        let connections = http2_connections(&options.http_addr, clients.len()).await?;
+        stream::iter(sse_ids.iter().enumerate())
+            .map(|(index, id)| open_sse_http2(&connections[index % connections.len()], id))
+            .buffer_unordered(OPENING_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|opened| opened.map(SseStream::Http2))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        stream::iter(sse_ids)
+            .map(|id| open_sse(&options.http_addr, id))
+            .buffer_unordered(OPENING_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|opened| opened.map(SseStream::Http1))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     println!("watchers={} sse_watchers={} open", grpc.len(), sse.len());
     tokio::time::sleep(options.duration).await;
     println!(
@@ -156,4 +177,67 @@ async fn open_sse(addr: &str, id: &str) -> Result<TcpStream, String> {
         .await
         .map_err(|_| "an event stream sent no event in 30 s".to_string())??;
     Ok(connection)
+}
+
+/// An open event stream, held until the end.
+enum SseStream {
+    Http1(#[allow(dead_code)] TcpStream),
+    Http2(#[allow(dead_code)] Incoming),
+}
+
+/// `count` HTTP/2 connections (prior knowledge) to the HTTP listener.
+async fn http2_connections(
+    addr: &str,
+    count: usize,
+) -> Result<Vec<SendRequest<Empty<Bytes>>>, String> {
+    let mut senders = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .map_err(|error| format!("HTTP/2 handshake with {addr}: {error}"))?;
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    Ok(senders)
+}
+
+/// An event stream over a shared HTTP/2 connection that has sent its first
+/// event.
+async fn open_sse_http2(sender: &SendRequest<Empty<Bytes>>, id: &str) -> Result<Incoming, String> {
+    let request = hyper::Request::get(format!("/api/v1/translation-jobs/{id}/events"))
+        .header("accept", "text/event-stream")
+        .body(Empty::new())
+        .map_err(|error| format!("events request: {error}"))?;
+    let response = sender
+        .clone()
+        .send_request(request)
+        .await
+        .map_err(|error| format!("events request failed: {error}"))?;
+    if response.status() != 200 {
+        return Err(format!("events request refused: {}", response.status()));
+    }
+    let mut body = response.into_body();
+    let first_event = async {
+        let mut received = Vec::new();
+        while !String::from_utf8_lossy(&received).contains("\n\n") {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        received.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(error)) => return Err(format!("event stream failed: {error}")),
+                None => return Err("event stream ended before its first event".to_string()),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(FIRST_STATE_TIMEOUT, first_event)
+        .await
+        .map_err(|_| "an event stream sent no event in 30 s".to_string())??;
+    Ok(body)
 }
