@@ -5,6 +5,9 @@
 # machine, same concurrency, same database, alternating rounds, and the
 # ratios service / pgbench.
 #
+# Each round also runs the batched limit (bench/create_batch.sql: 32 jobs per
+# statement and commit, 2 clients) and prints the service's share of it.
+#
 #   bench/compare.sh [--concurrency 32] [--subtasks 10] [--duration 15s] [--rounds 3] [--warmup 3s]
 #                    [--no-http] [VAR=VALUE ...]      # extra settings for the service
 set -euo pipefail
@@ -33,16 +36,17 @@ redis_forget "$queue"
 start_service $db $queue redis://127.0.0.1:6379/0 "${service_env[@]}"
 wrk_script "$subtasks" "$BENCH_TMP/create.lua"
 
-printf '%-6s %-18s %-18s %-18s %-12s %-12s %s\n' round "pgbench /s, p99" "gRPC /s, p99" "HTTP /s, p99" \
-  "gRPC ratio" "HTTP ratio" "(ratio: rate, p99)"
+printf '%-6s %-18s %-18s %-18s %-12s %-12s %-10s %-14s %s\n' round "pgbench /s, p99" "gRPC /s, p99" "HTTP /s, p99" \
+  "gRPC ratio" "HTTP ratio" "batched /s" "gRPC, HTTP of it" "(ratio: rate, p99; batched: bench/create_batch.sql)"
 for round in $(seq 1 "$rounds"); do
   ref() { read -r ptps pp99 < <(pgbench_round $db "$concurrency" "$duration" "$subtasks"); }
   grpc() { read -r grate gp99 gerr < <(grpc_round "$GRPC_PORT" "$concurrency" "$duration" "$warmup" "$subtasks"); }
   web() { if [ "$http" = 1 ]; then read -r hrate hp99 hbad < <(http_round "$HTTP_PORT" "$concurrency" "$duration" "$BENCH_TMP/create.lua"); else hrate=0 hp99=0 hbad=-; fi; }
-  if [ $((round % 2)) -eq 1 ]; then ref; grpc; web; else web; grpc; ref; fi
-  printf '%-6s %-18s %-18s %-18s %-12s %-12s %s\n' "$round" "$ptps, $pp99" "$grate, $gp99" "$hrate, $hp99" \
+  batched() { brate=$(batched_round $db "$duration" "$subtasks"); }
+  if [ $((round % 2)) -eq 1 ]; then ref; grpc; web; batched; else batched; web; grpc; ref; fi
+  printf '%-6s %-18s %-18s %-18s %-12s %-12s %-10s %-14s %s\n' "$round" "$ptps, $pp99" "$grate, $gp99" "$hrate, $hp99" \
     "$(ratio "$grate" "$ptps"), $(ratio "$gp99" "$pp99")" "$(ratio "$hrate" "$ptps"), $(ratio "$hp99" "$pp99")" \
-    "grpc $gerr http $hbad"
+    "$brate" "$(ratio "$grate" "$brate"), $(ratio "$hrate" "$brate")" "grpc $gerr http $hbad"
 done
 echo "concurrency=$concurrency subtasks=$subtasks duration=$duration rounds=$rounds profile=$PROFILE QUEUE_MAX_BACKLOG=$BENCH_QUEUE_MAX_BACKLOG ${service_env[*]}"
 redis_forget "$queue"

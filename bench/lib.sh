@@ -142,6 +142,17 @@ wrk.body = '{"novel_id":"0b9e8f0e-6b5c-4e6b-8d5e-3f6a2b1c0d9e","target_lang":"en
 LUA
 }
 
+# batched_round DB DURATION SUBTASKS: the batched limit (bench/create_batch.sql:
+# 32 jobs per statement and commit, 2 clients); prints jobs per second.
+batched_round() {
+  local db=$1 duration=$2 subtasks=$3 tps
+  PGOPTIONS='-c enable_seqscan=off' pgbench "$BASE_URL/$db" -n -M prepared -c 2 -j 2 \
+    -T "${duration%s}" -D batch=32 -D entity_ids="$(entity_ids_array "$subtasks")" \
+    -f bench/create_batch.sql >"$BENCH_TMP/batched.out" 2>&1
+  tps=$(awk '/^tps/ {print $3; exit}' "$BENCH_TMP/batched.out")
+  awk -v t="$tps" 'BEGIN {printf "%.0f\n", t * 32}'
+}
+
 # pgbench_round DB CLIENTS DURATION SUBTASKS: the one-statement reference
 # (bench/create_job.sql); prints "tps p99_ms".
 pgbench_round() {
