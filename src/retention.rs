@@ -5,6 +5,14 @@
 //! transaction. A pass ends: each status gets at most
 //! `RetentionPolicy::max_batches` batches, the rest waits for the next pass.
 //! Nothing here waits for a lock, so any number of replicas share the work.
+//!
+//! The loop paces itself: after each batch that deleted jobs it pauses
+//! `RetentionSettings::pause_ratio` times as long as the batch took, so it
+//! keeps PostgreSQL busy a bounded share of the time however large the
+//! backlog (with the default 3, a quarter of one connection's time), and
+//! creates and the relay keep the rest. A backlog of millions of old jobs
+//! then takes hours rather than minutes to clear; steady work (the jobs
+//! that age past their retention each interval) takes a few batches.
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,6 +38,9 @@ pub struct RetentionSettings {
     pub policy: RetentionPolicy,
     /// Longest one batch may take (see `db::bounded`).
     pub call_timeout: Duration,
+    /// After each batch that deleted jobs, a pause this many times as long
+    /// as the batch took (0: none).
+    pub pause_ratio: u32,
 }
 
 /// What one pass did.
@@ -45,6 +56,10 @@ pub struct Pruned {
     pub batches: u32,
     /// Whether a status reached its batch limit with jobs possibly left.
     pub cut_short: bool,
+    /// Time spent in the batches that deleted jobs, and in the pauses after
+    /// them.
+    pub busy: Duration,
+    pub paused: Duration,
 }
 
 impl Pruned {
@@ -110,6 +125,7 @@ impl Retention {
                 )
                 .await?;
                 beat.beat();
+                let took = started.elapsed();
                 let deleted = batch.deleted.len() as u64;
                 pruned.add(status, deleted);
                 pruned.held += batch.held.len() as u64;
@@ -124,11 +140,20 @@ impl Retention {
                     scanned = batch.scanned,
                     deleted,
                     held = batch.held.len(),
-                    took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
                     "retention batch"
                 );
                 for job_id in &batch.held {
                     tracing::debug!(%job_id, status = status.as_str(), "finished job held by another transaction; kept for a later pass");
+                }
+                if deleted > 0 {
+                    pruned.busy += took;
+                }
+                if deleted > 0 && self.settings.pause_ratio > 0 {
+                    let pause = took * self.settings.pause_ratio;
+                    tokio::time::sleep(pause).await;
+                    pruned.paused += pause;
+                    beat.beat();
                 }
                 let full = i64::try_from(batch.scanned).unwrap_or(i64::MAX) >= policy.batch_size;
                 match batch.last {

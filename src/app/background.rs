@@ -266,10 +266,11 @@ fn run_retention(
         tracing::info!("retention off: RETAIN_COMPLETED, RETAIN_FAILED and RETAIN_CANCELLED are 0");
         return;
     }
-    // A pass beats after every batch.
+    // A pass beats after every batch and after the pause that follows it
+    // (up to `pause_ratio` times a batch's longest).
     let beat = liveness.register(
         "retention",
-        retention.interval + retention.call_timeout * 2 + LIVENESS_SLACK,
+        retention.interval + retention.call_timeout * (2 + retention.pause_ratio) + LIVENESS_SLACK,
     );
     loops.spawn(supervise(token.clone(), beat.clone(), {
         let (pool, metrics, token) = (pool.clone(), metrics.clone(), token.clone());

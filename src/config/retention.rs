@@ -21,6 +21,10 @@ pub const DEFAULT_RETAIN_CANCELLED: Duration = Duration::from_secs(7 * 24 * 3600
 pub const RETENTION_BATCH_SIZE: i64 = 1000;
 /// Most batches of one status in one retention pass, so that a pass ends.
 pub const RETENTION_MAX_BATCHES: u32 = 100;
+/// After each batch that deleted jobs, a pause this many times as long as
+/// the batch took: the loop keeps PostgreSQL busy at most a quarter of one
+/// connection's time (see `retention`).
+pub const RETENTION_PAUSE_RATIO: u32 = 3;
 
 /// Dead letters of jobs that failed longer ago than this leave the dead lane.
 pub const DEFAULT_DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -46,6 +50,7 @@ pub(super) fn retention_settings(
             max_batches: RETENTION_MAX_BATCHES,
         },
         call_timeout,
+        pause_ratio: RETENTION_PAUSE_RATIO,
     })
 }
 

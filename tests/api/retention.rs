@@ -39,6 +39,7 @@ fn retention(pool: &PgPool, policy: RetentionPolicy) -> Retention {
             interval: Duration::from_secs(3600),
             policy,
             call_timeout: Duration::from_secs(10),
+            pause_ratio: 0,
         },
     )
 }
@@ -367,6 +368,41 @@ async fn a_pass_is_bounded_and_later_passes_delete_the_rest(pool: PgPool) {
         assert!(!exists(&pool, id).await);
     }
     assert_eq!(prune(&retention).await, Pruned::default());
+}
+
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_pass_pauses_after_each_batch_that_deleted_for_a_multiple_of_its_time(pool: PgPool) {
+    for _ in 0..10 {
+        job(&pool, "COMPLETED", 10 * DAY).await;
+    }
+    let paced = Retention::new(
+        pool.clone(),
+        RetentionSettings {
+            interval: Duration::from_secs(3600),
+            policy: RetentionPolicy {
+                batch_size: 3,
+                ..POLICY
+            },
+            call_timeout: Duration::from_secs(10),
+            pause_ratio: 4,
+        },
+    );
+    let started = std::time::Instant::now();
+    let pass = prune(&paced).await;
+    let took = started.elapsed();
+    // Batches of 3, 3, 3 and 1: each deleted, each followed by its pause.
+    assert_eq!((pass.completed, pass.batches), (10, 4));
+    assert_eq!(pass.paused, pass.busy * 4);
+    assert!(
+        took >= pass.busy + pass.paused,
+        "the pass took {took:?}, less than its batches ({:?}) and pauses ({:?})",
+        pass.busy,
+        pass.paused
+    );
+
+    // Nothing left: no batch deleted, no pause.
+    let idle = prune(&paced).await;
+    assert_eq!((idle.total(), idle.paused), (0, Duration::ZERO));
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
