@@ -75,6 +75,38 @@ async fn tls_channel(
         .await
 }
 
+/// The service with TLS on, its certificate issued by `ca` for localhost
+/// (files in `dir`), health on a plain management listener; ready.
+async fn tls_app(database: PgConnectOptions, ca: &Ca, dir: &Path) -> TestApp {
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let cert = write(dir, "server.crt", &cert);
+    let key = write(dir, "server.key", &key);
+    let app = TestApp::spawn_with(
+        database,
+        SHARED_REDIS_URL,
+        unique_queue(),
+        &[
+            ("GRPC_TLS_CERT", &cert),
+            ("GRPC_TLS_KEY", &key),
+            ("MANAGEMENT_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    app.wait_ready().await;
+    app
+}
+
+/// A rustls client's roots: `ca` alone.
+fn client_roots(ca: &Ca) -> rustls::RootCertStore {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    roots
+}
+
 /// An HTTPS request to the HTTP listener trusting `ca` (name `localhost`),
 /// with a client identity if given: (status, body), or why it failed.
 async fn https_request(
@@ -86,11 +118,7 @@ async fn https_request(
 ) -> Result<(u16, String), String> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-        .unwrap();
+    let roots = client_roots(ca);
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let config = match identity {
         None => builder.with_no_client_auth(),
@@ -152,21 +180,7 @@ async fn tls_clients_that_trust_the_ca_get_in_and_plaintext_clients_do_not(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
-    let cert = write(dir.path(), "server.crt", &cert);
-    let key = write(dir.path(), "server.key", &key);
-    let mut app = TestApp::spawn_with(
-        database,
-        SHARED_REDIS_URL,
-        unique_queue(),
-        &[
-            ("GRPC_TLS_CERT", &cert),
-            ("GRPC_TLS_KEY", &key),
-            ("MANAGEMENT_ADDR", "127.0.0.1:0"),
-        ],
-    )
-    .await;
-    app.wait_ready().await;
+    let mut app = tls_app(database, &ca, dir.path()).await;
 
     let channel = tls_channel(&app, &ca, None).await.expect("TLS handshake");
     create_over(channel.clone())
@@ -353,12 +367,8 @@ async fn unreadable_or_mismatched_certificates_stop_start_up_naming_the_variable
 /// The protocol the HTTPS listener agrees by ALPN when the client offers
 /// `offered`.
 async fn negotiated(addr: std::net::SocketAddr, ca: &Ca, offered: &[&[u8]]) -> Option<Vec<u8>> {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-        .unwrap();
+    use rustls::pki_types::ServerName;
+    let roots = client_roots(ca);
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -381,21 +391,7 @@ async fn https_agrees_http2_with_clients_that_offer_it(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
-    let cert = write(dir.path(), "server.crt", &cert);
-    let key = write(dir.path(), "server.key", &key);
-    let app = TestApp::spawn_with(
-        database,
-        SHARED_REDIS_URL,
-        unique_queue(),
-        &[
-            ("GRPC_TLS_CERT", &cert),
-            ("GRPC_TLS_KEY", &key),
-            ("MANAGEMENT_ADDR", "127.0.0.1:0"),
-        ],
-    )
-    .await;
-    app.wait_ready().await;
+    let app = tls_app(database, &ca, dir.path()).await;
     assert_eq!(
         negotiated(app.http_addr, &ca, &[b"h2", b"http/1.1"]).await,
         Some(b"h2".to_vec())

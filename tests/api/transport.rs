@@ -65,6 +65,22 @@ async fn the_server_advertises_a_bound_on_concurrent_streams(
     app.stop().await;
 }
 
+/// Whether the server closes `stream` within `limit` (reading and dropping
+/// whatever it sends first: hyper may answer 408 before closing).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// A client that sends its headers slowly is cut off after the header-read
 /// timeout instead of holding the connection for ever.
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -77,19 +93,9 @@ async fn a_slow_http_client_is_cut_off(_: PgPoolOptions, database: PgConnectOpti
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let mut buffer = [0u8; 1024];
-    let closed = tokio::time::timeout(HEADER_READ_TIMEOUT * 3, async {
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                // hyper may answer 408 before closing.
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
+    let closed = closed_within(&mut stream, HEADER_READ_TIMEOUT * 3).await;
     assert!(
-        closed.is_ok(),
+        closed,
         "the connection was still open {:?} after the incomplete headers",
         started.elapsed()
     );
@@ -169,18 +175,9 @@ async fn a_silent_http_connection_is_closed(_: PgPoolOptions, database: PgConnec
     let app = TestApp::ready(database).await;
     let mut stream = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
     let started = std::time::Instant::now();
-    let mut buffer = [0u8; 1024];
-    let closed = tokio::time::timeout(HEADER_READ_TIMEOUT * 3, async {
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
+    let closed = closed_within(&mut stream, HEADER_READ_TIMEOUT * 3).await;
     assert!(
-        closed.is_ok(),
+        closed,
         "the silent connection was still open {:?} later",
         started.elapsed()
     );
