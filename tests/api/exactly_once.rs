@@ -557,6 +557,44 @@ async fn messages_a_failover_lost_are_queued_again_once_even_after_later_pushes_
     cleanup(&redis, &name).await;
 }
 
+/// The claim that starts a drain reads the lanes' record in its statement;
+/// a backlog's rounds (`claim_split`) read it after theirs. A rollback must
+/// be found either way.
+#[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
+async fn a_failover_is_found_by_a_backlog_round_claimed_in_parts(pool: PgPool) {
+    let name = unique_queue();
+    let redis = redis_client(SHARED_REDIS_URL).await;
+    let first = create_jobs(&pool, 6).await;
+    let drained = relay(&pool, queue(&name).await, 100)
+        .await
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!(drained.pushed, 6);
+    // The failover of the test above: the last three pushes are gone.
+    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
+    let _: () = redis
+        .hset(name.tagged("state"), ("pushed:normal", 3))
+        .await
+        .unwrap();
+
+    // Another relay pushes the later jobs in a round of two transactions.
+    create_jobs(&pool, 5).await;
+    let other = relay(&pool, queue(&name).await, 100).await;
+    let round = other.claim_split(2, 0).await.unwrap();
+    assert_eq!(round.rows.len(), 5);
+    let pushed = other.publish(&round).await.unwrap();
+    other.commit(round, pushed).await.unwrap();
+
+    let rescued = reaper(&pool, queue(&name).await).reap_once().await.unwrap();
+    let mut republished: Vec<String> = rescued.republished.iter().map(Uuid::to_string).collect();
+    republished.sort();
+    let mut lost = first[3..].to_vec();
+    lost.sort();
+    assert_eq!(republished, lost, "the lost messages, and only they");
+    cleanup(&redis, &name).await;
+}
+
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
 async fn a_round_pushed_before_a_failover_and_committed_after_the_next_push_is_still_found(
     pool: PgPool,

@@ -81,7 +81,7 @@ impl Relay {
     }
 
     /// Compares each lane's counter before this push with the highest
-    /// position recorded before it (by any relay, read after the claim, or
+    /// position recorded before it (by any relay, read with the claim, or
     /// seen by this one's earlier pushes, which may not be committed yet).
     /// A counter below it means Redis lost pushes: the positions above the
     /// counter now go to new messages, so the reaper could no longer tell
