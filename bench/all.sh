@@ -2,7 +2,7 @@
 # Every figure of BENCHMARKS.md in one go, for a quiet machine: builds the
 # release binaries once, then runs each script with the parameters the
 # document quotes, and writes everything to bench-results-<time>.txt (not
-# committed). About 75 minutes.
+# committed). About 45 minutes on 2 cores.
 #
 #   bench/all.sh [OUTPUT_FILE]
 set -euo pipefail
