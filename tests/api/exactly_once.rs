@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use fred::prelude::{ClientLike, HashesInterface, KeysInterface, ListInterface};
+use fred::prelude::{Client, ClientLike, HashesInterface, KeysInterface, ListInterface};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -12,7 +12,7 @@ use sqlx::{
 use translation_jobs::{
     api::proto::{CancelTranslationJobRequest, RetryTranslationJobRequest},
     jobs::RescuePolicy,
-    queue::{JobMessage, Lane, OutboxMessage, Placement, PushOutcome},
+    queue::{JobMessage, Lane, OutboxMessage, Placement, PushOutcome, QueueName},
     reaper::{Reaper, ReaperSettings},
     wake::Wake,
 };
@@ -71,6 +71,27 @@ async fn outbox_ids(pool: &PgPool) -> Vec<i64> {
 
 fn ids(messages: &[JobMessage]) -> Vec<String> {
     messages.iter().map(|m| m.job_id.clone()).collect()
+}
+
+/// A failover to a replica that missed every push of the normal lane after
+/// its first `kept` messages: the later ones are gone and the lane's push
+/// counter is back at `kept`.
+async fn fail_over_keeping(redis: &Client, name: &QueueName, kept: i64) {
+    let _: () = redis
+        .ltrim(name.key(Lane::Normal), 0, kept - 1)
+        .await
+        .unwrap();
+    let _: () = redis
+        .hset(name.tagged("state"), ("pushed:normal", kept))
+        .await
+        .unwrap();
+}
+
+/// The jobs a reaper pass queued again, as sorted id strings.
+fn sorted_ids(jobs: &[Uuid]) -> Vec<String> {
+    let mut ids: Vec<String> = jobs.iter().map(Uuid::to_string).collect();
+    ids.sort();
+    ids
 }
 
 #[sqlx::test(migrator = "translation_jobs::app::MIGRATOR")]
@@ -513,11 +534,7 @@ async fn messages_a_failover_lost_are_queued_again_once_even_after_later_pushes_
 
     // A failover to a replica that missed the last three pushes: the lane's
     // counter is back at 3 and the last three messages are gone.
-    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
-    let _: () = redis
-        .hset(name.tagged("state"), ("pushed:normal", 3))
-        .await
-        .unwrap();
+    fail_over_keeping(&redis, &name, 3).await;
 
     // Later creates, pushed by another relay (another replica of the
     // service), land on positions 4 to 8: past the lost ones' positions.
@@ -531,11 +548,13 @@ async fn messages_a_failover_lost_are_queued_again_once_even_after_later_pushes_
 
     let reaper = reaper(&pool, queue(&name).await);
     let rescued = reaper.reap_once().await.unwrap();
-    let mut republished: Vec<String> = rescued.republished.iter().map(Uuid::to_string).collect();
-    republished.sort();
     let mut lost = first[3..].to_vec();
     lost.sort();
-    assert_eq!(republished, lost, "the lost messages, and only they");
+    assert_eq!(
+        sorted_ids(&rescued.republished),
+        lost,
+        "the lost messages, and only they"
+    );
     relay(&pool, queue(&name).await, 100)
         .await
         .drain_once()
@@ -572,11 +591,7 @@ async fn a_failover_is_found_by_a_backlog_round_claimed_in_parts(pool: PgPool) {
         .unwrap();
     assert_eq!(drained.pushed, 6);
     // The failover of the test above: the last three pushes are gone.
-    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
-    let _: () = redis
-        .hset(name.tagged("state"), ("pushed:normal", 3))
-        .await
-        .unwrap();
+    fail_over_keeping(&redis, &name, 3).await;
 
     // Another relay pushes the later jobs in a round of two transactions.
     create_jobs(&pool, 5).await;
@@ -587,11 +602,13 @@ async fn a_failover_is_found_by_a_backlog_round_claimed_in_parts(pool: PgPool) {
     other.commit(round, pushed).await.unwrap();
 
     let rescued = reaper(&pool, queue(&name).await).reap_once().await.unwrap();
-    let mut republished: Vec<String> = rescued.republished.iter().map(Uuid::to_string).collect();
-    republished.sort();
     let mut lost = first[3..].to_vec();
     lost.sort();
-    assert_eq!(republished, lost, "the lost messages, and only they");
+    assert_eq!(
+        sorted_ids(&rescued.republished),
+        lost,
+        "the lost messages, and only they"
+    );
     cleanup(&redis, &name).await;
 }
 
@@ -610,11 +627,7 @@ async fn a_round_pushed_before_a_failover_and_committed_after_the_next_push_is_s
     let lost = create_jobs(&pool, 3).await;
     let round = relay.claim().await.unwrap();
     let pushed = relay.publish(&round).await.unwrap();
-    let _: () = redis.ltrim(name.key(Lane::Normal), 0, 2).await.unwrap();
-    let _: () = redis
-        .hset(name.tagged("state"), ("pushed:normal", 3))
-        .await
-        .unwrap();
+    fail_over_keeping(&redis, &name, 3).await;
     // The relay's next round takes positions 4 to 8 again; the lost round
     // commits only after that push.
     let later = create_jobs(&pool, 5).await;
@@ -624,18 +637,14 @@ async fn a_round_pushed_before_a_failover_and_committed_after_the_next_push_is_s
     relay.commit(next, next_pushed).await.unwrap();
 
     let reaper = reaper(&pool, queue(&name).await);
-    let mut republished: Vec<String> = reaper
-        .reap_once()
-        .await
-        .unwrap()
-        .republished
-        .iter()
-        .map(Uuid::to_string)
-        .collect();
-    republished.sort();
+    let rescued = reaper.reap_once().await.unwrap();
     let mut expected = lost.clone();
     expected.sort();
-    assert_eq!(republished, expected, "the lost round, and only it");
+    assert_eq!(
+        sorted_ids(&rescued.republished),
+        expected,
+        "the lost round, and only it"
+    );
     relay.drain_once().await.unwrap();
     assert!(reaper.reap_once().await.unwrap().is_empty());
     let found = ids(&messages(&redis, &name, Lane::Normal).await);
